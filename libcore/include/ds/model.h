@@ -1,0 +1,86 @@
+#pragma once
+// Model: the DeepSeek-V3 transformer (MLA, dense and DeepSeekMoE layers, MTP modules) with an explicit forward that
+// keeps what the backward needs, and a backward that accumulates parameter gradients, as in llm.c.
+// T is float for training and inference, double for gradient checks.
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ds/config.h"
+#include "ds/tensor.h"
+
+namespace ds {
+
+enum class ParamKind {
+  Matrix,      // linear weights and embeddings: trained, weight-decayed
+  Vector,      // norm weights: trained, not decayed
+  RouterBias,  // e_score_correction_bias: moved by the aux-loss-free balancing rule, not by gradients
+};
+
+struct ParamInfo {
+  std::string name;  // Hugging Face checkpoint name, e.g. model.layers.0.self_attn.kv_b_proj.weight
+  Shape shape;
+  int64_t offset = 0;  // into Model::params()
+  ParamKind kind = ParamKind::Matrix;
+};
+
+struct LossOptions {
+  double mtp_weight = 0.3;       // lambda: L = L_main + lambda/D * sum_k L_mtp_k
+  double balance_alpha = 0.0;    // sequence-wise balance loss weight
+};
+
+struct ForwardStats {
+  double loss = 0;          // what backward differentiates: main + MTP + balance terms
+  double main_loss = 0;     // mean cross-entropy of the next-token prediction
+  double mtp_loss = 0;      // mean over MTP depths of their cross-entropy (0 without MTP)
+  double balance_loss = 0;  // alpha-weighted sequence-wise balance loss
+  int64_t tokens = 0;       // positions with a target
+  std::vector<std::vector<int64_t>> expert_load;  // per MoE layer (MTP included): tokens routed to each expert
+};
+
+template <typename T>
+class Model {
+ public:
+  explicit Model(const ModelConfig& config);
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+
+  const ModelConfig& config() const;
+  const std::vector<ParamInfo>& param_infos() const;
+  std::vector<T>& params();
+  std::vector<T>& grads();
+  const ParamInfo* find_param(const std::string& name) const;
+
+  // Normal(0, 0.02) matrices (output projections scaled by 1/sqrt(2 * layers)), unit norms, zero router bias.
+  void init_random(uint64_t seed);
+  // Loads every parameter through get(name), which returns the tensor or an undefined Tensor when absent.
+  // Extra tensors a checkpoint may hold (MTP copies of the embedding and head) are not asked for.
+  void load(const std::function<Tensor(const std::string&)>& get, const std::string& source);
+  // The checkpoint tensors (F32), named as Hugging Face and DeepSeek do, MTP copies of embed/head included.
+  std::vector<std::pair<std::string, Tensor>> export_tensors() const;
+
+  // Forward over B sequences of Tn tokens (inputs [B*Tn]). With targets ([B*Tn], -1 = no loss) it computes the
+  // losses and keeps activations for backward(); without, only logits(). Positions are 0..Tn-1 in each sequence.
+  ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
+                       const LossOptions& options = {});
+  // Gradients of the last forward's loss, added into grads().
+  void backward();
+  // Logits [B*Tn, vocab] of the last forward (probabilities after a forward with targets).
+  const T* logits() const;
+
+  // Aux-loss-free balancing: bias -= gamma where an expert got more than the mean load, += gamma where less.
+  void update_router_bias(const std::vector<std::vector<int64_t>>& expert_load, double gamma);
+
+  void zero_grads();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+extern template class Model<float>;
+extern template class Model<double>;
+
+}  // namespace ds

@@ -1,0 +1,76 @@
+#pragma once
+// CPU ops of the model, templated on the scalar type: float for training and inference, double for gradient checks.
+// Conventions (as in llm.c): row-major; a linear weight is [out, in]; every backward ADDS into its gradient outputs,
+// so callers zero them once and residual branches accumulate for free. Ops parallelise with OpenMP over rows with a
+// static schedule, so results are identical run to run for a given thread count.
+#include <cstdint>
+#include <vector>
+
+namespace ds {
+
+void set_threads(int threads);  // OpenMP and OpenBLAS; 0 = all cores
+int get_threads();
+
+namespace ops {
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T; leading dimensions as in BLAS (row-major).
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc);
+
+// y[M,N] = x[M,K] w[N,K]^T (y += ... when accumulate).
+template <typename T>
+void linear(T* y, const T* x, const T* w, int64_t M, int64_t N, int64_t K, bool accumulate = false);
+// dx[M,K] += dy w and dw[N,K] += dy^T x; either output may be null to skip it.
+template <typename T>
+void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t M, int64_t N, int64_t K);
+
+// y = w * x / sqrt(mean(x^2) + eps) over rows of C; saves 1/rms per row in rstd.
+template <typename T>
+void rmsnorm(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps, int64_t x_stride = 0);
+template <typename T>
+void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
+                      int64_t x_stride = 0);
+
+// Rotary embedding tables for dim rope dims: cos/sin [max_pos, dim/2], YaRN frequencies and attention factor
+// included (reference section 3).
+struct RopeTable {
+  int64_t half = 0;
+  std::vector<double> cos, sin;
+};
+RopeTable rope_table(int64_t dim, int64_t max_pos, double theta, bool yarn, double factor, int64_t original_max_pos,
+                     double beta_fast, double beta_slow, double attention_factor);
+// Rotates interleaved pairs (x[2i], x[2i+1]) of `heads` vectors per row in place: row n sits at x + n*row_stride,
+// head h at + h*head_stride; the position of row n is pos[n]. inverse rotates back (the backward pass).
+template <typename T>
+void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride, int64_t head_stride,
+          const RopeTable& table, bool inverse);
+
+// Causal multi-head attention over B sequences of T tokens. q, k: [B*T, H, dk] (row stride H*dk), v: [B*T, H, dv];
+// out o: [B*T, H, dv]; p: the probabilities [B, H, T, T] kept for backward.
+template <typename T>
+void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
+               int64_t dv, double scale);
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* p, int64_t B,
+                        int64_t Tn, int64_t H, int64_t dkd, int64_t dvd, double scale);
+
+// SwiGLU: a = silu(g) * u, elementwise over n values.
+template <typename T>
+void swiglu(T* a, const T* g, const T* u, int64_t n);
+template <typename T>
+void swiglu_backward(T* dg, T* du, const T* da, const T* g, const T* u, int64_t n);
+
+// Softmax cross-entropy over rows of V logits. Rows with target < 0 carry no loss. Returns the summed loss and
+// overwrites logits with probabilities (kept for the backward). Exact for V up to the whole vocabulary.
+template <typename T>
+double cross_entropy(T* logits_to_probs, const int32_t* targets, int64_t N, int64_t V);
+// dlogits = (probs - onehot(target)) * scale for rows with a target, 0 otherwise.
+template <typename T>
+void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale);
+
+template <typename T>
+void softmax_rows(T* x, int64_t N, int64_t C);  // in place
+
+}  // namespace ops
+}  // namespace ds

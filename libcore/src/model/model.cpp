@@ -1,0 +1,338 @@
+// The transformer: embedding, decoder blocks, final norm and head, MTP modules (reference section 6), losses.
+#include "ds/model.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "ds/error.h"
+#include "modules.h"
+
+namespace ds {
+
+namespace {
+double rope_attention_factor(const RopeScaling& r) {
+  if (!r.yarn || r.factor <= 1.0) return 1.0;
+  auto m = [&](double mscale) { return 0.1 * mscale * std::log(r.factor) + 1.0; };
+  if (r.mscale != 0.0 && r.mscale_all_dim != 0.0) return m(r.mscale) / m(r.mscale_all_dim);
+  return m(1.0);
+}
+}  // namespace
+
+// One MTP module k: h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), h^k = block(h'), head(shared_head.norm).
+template <typename T>
+struct MtpModule {
+  RmsNorm<T> enorm, hnorm, head_norm;
+  Linear<T> eh_proj;
+  Block<T> block;
+  std::vector<int32_t> tokens, targets;
+  std::vector<T> emb, cat, h_in, h_out, xf, logits;
+  int64_t count = 0;
+
+  MtpModule(ParamStore<T>& s, const ModelConfig& c, int64_t layer)
+      : enorm(s, fmt::format("model.layers.{}.enorm.weight", layer), c.hidden_size, c.rms_norm_eps),
+        hnorm(s, fmt::format("model.layers.{}.hnorm.weight", layer), c.hidden_size, c.rms_norm_eps),
+        head_norm(s, fmt::format("model.layers.{}.shared_head.norm.weight", layer), c.hidden_size, c.rms_norm_eps),
+        eh_proj(s, fmt::format("model.layers.{}.eh_proj.weight", layer), 2 * c.hidden_size, c.hidden_size),
+        block(s, c, layer) {}
+};
+
+template <typename T>
+struct Model<T>::Impl {
+  ModelConfig config;
+  ParamStore<T> store;
+  int64_t embed = -1, head = -1;
+  std::vector<Block<T>> blocks;
+  RmsNorm<T> final_norm;
+  std::vector<MtpModule<T>> mtp;
+  ops::RopeTable rope;
+
+  // Forward state.
+  int64_t B = 0, Tn = 0, N = 0, count = 0;
+  bool with_loss = false;
+  LossOptions options;
+  std::vector<int32_t> inputs, targets, pos;
+  std::vector<std::vector<T>> hidden;  // hidden[l] is the input of block l; hidden[L] the last block's output
+  std::vector<T> xf, logits;
+
+  explicit Impl(const ModelConfig& c) : config(c) {
+    const int64_t d = c.hidden_size, V = c.vocab_size;
+    embed = store.add("model.embed_tokens.weight", {V, d}, ParamKind::Matrix);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) blocks.emplace_back(store, config, l);
+    final_norm = RmsNorm<T>(store, "model.norm.weight", d, c.rms_norm_eps);
+    head = c.tie_word_embeddings ? embed : store.add("lm_head.weight", {V, d}, ParamKind::Matrix);
+    for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) mtp.emplace_back(store, config, c.num_hidden_layers + k);
+    store.allocate();
+    const RopeScaling& r = c.rope_scaling;
+    rope = ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, r.yarn, r.factor,
+                           r.original_max_position_embeddings, r.beta_fast, r.beta_slow, rope_attention_factor(r));
+  }
+
+  void embed_tokens(T* out, const int32_t* tokens) {
+    const int64_t d = config.hidden_size;
+    for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * d, store.w(embed) + tokens[n] * d, sizeof(T) * size_t(d));
+  }
+  void embed_backward(const T* dout, const int32_t* tokens) {
+    const int64_t d = config.hidden_size;
+    for (int64_t n = 0; n < N; ++n) {
+      T* g = store.g(embed) + tokens[n] * d;
+      for (int64_t i = 0; i < d; ++i) g[i] += dout[n * d + i];
+    }
+  }
+};
+
+template <typename T>
+Model<T>::Model(const ModelConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+template <typename T>
+Model<T>::~Model() = default;
+template <typename T>
+Model<T>::Model(Model&&) noexcept = default;
+template <typename T>
+Model<T>& Model<T>::operator=(Model&&) noexcept = default;
+
+template <typename T>
+const ModelConfig& Model<T>::config() const {
+  return impl_->config;
+}
+template <typename T>
+const std::vector<ParamInfo>& Model<T>::param_infos() const {
+  return impl_->store.infos;
+}
+template <typename T>
+std::vector<T>& Model<T>::params() {
+  return impl_->store.values;
+}
+template <typename T>
+std::vector<T>& Model<T>::grads() {
+  return impl_->store.grads;
+}
+template <typename T>
+const T* Model<T>::logits() const {
+  return impl_->logits.data();
+}
+template <typename T>
+void Model<T>::zero_grads() {
+  std::fill(impl_->store.grads.begin(), impl_->store.grads.end(), T(0));
+}
+
+template <typename T>
+const ParamInfo* Model<T>::find_param(const std::string& name) const {
+  for (const auto& p : impl_->store.infos)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+template <typename T>
+void Model<T>::init_random(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const double out_scale = 1.0 / std::sqrt(2.0 * double(impl_->config.num_hidden_layers));
+  for (const auto& p : impl_->store.infos) {
+    T* w = impl_->store.w(p.offset);
+    const int64_t n = shape_numel(p.shape);
+    const bool output_proj = p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight");
+    for (int64_t i = 0; i < n; ++i) {
+      switch (p.kind) {
+        case ParamKind::Matrix: w[i] = T(0.02 * (output_proj ? out_scale : 1.0) * normal(rng)); break;
+        case ParamKind::Vector: w[i] = T(1); break;
+        case ParamKind::RouterBias: w[i] = T(0); break;
+      }
+    }
+  }
+}
+
+template <typename T>
+void Model<T>::load(const std::function<Tensor(const std::string&)>& get, const std::string& source) {
+  for (const auto& p : impl_->store.infos) {
+    Tensor t = get(p.name);
+    if (!t.defined() || (t.numel() == 0 && shape_numel(p.shape) != 0))
+      fail("{}: tensor '{}' is missing", source, p.name);
+    if (t.shape() != p.shape)
+      fail("{}: tensor '{}' has shape {}, the config needs {}", source, p.name, shape_str(t.shape()),
+           shape_str(p.shape));
+    const std::vector<T> values = t.to_vector<T>();
+    for (size_t i = 0; i < values.size(); ++i)
+      if (!std::isfinite(double(values[i]))) fail("{}: tensor '{}' holds NaN or Inf", source, p.name);
+    std::copy(values.begin(), values.end(), impl_->store.w(p.offset));
+  }
+}
+
+template <typename T>
+std::vector<std::pair<std::string, Tensor>> Model<T>::export_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  auto as_f32 = [&](int64_t offset, const Shape& shape) {
+    Tensor t = Tensor::empty(DType::F32, shape);
+    const T* src = impl_->store.values.data() + offset;
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = float(src[i]);
+    return t;
+  };
+  for (const auto& p : impl_->store.infos) out.emplace_back(p.name, as_f32(p.offset, p.shape));
+  // The released checkpoints store the shared embedding and head again inside each MTP layer.
+  const ModelConfig& c = impl_->config;
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+    const int64_t layer = c.num_hidden_layers + k;
+    out.emplace_back(fmt::format("model.layers.{}.embed_tokens.weight", layer),
+                     as_f32(impl_->embed, {c.vocab_size, c.hidden_size}));
+    out.emplace_back(fmt::format("model.layers.{}.shared_head.head.weight", layer),
+                     as_f32(impl_->head, {c.vocab_size, c.hidden_size}));
+  }
+  return out;
+}
+
+template <typename T>
+ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
+                               const LossOptions& options) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.config;
+  const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
+  if (Tn > c.max_position_embeddings)
+    fail("sequence length {} exceeds max_position_embeddings {}", Tn, c.max_position_embeddings);
+  m.B = B, m.Tn = Tn, m.N = B * Tn, m.with_loss = targets != nullptr, m.options = options;
+  const int64_t N = m.N;
+  m.inputs.assign(inputs, inputs + N);
+  for (int64_t n = 0; n < N; ++n)
+    if (inputs[n] < 0 || inputs[n] >= V) fail("token id {} is outside the vocabulary of {}", inputs[n], V);
+  m.pos.resize(size_t(N));
+  for (int64_t n = 0; n < N; ++n) m.pos[size_t(n)] = int32_t(n % Tn);
+
+  m.hidden.resize(size_t(L + 1));
+  for (auto& h : m.hidden) h.resize(size_t(N * d));
+  m.embed_tokens(m.hidden[0].data(), inputs);
+  ForwardStats stats;
+  for (int64_t l = 0; l < L; ++l) {
+    const double alpha = m.with_loss ? options.balance_alpha : 0.0;
+    m.blocks[size_t(l)].forward(m.hidden[size_t(l + 1)].data(), m.hidden[size_t(l)].data(), B, Tn, m.pos.data(),
+                                m.rope, alpha);
+    stats.balance_loss += m.blocks[size_t(l)].balance_loss;
+    if (m.blocks[size_t(l)].is_moe) stats.expert_load.push_back(m.blocks[size_t(l)].moe.load);
+  }
+  m.xf.resize(size_t(N * d)), m.logits.resize(size_t(N * V));
+  m.final_norm.forward(m.xf.data(), m.hidden[size_t(L)].data(), N);
+  ops::linear(m.logits.data(), m.xf.data(), m.store.w(m.head), N, V, d);
+  if (!m.with_loss) return stats;
+
+  m.targets.assign(targets, targets + N);
+  m.count = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (targets[n] >= V) fail("target token id {} is outside the vocabulary of {}", targets[n], V);
+    m.count += targets[n] >= 0;
+  }
+  stats.tokens = m.count;
+  stats.main_loss = ops::cross_entropy(m.logits.data(), targets, N, V) / double(std::max<int64_t>(m.count, 1));
+
+  // MTP depth k at position i sees token t_{i+k} and predicts t_{i+k+1}: shift the inputs and targets by k.
+  const T* prev = m.hidden[size_t(L)].data();
+  for (size_t k = 0; k < m.mtp.size(); ++k) {
+    MtpModule<T>& mt = m.mtp[k];
+    const int64_t shift = int64_t(k) + 1;
+    mt.tokens.assign(size_t(N), 0), mt.targets.assign(size_t(N), -1);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < Tn; ++i) {
+        const int64_t n = b * Tn + i, j = i + shift;
+        if (j < Tn) {
+          mt.tokens[size_t(n)] = inputs[b * Tn + j];
+          mt.targets[size_t(n)] = targets[b * Tn + j];
+        } else if (j == Tn) {
+          mt.tokens[size_t(n)] = std::max(targets[b * Tn + Tn - 1], 0);
+        }
+      }
+    mt.count = 0;
+    for (int32_t t : mt.targets) mt.count += t >= 0;
+    mt.emb.resize(size_t(N * d)), mt.cat.resize(size_t(N * 2 * d)), mt.h_in.resize(size_t(N * d));
+    mt.h_out.resize(size_t(N * d)), mt.xf.resize(size_t(N * d)), mt.logits.resize(size_t(N * V));
+    m.embed_tokens(mt.emb.data(), mt.tokens.data());
+    std::vector<T> en(size_t(N * d)), hn(size_t(N * d));
+    mt.enorm.forward(en.data(), mt.emb.data(), N);
+    mt.hnorm.forward(hn.data(), prev, N);
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy_n(&en[size_t(n * d)], d, &mt.cat[size_t(n * 2 * d)]);
+      std::copy_n(&hn[size_t(n * d)], d, &mt.cat[size_t(n * 2 * d + d)]);
+    }
+    mt.eh_proj.forward(mt.h_in.data(), mt.cat.data(), N);
+    mt.block.forward(mt.h_out.data(), mt.h_in.data(), B, Tn, m.pos.data(), m.rope, options.balance_alpha);
+    stats.balance_loss += mt.block.balance_loss;
+    if (mt.block.is_moe) stats.expert_load.push_back(mt.block.moe.load);
+    mt.head_norm.forward(mt.xf.data(), mt.h_out.data(), N);
+    ops::linear(mt.logits.data(), mt.xf.data(), m.store.w(m.head), N, V, d);
+    stats.mtp_loss +=
+        ops::cross_entropy(mt.logits.data(), mt.targets.data(), N, V) / double(std::max<int64_t>(mt.count, 1));
+    prev = mt.h_out.data();
+  }
+  if (!m.mtp.empty()) stats.mtp_loss /= double(m.mtp.size());
+  stats.loss = stats.main_loss + options.mtp_weight * stats.mtp_loss + stats.balance_loss;
+  return stats;
+}
+
+template <typename T>
+void Model<T>::backward() {
+  Impl& m = *impl_;
+  if (!m.with_loss) fail("backward() needs a forward with targets");
+  const ModelConfig& c = m.config;
+  const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers, N = m.N;
+  std::vector<T> dlogits(size_t(N * V)), dx(size_t(N * d)), dh(size_t(N * d), T(0));
+
+  // MTP modules, last first: each passes a gradient to the hidden state it read.
+  std::vector<T> dprev(size_t(N * d), T(0));
+  for (size_t k = m.mtp.size(); k-- > 0;) {
+    MtpModule<T>& mt = m.mtp[k];
+    const double scale = m.options.mtp_weight / double(m.mtp.size()) / double(std::max<int64_t>(mt.count, 1));
+    ops::cross_entropy_backward(dlogits.data(), mt.logits.data(), mt.targets.data(), N, V, scale);
+    std::fill(dx.begin(), dx.end(), T(0));
+    ops::linear_backward(dx.data(), m.store.g(m.head), dlogits.data(), mt.xf.data(), m.store.w(m.head), N, V, d);
+    std::vector<T> dh_out = dprev, dh_in(size_t(N * d), T(0)), dcat(size_t(N * 2 * d), T(0));
+    mt.head_norm.backward(dh_out.data(), dx.data());
+    mt.block.backward(dh_in.data(), dh_out.data());
+    mt.eh_proj.backward(dcat.data(), dh_in.data());
+    std::vector<T> den(size_t(N * d)), dhn(size_t(N * d)), demb(size_t(N * d), T(0));
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy_n(&dcat[size_t(n * 2 * d)], d, &den[size_t(n * d)]);
+      std::copy_n(&dcat[size_t(n * 2 * d + d)], d, &dhn[size_t(n * d)]);
+    }
+    mt.enorm.backward(demb.data(), den.data());
+    m.embed_backward(demb.data(), mt.tokens.data());
+    std::fill(dprev.begin(), dprev.end(), T(0));
+    mt.hnorm.backward(dprev.data(), dhn.data());
+  }
+
+  ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V,
+                              1.0 / double(std::max<int64_t>(m.count, 1)));
+  std::fill(dx.begin(), dx.end(), T(0));
+  ops::linear_backward(dx.data(), m.store.g(m.head), dlogits.data(), m.xf.data(), m.store.w(m.head), N, V, d);
+  dh = dprev;
+  m.final_norm.backward(dh.data(), dx.data());
+  for (int64_t l = L; l-- > 0;) {
+    std::vector<T> dh_in(size_t(N * d), T(0));
+    m.blocks[size_t(l)].backward(dh_in.data(), dh.data());
+    dh.swap(dh_in);
+  }
+  m.embed_backward(dh.data(), m.inputs.data());
+}
+
+template <typename T>
+void Model<T>::update_router_bias(const std::vector<std::vector<int64_t>>& expert_load, double gamma) {
+  Impl& m = *impl_;
+  std::vector<Moe<T>*> moes;
+  for (auto& b : m.blocks)
+    if (b.is_moe) moes.push_back(&b.moe);
+  for (auto& mt : m.mtp)
+    if (mt.block.is_moe) moes.push_back(&mt.block.moe);
+  if (expert_load.size() != moes.size()) fail("expert load has {} layers, the model {}", expert_load.size(), moes.size());
+  for (size_t i = 0; i < moes.size(); ++i) {
+    if (moes[i]->bias < 0) continue;
+    const auto& load = expert_load[i];
+    double mean = 0;
+    for (int64_t x : load) mean += double(x) / double(load.size());
+    T* bias = m.store.w(moes[i]->bias);
+    for (size_t e = 0; e < load.size(); ++e) {
+      if (double(load[e]) > mean) bias[e] -= T(gamma);
+      else if (double(load[e]) < mean) bias[e] += T(gamma);
+    }
+  }
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace ds

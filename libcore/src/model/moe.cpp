@@ -1,0 +1,207 @@
+// DeepSeekMoE (reference sections 4 and 5): sigmoid or softmax scores, the correction bias used only to choose,
+// group-limited top-k, renormalised and scaled weights, shared experts, and the sequence-wise balance loss.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "modules.h"
+
+namespace ds {
+
+namespace {
+// Indices of the k largest values among candidates, larger first, ties to the lower index (deterministic).
+template <typename T>
+void top_k(std::vector<int32_t>& candidates, const T* values, int64_t k) {
+  std::partial_sort(candidates.begin(), candidates.begin() + k, candidates.end(), [&](int32_t a, int32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  candidates.resize(size_t(k));
+}
+}  // namespace
+
+template <typename T>
+Moe<T>::Moe(ParamStore<T>& s, const ModelConfig& c, const std::string& prefix)
+    : config(&c), store(&s), gate(s, prefix + "gate.weight", c.hidden_size, c.n_routed_experts) {
+  if (c.topk_method == TopkMethod::NoauxTc)
+    bias = s.add(prefix + "gate.e_score_correction_bias", {c.n_routed_experts}, ParamKind::RouterBias);
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)
+    experts.emplace_back(s, fmt::format("{}experts.{}.", prefix, e), c.hidden_size, c.moe_intermediate_size);
+  has_shared = c.n_shared_experts > 0;
+  if (has_shared)
+    shared = Mlp<T>(s, prefix + "shared_experts.", c.hidden_size, c.moe_intermediate_size * c.n_shared_experts);
+}
+
+template <typename T>
+void Moe<T>::route(int64_t n) {
+  const ModelConfig& c = *config;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group, per_group = E / G;
+  const T* s = &scores[size_t(n * E)];
+  std::vector<T> choice(s, s + E);  // what experts are chosen by; the weights always come from s
+  if (bias >= 0)
+    for (int64_t e = 0; e < E; ++e) choice[size_t(e)] += store->w(bias)[e];
+
+  std::vector<int32_t> candidates;
+  if (c.topk_method == TopkMethod::Greedy || G == 1) {
+    candidates.resize(size_t(E));
+    std::iota(candidates.begin(), candidates.end(), 0);
+  } else {
+    // Group score: the sum of the group's two best (noaux_tc) or its best (group_limited_greedy).
+    std::vector<T> group_score(static_cast<size_t>(G));
+    for (int64_t g = 0; g < G; ++g) {
+      std::vector<T> members(choice.begin() + g * per_group, choice.begin() + (g + 1) * per_group);
+      std::sort(members.begin(), members.end(), std::greater<T>());
+      group_score[size_t(g)] = c.topk_method == TopkMethod::NoauxTc ? members[0] + members[1] : members[0];
+    }
+    std::vector<int32_t> groups(static_cast<size_t>(G));
+    std::iota(groups.begin(), groups.end(), 0);
+    top_k(groups, group_score.data(), c.topk_group);
+    for (int32_t g : groups)
+      for (int64_t e = 0; e < per_group; ++e) candidates.push_back(int32_t(g * per_group + e));
+  }
+  top_k(candidates, choice.data(), K);
+
+  T sum = 0;
+  for (int64_t k = 0; k < K; ++k) sum += s[candidates[size_t(k)]];
+  const T norm = c.norm_topk_prob && K > 1 ? T(1) / (sum + T(1e-20)) : T(1);
+  for (int64_t k = 0; k < K; ++k) {
+    chosen[size_t(n * K + k)] = candidates[size_t(k)];
+    weights[size_t(n * K + k)] = s[candidates[size_t(k)]] * norm * T(c.routed_scaling_factor);
+  }
+}
+
+template <typename T>
+double Moe<T>::forward(T* y, const T* x_, int64_t B_, int64_t Tn_, double balance_alpha_) {
+  const ModelConfig& c = *config;
+  x = x_, B = B_, Tn = Tn_, N = B * Tn, balance_alpha = balance_alpha_;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size;
+  logits.resize(size_t(N * E)), chosen.resize(size_t(N * K)), weights.resize(size_t(N * K));
+  gate.forward(logits.data(), x, N);
+  scores = logits;
+  if (c.scoring_func == ScoringFunc::Sigmoid)
+    for (T& s : scores) s = T(1) / (T(1) + std::exp(-s));
+  else
+    ops::softmax_rows(scores.data(), N, E);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) route(n);
+
+  rows_of.assign(size_t(E), {});
+  for (int64_t i = 0; i < N * K; ++i) rows_of[size_t(chosen[size_t(i)])].push_back(int32_t(i));
+  load.assign(size_t(E), 0);
+  for (int64_t e = 0; e < E; ++e) load[size_t(e)] = int64_t(rows_of[size_t(e)].size());
+
+  if (has_shared)
+    shared.forward(y, x, N);
+  else
+    std::fill(y, y + N * d, T(0));
+  xe.resize(size_t(E)), ye.resize(size_t(E));
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& rows = rows_of[size_t(e)];
+    if (rows.empty()) continue;
+    const int64_t ne = int64_t(rows.size());
+    xe[size_t(e)].resize(size_t(ne * d)), ye[size_t(e)].resize(size_t(ne * d));
+    for (int64_t r = 0; r < ne; ++r)
+      std::copy_n(x + (rows[size_t(r)] / K) * d, d, &xe[size_t(e)][size_t(r * d)]);
+    experts[size_t(e)].forward(ye[size_t(e)].data(), xe[size_t(e)].data(), ne);
+    for (int64_t r = 0; r < ne; ++r) {
+      const T w = weights[size_t(rows[size_t(r)])];
+      T* yr = y + (rows[size_t(r)] / K) * d;
+      const T* src = &ye[size_t(e)][size_t(r * d)];
+      for (int64_t i = 0; i < d; ++i) yr[i] += w * src[i];
+    }
+  }
+
+  if (balance_alpha == 0) return 0;
+  // L = alpha * sum_i f_i P_i per sequence, f_i = E/(K T) * (tokens choosing i), P_i = mean_t s_i / sum_j s_j.
+  balance_f.assign(size_t(B * E), T(0));
+  double loss = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    T* f = &balance_f[size_t(b * E)];
+    std::vector<double> P(size_t(E), 0.0);
+    for (int64_t t = 0; t < Tn; ++t) {
+      const int64_t n = b * Tn + t;
+      for (int64_t k = 0; k < K; ++k) f[chosen[size_t(n * K + k)]] += T(double(E) / double(K * Tn));
+      const T* s = &scores[size_t(n * E)];
+      const double total = std::accumulate(s, s + E, 0.0);
+      for (int64_t e = 0; e < E; ++e) P[size_t(e)] += double(s[e]) / total / double(Tn);
+    }
+    for (int64_t e = 0; e < E; ++e) loss += balance_alpha * double(f[e]) * P[size_t(e)] / double(B);
+  }
+  return loss;
+}
+
+template <typename T>
+void Moe<T>::backward(T* dx, const T* dy) {
+  const ModelConfig& c = *config;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size;
+  if (has_shared) shared.backward(dx, dy);
+
+  std::vector<T> dweights(size_t(N * K), T(0));
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& rows = rows_of[size_t(e)];
+    if (rows.empty()) continue;
+    const int64_t ne = int64_t(rows.size());
+    std::vector<T> dye(static_cast<size_t>(ne * d)), dxe(size_t(ne * d), T(0));
+    for (int64_t r = 0; r < ne; ++r) {
+      const int64_t i = rows[size_t(r)];
+      const T* g = dy + (i / K) * d;
+      const T* out = &ye[size_t(e)][size_t(r * d)];
+      T dot = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        dye[size_t(r * d + j)] = weights[size_t(i)] * g[j];
+        dot += g[j] * out[j];
+      }
+      dweights[size_t(i)] = dot;
+    }
+    experts[size_t(e)].backward(dxe.data(), dye.data());
+    for (int64_t r = 0; r < ne; ++r) {
+      T* dst = dx + (rows[size_t(r)] / K) * d;
+      for (int64_t j = 0; j < d; ++j) dst[j] += dxe[size_t(r * d + j)];
+    }
+  }
+
+  // Back through w = scale * s / (sum of chosen s) to the scores, then through the score function to the logits.
+  std::vector<T> dscores(size_t(N * E), T(0));
+  const T scale = T(c.routed_scaling_factor);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* s = &scores[size_t(n * E)];
+    T* ds = &dscores[size_t(n * E)];
+    const int32_t* ch = &chosen[size_t(n * K)];
+    const T* dw = &dweights[size_t(n * K)];
+    if (c.norm_topk_prob && K > 1) {
+      T sum = 0, dot = 0;
+      for (int64_t k = 0; k < K; ++k) sum += s[ch[k]];
+      const T z = sum + T(1e-20);
+      for (int64_t k = 0; k < K; ++k) dot += dw[k] * s[ch[k]];
+      for (int64_t k = 0; k < K; ++k) ds[ch[k]] += scale * (dw[k] / z - dot / (z * z));
+    } else {
+      for (int64_t k = 0; k < K; ++k) ds[ch[k]] += scale * dw[k];
+    }
+    if (balance_alpha != 0) {
+      const int64_t b = n / Tn;
+      T total = 0, dot = 0;
+      for (int64_t e = 0; e < E; ++e) total += s[e];
+      std::vector<T> g(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) {
+        g[size_t(e)] = T(balance_alpha / double(B * Tn)) * balance_f[size_t(b * E + e)];
+        dot += g[size_t(e)] * s[e] / total;
+      }
+      for (int64_t e = 0; e < E; ++e) ds[e] += (g[size_t(e)] - dot) / total;
+    }
+    if (c.scoring_func == ScoringFunc::Sigmoid) {
+      for (int64_t e = 0; e < E; ++e) ds[e] *= s[e] * (T(1) - s[e]);
+    } else {
+      T dot = 0;
+      for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
+      for (int64_t e = 0; e < E; ++e) ds[e] = s[e] * (ds[e] - dot);
+    }
+  }
+  gate.backward(dx, dscores.data());
+}
+
+template struct Moe<float>;
+template struct Moe<double>;
+
+}  // namespace ds

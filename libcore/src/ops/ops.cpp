@@ -1,0 +1,291 @@
+#include "ds/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+namespace ds {
+
+void set_threads(int threads) {
+  if (threads <= 0) threads = omp_get_num_procs();
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+}
+
+int get_threads() { return omp_get_max_threads(); }
+
+namespace ops {
+
+template <>
+void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, blasint(M), blasint(N),
+              blasint(K), alpha, A, blasint(lda), B, blasint(ldb), beta, C, blasint(ldc));
+}
+
+template <>
+void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+                  const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, blasint(M), blasint(N),
+              blasint(K), alpha, A, blasint(lda), B, blasint(ldb), beta, C, blasint(ldc));
+}
+
+template <typename T>
+void linear(T* y, const T* x, const T* w, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  gemm<T>(false, true, M, N, K, T(1), x, K, w, K, accumulate ? T(1) : T(0), y, N);
+}
+
+template <typename T>
+void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t M, int64_t N, int64_t K) {
+  if (dx) gemm<T>(false, false, M, K, N, T(1), dy, N, w, K, T(1), dx, K);
+  if (dw) gemm<T>(true, false, N, K, M, T(1), dy, N, x, K, T(1), dw, K);
+}
+
+template <typename T>
+void rmsnorm(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps, int64_t x_stride) {
+  if (x_stride == 0) x_stride = C;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xr = x + n * x_stride;
+    double ss = 0;
+    for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * double(xr[c]);
+    const T r = T(1.0 / std::sqrt(ss / double(C) + eps));
+    rstd[n] = r;
+    for (int64_t c = 0; c < C; ++c) y[n * C + c] = w[c] * (xr[c] * r);
+  }
+}
+
+template <typename T>
+void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
+                      int64_t x_stride) {
+  if (x_stride == 0) x_stride = C;
+  // dx = r * (w*dy - xhat * mean(w*dy*xhat)), with xhat = x * r
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xr = x + n * x_stride;
+    const T* g = dy + n * C;
+    const T r = rstd[n];
+    double dot = 0;
+    for (int64_t c = 0; c < C; ++c) dot += double(w[c] * g[c]) * double(xr[c] * r);
+    const T mean = T(dot / double(C));
+    T* dxr = dx + n * x_stride;
+    for (int64_t c = 0; c < C; ++c) dxr[c] += r * (w[c] * g[c] - xr[c] * r * mean);
+  }
+  // The weight gradient reduces over rows: done serially per column block so it is deterministic.
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    T acc = 0;
+    for (int64_t n = 0; n < N; ++n) acc += dy[n * C + c] * x[n * x_stride + c] * rstd[n];
+    dw[c] += acc;
+  }
+}
+
+RopeTable rope_table(int64_t dim, int64_t max_pos, double theta, bool yarn, double factor, int64_t original_max_pos,
+                     double beta_fast, double beta_slow, double attention_factor) {
+  RopeTable t;
+  t.half = dim / 2;
+  std::vector<double> freq(static_cast<size_t>(t.half));
+  for (int64_t i = 0; i < t.half; ++i) freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(dim));
+  if (yarn && factor > 1.0) {
+    auto correction_dim = [&](double rotations) {
+      return double(dim) * std::log(double(original_max_pos) / (rotations * 2.0 * std::numbers::pi)) /
+             (2.0 * std::log(theta));
+    };
+    const double low = std::max(std::floor(correction_dim(beta_fast)), 0.0);
+    double high = std::min(std::ceil(correction_dim(beta_slow)), double(dim - 1));
+    if (low == high) high += 0.001;
+    for (int64_t i = 0; i < t.half; ++i) {
+      const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
+      freq[size_t(i)] = freq[size_t(i)] * (1.0 - ramp) + freq[size_t(i)] / factor * ramp;
+    }
+  }
+  t.cos.resize(size_t(max_pos * t.half));
+  t.sin.resize(size_t(max_pos * t.half));
+  for (int64_t p = 0; p < max_pos; ++p)
+    for (int64_t i = 0; i < t.half; ++i) {
+      const double angle = double(p) * freq[size_t(i)];
+      t.cos[size_t(p * t.half + i)] = std::cos(angle) * attention_factor;
+      t.sin[size_t(p * t.half + i)] = std::sin(angle) * attention_factor;
+    }
+  return t;
+}
+
+template <typename T>
+void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride, int64_t head_stride,
+          const RopeTable& table, bool inverse) {
+  const int64_t half = table.half;
+  // The inverse of a rotation scaled by f is its transpose scaled by f, which is what the backward pass needs.
+  const double sign = inverse ? -1.0 : 1.0;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const double* c = &table.cos[size_t(pos[n]) * size_t(half)];
+    const double* s = &table.sin[size_t(pos[n]) * size_t(half)];
+    for (int64_t h = 0; h < heads; ++h) {
+      T* v = x + n * row_stride + h * head_stride;
+      for (int64_t i = 0; i < half; ++i) {
+        const T a = v[2 * i], b = v[2 * i + 1];
+        const T ci = T(c[i]), si = T(sign * s[i]);
+        v[2 * i] = a * ci - b * si;
+        v[2 * i + 1] = a * si + b * ci;
+      }
+    }
+  }
+}
+
+template <typename T>
+void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
+               int64_t dv, double scale) {
+  const int64_t qs = H * dk, vs = H * dv;
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < Tn; ++i) {
+        const T* qi = q + (b * Tn + i) * qs + h * dk;
+        T* pi = p + ((b * H + h) * Tn + i) * Tn;
+        T mx = -INFINITY;
+        for (int64_t j = 0; j <= i; ++j) {
+          const T* kj = k + (b * Tn + j) * qs + h * dk;
+          T dot = 0;
+          for (int64_t d = 0; d < dk; ++d) dot += qi[d] * kj[d];
+          pi[j] = dot * T(scale);
+          mx = std::max(mx, pi[j]);
+        }
+        T sum = 0;
+        for (int64_t j = 0; j <= i; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
+        const T inv = T(1) / sum;
+        for (int64_t j = 0; j <= i; ++j) pi[j] *= inv;
+        for (int64_t j = i + 1; j < Tn; ++j) pi[j] = 0;
+        T* oi = o + (b * Tn + i) * vs + h * dv;
+        for (int64_t d = 0; d < dv; ++d) oi[d] = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          const T* vj = v + (b * Tn + j) * vs + h * dv;
+          for (int64_t d = 0; d < dv; ++d) oi[d] += pi[j] * vj[d];
+        }
+      }
+    }
+}
+
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* p, int64_t B,
+                        int64_t Tn, int64_t H, int64_t dkd, int64_t dvd, double scale) {
+  const int64_t qs = H * dkd, vs = H * dvd;
+#pragma omp parallel
+  {
+    std::vector<T> ds(static_cast<size_t>(Tn));
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < Tn; ++i) {
+          const T* pi = p + ((b * H + h) * Tn + i) * Tn;
+          const T* doi = dout + (b * Tn + i) * vs + h * dvd;
+          T dot_sum = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            const T* vj = v + (b * Tn + j) * vs + h * dvd;
+            T* dvj = dv + (b * Tn + j) * vs + h * dvd;
+            T dp = 0;
+            for (int64_t d = 0; d < dvd; ++d) {
+              dp += doi[d] * vj[d];
+              dvj[d] += pi[j] * doi[d];
+            }
+            ds[size_t(j)] = dp;
+            dot_sum += pi[j] * dp;
+          }
+          const T* qi = q + (b * Tn + i) * qs + h * dkd;
+          T* dqi = dq + (b * Tn + i) * qs + h * dkd;
+          for (int64_t j = 0; j <= i; ++j) {
+            const T g = pi[j] * (ds[size_t(j)] - dot_sum) * T(scale);
+            const T* kj = k + (b * Tn + j) * qs + h * dkd;
+            T* dkj = dk + (b * Tn + j) * qs + h * dkd;
+            for (int64_t d = 0; d < dkd; ++d) {
+              dqi[d] += g * kj[d];
+              dkj[d] += g * qi[d];
+            }
+          }
+        }
+  }
+}
+
+template <typename T>
+void swiglu(T* a, const T* g, const T* u, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) a[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+}
+
+template <typename T>
+void swiglu_backward(T* dg, T* du, const T* da, const T* g, const T* u, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T sig = T(1) / (T(1) + std::exp(-g[i]));
+    const T silu = g[i] * sig;
+    du[i] += da[i] * silu;
+    dg[i] += da[i] * u[i] * sig * (T(1) + g[i] * (T(1) - sig));
+  }
+}
+
+template <typename T>
+void softmax_rows(T* x, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    T* r = x + n * C;
+    const T mx = *std::max_element(r, r + C);
+    T sum = 0;
+    for (int64_t c = 0; c < C; ++c) sum += (r[c] = std::exp(r[c] - mx));
+    for (int64_t c = 0; c < C; ++c) r[c] /= sum;
+  }
+}
+
+template <typename T>
+double cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V) {
+  double total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+  for (int64_t n = 0; n < N; ++n) {
+    T* r = logits + n * V;
+    const T mx = *std::max_element(r, r + V);
+    double sum = 0;
+    for (int64_t c = 0; c < V; ++c) sum += double(std::exp(r[c] - mx));
+    if (targets[n] >= 0) total += std::log(sum) - double(r[targets[n]] - mx);
+    const T inv = T(1.0 / sum);
+    for (int64_t c = 0; c < V; ++c) r[c] = std::exp(r[c] - mx) * inv;
+  }
+  return total;
+}
+
+template <typename T>
+void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale) {
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    T* d = dlogits + n * V;
+    if (targets[n] < 0) {
+      std::fill(d, d + V, T(0));
+      continue;
+    }
+    for (int64_t c = 0; c < V; ++c) d[c] = probs[n * V + c] * T(scale);
+    d[targets[n]] -= T(scale);
+  }
+}
+
+#define DS_INSTANTIATE(T)                                                                                        \
+  template void linear<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, bool);                              \
+  template void linear_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);             \
+  template void rmsnorm<T>(T*, T*, const T*, const T*, int64_t, int64_t, double, int64_t);                       \
+  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);   \
+  template void rope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, const RopeTable&, bool);         \
+  template void attention<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                             double);                                                                            \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,     \
+                                      int64_t, int64_t, int64_t, int64_t, double);                               \
+  template void swiglu<T>(T*, const T*, const T*, int64_t);                                                      \
+  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                               \
+  template void softmax_rows<T>(T*, int64_t, int64_t);                                                           \
+  template double cross_entropy<T>(T*, const int32_t*, int64_t, int64_t);                                        \
+  template void cross_entropy_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, double);
+DS_INSTANTIATE(float)
+DS_INSTANTIATE(double)
+
+}  // namespace ops
+}  // namespace ds

@@ -1,0 +1,113 @@
+// Every parameter gradient of the model, router and MTP included, against central finite differences in double.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+
+#include "ds/config.h"
+#include "ds/model.h"
+
+using namespace ds;
+
+namespace {
+
+// Weights large enough that every path carries a gradient well above rounding noise.
+void randomize(Model<double>& model, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (const auto& p : model.param_infos()) {
+    double* w = model.params().data() + p.offset;
+    for (int64_t i = 0; i < shape_numel(p.shape); ++i) {
+      if (p.kind == ParamKind::Matrix) w[i] = 0.3 * normal(rng);
+      else if (p.kind == ParamKind::Vector) w[i] = 1.0 + 0.1 * normal(rng);
+      else w[i] = 0.1 * normal(rng);
+    }
+  }
+}
+
+void check_gradients(const ModelConfig& config, const LossOptions& options) {
+  Model<double> model(config);
+  randomize(model, 7);
+  const int64_t B = 2, Tn = 6, N = B * Tn;
+  std::mt19937_64 rng(11);
+  std::vector<int32_t> inputs(N), targets(N);
+  for (int64_t n = 0; n < N; ++n) {
+    inputs[size_t(n)] = int32_t(rng() % uint64_t(config.vocab_size));
+    targets[size_t(n)] = n % 5 == 3 ? -1 : int32_t(rng() % uint64_t(config.vocab_size));  // some positions masked
+  }
+  auto loss = [&] { return model.forward(inputs.data(), targets.data(), B, Tn, options).loss; };
+  loss();
+  model.zero_grads();
+  model.backward();
+  const std::vector<double> analytic = model.grads();
+
+  const double eps = 1e-6;
+  for (const auto& p : model.param_infos()) {
+    if (p.kind == ParamKind::RouterBias) continue;  // not trained by gradients
+    const int64_t n = shape_numel(p.shape);
+    double max_abs_grad = 0;
+    for (int64_t probe = 0; probe < 4; ++probe) {
+      const int64_t i = p.offset + int64_t(rng() % uint64_t(n));
+      double& w = model.params()[size_t(i)];
+      const double saved = w;
+      w = saved + eps;
+      const double up = loss();
+      w = saved - eps;
+      const double down = loss();
+      w = saved;
+      const double numeric = (up - down) / (2 * eps);
+      const double a = analytic[size_t(i)];
+      max_abs_grad = std::max(max_abs_grad, std::fabs(a));
+      CHECK_MESSAGE(std::fabs(a - numeric) <= 1e-6 + 1e-5 * std::fabs(numeric),
+                    p.name << "[" << i - p.offset << "] analytic " << a << " numeric " << numeric);
+    }
+  }
+}
+
+ModelConfig tiny() { return resolve_model_config("tiny"); }
+
+}  // namespace
+
+TEST_CASE("gradients: tiny preset (q_lora, noaux_tc sigmoid, groups, MTP, balance loss)") {
+  LossOptions options;
+  options.mtp_weight = 0.3;
+  options.balance_alpha = 0.05;
+  check_gradients(tiny(), options);
+}
+
+TEST_CASE("gradients: no q_lora, tied embeddings, softmax greedy routing, no renormalisation") {
+  ModelConfig c = tiny();
+  c.q_lora_rank = 0;
+  c.tie_word_embeddings = true;
+  c.topk_method = TopkMethod::Greedy;
+  c.scoring_func = ScoringFunc::Softmax;
+  c.norm_topk_prob = false;
+  c.n_group = 1, c.topk_group = 1;
+  c.num_nextn_predict_layers = 0;
+  c.n_shared_experts = 0;
+  check_gradients(c, {0.0, 0.02});
+}
+
+TEST_CASE("gradients: group-limited greedy (V2), YaRN rope, two MTP depths") {
+  ModelConfig c = tiny();
+  c.topk_method = TopkMethod::GroupLimitedGreedy;
+  c.scoring_func = ScoringFunc::Softmax;
+  c.norm_topk_prob = false;
+  c.routed_scaling_factor = 16.0;
+  c.rope_scaling.yarn = true;
+  c.rope_scaling.factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 4;
+  c.rope_scaling.mscale = 0.707;
+  c.rope_scaling.mscale_all_dim = 0.707;
+  c.num_nextn_predict_layers = 2;
+  check_gradients(c, {0.5, 0.0});
+}
+
+TEST_CASE("gradients: dense model (n_routed_experts = 0)") {
+  ModelConfig c = tiny();
+  c.n_routed_experts = 0;
+  c.num_experts_per_tok = 0;
+  c.n_shared_experts = 0;
+  c.num_nextn_predict_layers = 1;
+  check_gradients(c, {0.3, 0.0});
+}
