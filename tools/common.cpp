@@ -37,3 +37,35 @@ int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body)
 }
 
 }  // namespace ds::tool
+
+#include <csignal>
+
+#include "ds/ops.h"
+
+namespace ds::tool {
+
+void add_compute_options(CLI::App& app, ComputeOptions& options) {
+  app.add_option("--threads", options.threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--device", options.device, "cpu or cuda[:N]")->capture_default_str();
+}
+
+void apply_compute_options(const ComputeOptions& options) {
+  if (options.device != "cpu")
+    throw CLI::ValidationError("--device", "'" + options.device + "' is not available: this build runs on the CPU only");
+  set_threads(options.threads);
+}
+
+namespace {
+std::atomic<bool> stop_requested{false};
+extern "C" void on_stop_signal(int) { stop_requested.store(true); }
+}  // namespace
+
+const std::atomic<bool>& install_stop_signals() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &action, nullptr);
+  return stop_requested;
+}
+
+}  // namespace ds::tool

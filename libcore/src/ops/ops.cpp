@@ -137,6 +137,8 @@ void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride
   }
 }
 
+// Attention runs one (sequence, head) pair per OpenMP thread; BLAS calls inside a parallel region stay on their
+// thread (OpenBLAS built for OpenMP), so the small per-head GEMMs do not fight over cores.
 template <typename T>
 void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
                int64_t dv, double scale) {
@@ -144,29 +146,21 @@ void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_
 #pragma omp parallel for schedule(static) collapse(2)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
+      T* pb = p + (b * H + h) * Tn * Tn;
+      const T* qb = q + b * Tn * qs + h * dk;
+      const T* kb = k + b * Tn * qs + h * dk;
+      gemm<T>(false, true, Tn, Tn, dk, T(scale), qb, qs, kb, qs, T(0), pb, Tn);
       for (int64_t i = 0; i < Tn; ++i) {
-        const T* qi = q + (b * Tn + i) * qs + h * dk;
-        T* pi = p + ((b * H + h) * Tn + i) * Tn;
-        T mx = -INFINITY;
-        for (int64_t j = 0; j <= i; ++j) {
-          const T* kj = k + (b * Tn + j) * qs + h * dk;
-          T dot = 0;
-          for (int64_t d = 0; d < dk; ++d) dot += qi[d] * kj[d];
-          pi[j] = dot * T(scale);
-          mx = std::max(mx, pi[j]);
-        }
+        T* pi = pb + i * Tn;
+        const T mx = *std::max_element(pi, pi + i + 1);
         T sum = 0;
         for (int64_t j = 0; j <= i; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
         const T inv = T(1) / sum;
         for (int64_t j = 0; j <= i; ++j) pi[j] *= inv;
-        for (int64_t j = i + 1; j < Tn; ++j) pi[j] = 0;
-        T* oi = o + (b * Tn + i) * vs + h * dv;
-        for (int64_t d = 0; d < dv; ++d) oi[d] = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          const T* vj = v + (b * Tn + j) * vs + h * dv;
-          for (int64_t d = 0; d < dv; ++d) oi[d] += pi[j] * vj[d];
-        }
+        std::fill(pi + i + 1, pi + Tn, T(0));
       }
+      gemm<T>(false, false, Tn, dv, Tn, T(1), pb, Tn, v + b * Tn * vs + h * dv, vs, T(0), o + b * Tn * vs + h * dv,
+              vs);
     }
 }
 
@@ -176,37 +170,27 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   const int64_t qs = H * dkd, vs = H * dvd;
 #pragma omp parallel
   {
-    std::vector<T> ds(static_cast<size_t>(Tn));
+    std::vector<T> ds(static_cast<size_t>(Tn * Tn));
 #pragma omp for schedule(static) collapse(2)
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < H; ++h)
+      for (int64_t h = 0; h < H; ++h) {
+        const T* pb = p + (b * H + h) * Tn * Tn;
+        const T* dob = dout + b * Tn * vs + h * dvd;
+        const int64_t qoff = b * Tn * qs + h * dkd, voff = b * Tn * vs + h * dvd;
+        // dV += P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP)) * scale; dQ += dS K; dK += dS^T Q.
+        gemm<T>(true, false, Tn, dvd, Tn, T(1), pb, Tn, dob, vs, T(1), dv + voff, vs);
+        gemm<T>(false, true, Tn, Tn, dvd, T(1), dob, vs, v + voff, vs, T(0), ds.data(), Tn);
         for (int64_t i = 0; i < Tn; ++i) {
-          const T* pi = p + ((b * H + h) * Tn + i) * Tn;
-          const T* doi = dout + (b * Tn + i) * vs + h * dvd;
-          T dot_sum = 0;
-          for (int64_t j = 0; j <= i; ++j) {
-            const T* vj = v + (b * Tn + j) * vs + h * dvd;
-            T* dvj = dv + (b * Tn + j) * vs + h * dvd;
-            T dp = 0;
-            for (int64_t d = 0; d < dvd; ++d) {
-              dp += doi[d] * vj[d];
-              dvj[d] += pi[j] * doi[d];
-            }
-            ds[size_t(j)] = dp;
-            dot_sum += pi[j] * dp;
-          }
-          const T* qi = q + (b * Tn + i) * qs + h * dkd;
-          T* dqi = dq + (b * Tn + i) * qs + h * dkd;
-          for (int64_t j = 0; j <= i; ++j) {
-            const T g = pi[j] * (ds[size_t(j)] - dot_sum) * T(scale);
-            const T* kj = k + (b * Tn + j) * qs + h * dkd;
-            T* dkj = dk + (b * Tn + j) * qs + h * dkd;
-            for (int64_t d = 0; d < dkd; ++d) {
-              dqi[d] += g * kj[d];
-              dkj[d] += g * qi[d];
-            }
-          }
+          const T* pi = pb + i * Tn;
+          T* di = ds.data() + i * Tn;
+          T dot = 0;
+          for (int64_t j = 0; j <= i; ++j) dot += pi[j] * di[j];
+          for (int64_t j = 0; j <= i; ++j) di[j] = pi[j] * (di[j] - dot) * T(scale);
+          std::fill(di + i + 1, di + Tn, T(0));
         }
+        gemm<T>(false, false, Tn, dkd, Tn, T(1), ds.data(), Tn, k + qoff, qs, T(1), dq + qoff, qs);
+        gemm<T>(true, false, Tn, dkd, Tn, T(1), ds.data(), Tn, q + qoff, qs, T(1), dk + qoff, qs);
+      }
   }
 }
 

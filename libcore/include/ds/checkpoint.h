@@ -1,0 +1,53 @@
+#pragma once
+// Model directories (Hugging Face layout) and training run directories (DESIGN.md section 3).
+//
+//   RUN/checkpoints/step-00001000/   a model directory + optimizer.safetensors + trainer_state.json
+//   RUN/latest -> checkpoints/step-00001000   replaced atomically once the checkpoint is complete and fsynced
+//   RUN/metrics.jsonl                one JSON record per logged step
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "ds/config.h"
+#include "ds/model.h"
+#include "ds/tokenizer.h"
+
+namespace ds {
+
+// Writes config.json, model.safetensors, the tokenizer files and generation_config.json into dir.
+void write_model_dir(const std::string& dir, const Model<float>& model, const Tokenizer& tokenizer);
+
+struct LoadedModel {
+  std::string dir;  // the model directory actually read
+  ModelConfig config;
+  Model<float> model;
+  Tokenizer tokenizer;
+};
+// A model directory, or a run directory (meaning its latest checkpoint).
+std::string resolve_model_dir(const std::string& path);
+LoadedModel load_model_dir(const std::string& path);
+
+// A stable fingerprint of a model config, so a resume cannot silently continue a different architecture.
+std::string config_hash(const ModelConfig& config);
+
+class RunDir {
+ public:
+  explicit RunDir(std::string path);
+  const std::string& path() const { return path_; }
+
+  // Creates the directory (or checks it is writable) before any work starts.
+  void prepare() const;
+  // The checkpoint `latest` points to, if any.
+  std::optional<std::string> latest() const;
+  // Writes checkpoints/step-NNNNNNNN completely, then points latest at it, then keeps only the newest `keep`
+  // checkpoints (0 keeps all). `write_files(dir)` fills the new directory.
+  std::string save(int64_t step, int keep, const std::function<void(const std::string&)>& write_files) const;
+  void append_metrics(const nlohmann::json& record) const;
+
+ private:
+  std::string path_;
+};
+
+}  // namespace ds

@@ -1,0 +1,53 @@
+#pragma once
+// Pretraining loop: packed batches, gradient accumulation, AdamW with a schedule and clipping, aux-loss-free router
+// bias updates, MTP and balance losses, metrics, periodic atomic checkpoints, bit-exact resume.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ds/model.h"
+#include "ds/optim.h"
+
+namespace ds {
+
+struct PretrainOptions {
+  std::string run_dir;
+  bool resume = false;              // continue run_dir from its latest checkpoint
+  std::string model_config = "demo";  // preset or config.json (new runs only)
+  std::vector<std::string> data;    // token shards; empty = builtin:arith
+  int64_t batch = 8, seq_len = 128, grad_accum = 1;
+  int64_t steps = 1000;       // total steps of the run, counted from its start
+  int64_t stop_after = 0;     // stop (with a checkpoint) after this many steps of this invocation; 0 = no limit
+  ScheduleOptions schedule;   // total is set from steps
+  AdamWOptions adamw;
+  double clip = 1.0;
+  LossOptions loss;
+  double bias_gamma = 0.001;  // aux-loss-free bias update speed
+  uint64_t seed = 1234;
+  int64_t save_every = 0;     // 0: only at the end
+  int keep = 0;               // checkpoints kept; 0 = all
+  int64_t log_every = 10;
+  int64_t max_bad_steps = 10; // consecutive non-finite steps tolerated (each is skipped) before failing
+};
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based count of completed steps
+  double loss = 0, main_loss = 0, mtp_loss = 0, balance_loss = 0, lr = 0, grad_norm = 0;
+  double tokens_per_s = 0, load_imbalance = 0, elapsed_s = 0;
+  uint64_t tokens = 0;  // seen since the run started
+  int64_t bad_steps = 0;
+  bool skipped = false;
+};
+
+struct PretrainEvents {
+  std::function<void(const std::string&)> info;        // one-line messages (start, resume, parameter counts)
+  std::function<void(const StepRecord&)> log;          // every log_every steps and the last
+  std::function<void(const std::string&)> checkpoint;  // path of each checkpoint written
+};
+
+// Runs until options.steps, options.stop_after, or stop becomes true (then saves and returns). Throws ds::Error.
+void pretrain(const PretrainOptions& options, const std::atomic<bool>& stop, const PretrainEvents& events);
+
+}  // namespace ds

@@ -1,0 +1,123 @@
+#include "ds/checkpoint.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "ds/error.h"
+#include "ds/fsutil.h"
+#include "ds/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace ds {
+
+void write_model_dir(const std::string& dir, const Model<float>& model, const Tokenizer& tokenizer) {
+  fs::create_directories(dir);
+  write_file_atomic(dir + "/config.json", config_to_json(model.config()).dump(2) + "\n");
+  const nlohmann::json generation = {{"bos_token_id", tokenizer.bos_id()}, {"eos_token_id", tokenizer.eos_id()},
+                                     {"do_sample", true}, {"temperature", 0.6}, {"top_p", 0.95}};
+  write_file_atomic(dir + "/generation_config.json", generation.dump(2) + "\n");
+  tokenizer.save(dir);
+  safetensors::save_model(dir, model.export_tensors());
+}
+
+std::string resolve_model_dir(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) fail("{}: not a model or run directory", path);
+  if (fs::exists(path + "/config.json")) return path;
+  if (fs::exists(path + "/latest")) {
+    const std::string target = fs::canonical(path + "/latest", ec).string();
+    if (ec) fail("{}/latest: dangling link ({})", path, ec.message());
+    return target;
+  }
+  fail("{}: no config.json and no latest checkpoint", path);
+}
+
+LoadedModel load_model_dir(const std::string& path) {
+  const std::string dir = resolve_model_dir(path);
+  ModelConfig config = load_config(dir + "/config.json");
+  Tokenizer tokenizer = fs::exists(dir + "/tokenizer.json") ? Tokenizer::load(dir + "/tokenizer.json")
+                                                             : Tokenizer::byte_level();
+  if (tokenizer.vocab_size() > size_t(config.vocab_size))
+    fail("{}: tokenizer has {} tokens, more than vocab_size {}", dir, tokenizer.vocab_size(), config.vocab_size);
+  Model<float> model(config);
+  safetensors::ModelFiles files(dir);
+  model.load([&](const std::string& name) { return files.find(name) ? files.get(name) : Tensor(); }, dir);
+  return {dir, config, std::move(model), std::move(tokenizer)};
+}
+
+std::string config_hash(const ModelConfig& config) {
+  // FNV-1a over the canonical JSON: stable across runs and platforms.
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : config_to_json(config).dump()) h = (h ^ ch) * 1099511628211ull;
+  return fmt::format("{:016x}", h);
+}
+
+RunDir::RunDir(std::string path) : path_(std::move(path)) {}
+
+void RunDir::prepare() const {
+  std::error_code ec;
+  fs::create_directories(path_ + "/checkpoints", ec);
+  if (ec) fail("{}: cannot create run directory: {}", path_, ec.message());
+  if (access((path_ + "/checkpoints").c_str(), W_OK) != 0 || access(path_.c_str(), W_OK) != 0)
+    fail("{}: run directory is not writable", path_);
+}
+
+std::optional<std::string> RunDir::latest() const {
+  std::error_code ec;
+  if (!fs::is_symlink(path_ + "/latest", ec)) return std::nullopt;
+  const fs::path target = fs::canonical(path_ + "/latest", ec);
+  if (ec) fail("{}/latest: dangling link", path_);
+  return target.string();
+}
+
+std::string RunDir::save(int64_t step, int keep, const std::function<void(const std::string&)>& write_files) const {
+  const std::string name = fmt::format("step-{:08d}", step);
+  const std::string checkpoints = path_ + "/checkpoints";
+  const std::string tmp = fmt::format("{}/.tmp-{}-{}", checkpoints, name, getpid());
+  const std::string final_dir = checkpoints + "/" + name;
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  write_files(tmp);  // every file is written with AtomicFile, so it is fsynced
+  fsync_dir(tmp);
+  if (fs::exists(final_dir)) {  // a checkpoint of the same step (a resumed run saving again) is replaced
+    const std::string old = tmp + ".old";
+    fs::rename(final_dir, old);
+    fs::rename(tmp, final_dir);
+    fs::remove_all(old);
+  } else {
+    fs::rename(tmp, final_dir);
+  }
+  fsync_dir(checkpoints);
+
+  const std::string link_tmp = fmt::format("{}/.latest.tmp.{}", path_, getpid());
+  fs::remove(link_tmp, ec);
+  fs::create_directory_symlink("checkpoints/" + name, link_tmp);
+  fs::rename(link_tmp, path_ + "/latest");
+  fsync_dir(path_);
+
+  if (keep > 0) {
+    std::vector<std::string> steps;
+    for (const auto& entry : fs::directory_iterator(checkpoints)) {
+      const std::string n = entry.path().filename().string();
+      if (n.starts_with("step-")) steps.push_back(n);
+    }
+    std::sort(steps.begin(), steps.end());
+    for (size_t i = 0; i + size_t(keep) < steps.size(); ++i)
+      if (steps[i] != name) fs::remove_all(checkpoints + "/" + steps[i]);
+  }
+  return final_dir;
+}
+
+void RunDir::append_metrics(const nlohmann::json& record) const {
+  std::ofstream out(path_ + "/metrics.jsonl", std::ios::app);
+  out << record.dump() << "\n";
+  if (!out) fail("{}/metrics.jsonl: write failed", path_);
+}
+
+}  // namespace ds

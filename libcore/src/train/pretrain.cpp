@@ -1,0 +1,194 @@
+#include "ds/pretrain.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "ds/checkpoint.h"
+#include "ds/data.h"
+#include "ds/error.h"
+#include "ds/fsutil.h"
+#include "ds/ops.h"
+#include "ds/safetensors.h"
+
+namespace ds {
+
+namespace {
+
+double load_imbalance(const std::vector<std::vector<int64_t>>& loads) {
+  double worst = 0;
+  for (const auto& layer : loads) {
+    double sum = 0, mx = 0;
+    for (int64_t x : layer) sum += double(x), mx = std::max(mx, double(x));
+    if (sum > 0) worst = std::max(worst, mx / (sum / double(layer.size())));
+  }
+  return worst;
+}
+
+nlohmann::json options_json(const PretrainOptions& o, const std::string& data) {
+  return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"data", data}, {"seed", o.seed}};
+}
+
+void add_into(std::vector<std::vector<int64_t>>& total, const std::vector<std::vector<int64_t>>& part) {
+  if (total.empty()) {
+    total = part;
+    return;
+  }
+  for (size_t l = 0; l < total.size(); ++l)
+    for (size_t e = 0; e < total[l].size(); ++e) total[l][e] += part[l][e];
+}
+
+}  // namespace
+
+void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const PretrainEvents& events) {
+  namespace fs = std::filesystem;
+  if (o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("batch, seq-len and grad-accum must be positive");
+  if (o.steps <= 0) fail("--steps must be positive");
+  RunDir run(o.run_dir);
+  const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
+  if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
+  if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
+  run.prepare();
+
+  int64_t step = 0;
+  uint64_t tokens_seen = 0, cursor = 0;
+  std::optional<LoadedModel> loaded;
+  if (o.resume) loaded.emplace(load_model_dir(*latest));
+  const ModelConfig config = loaded ? loaded->config : resolve_model_config(o.model_config);
+  Model<float> model = loaded ? std::move(loaded->model) : Model<float>(config);
+  Tokenizer tokenizer = loaded ? std::move(loaded->tokenizer) : Tokenizer::byte_level();
+  if (!loaded) model.init_random(o.seed);
+  if (o.seq_len > config.max_position_embeddings)
+    fail("--seq-len {} exceeds the model's max_position_embeddings {}", o.seq_len, config.max_position_embeddings);
+  if (tokenizer.vocab_size() > size_t(config.vocab_size))
+    fail("the tokenizer has {} tokens but the model config only {}", tokenizer.vocab_size(), config.vocab_size);
+
+  TokenSource data = o.data.empty() ? TokenSource::builtin_arith(tokenizer, o.seed)
+                                    : TokenSource::from_shards(o.data, uint32_t(config.vocab_size));
+  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw);
+
+  if (o.resume) {
+    const std::string state_path = *latest + "/trainer_state.json";
+    nlohmann::json state;
+    try {
+      state = nlohmann::json::parse(read_file(state_path));
+      step = state.at("step").get<int64_t>();
+      tokens_seen = state.at("tokens_seen").get<uint64_t>();
+      cursor = state.at("data_cursor").get<uint64_t>();
+      if (state.at("config_hash") != config_hash(config)) fail("{}: config hash does not match config.json", state_path);
+      const nlohmann::json saved = state.at("options"), now = options_json(o, data.description());
+      for (const auto& [key, value] : saved.items())
+        if (now.at(key) != value)
+          fail("{}: the run was trained with {} = {}, not {}; resume with the same value", state_path, key,
+               value.dump(), now.at(key).dump());
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: bad trainer state: {}", state_path, e.what());
+    }
+    safetensors::File opt(*latest + "/optimizer.safetensors");
+    for (auto [name, target] : {std::pair{"exp_avg", &optimizer.m()}, std::pair{"exp_avg_sq", &optimizer.v()}}) {
+      const Tensor t = opt.get(name);
+      if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
+        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest, name);
+      std::copy_n(t.data<float>(), target->size(), target->data());
+    }
+    optimizer.set_steps(step);
+    data.seek(cursor);
+    if (events.info) events.info(fmt::format("resumed {} at step {} ({} tokens seen)", *latest, step, tokens_seen));
+  } else if (events.info) {
+    const ParamCount pc = count_params(config);
+    events.info(fmt::format("model {}: {} parameters ({} active per token, {} in MTP), data {}", o.model_config,
+                            pc.total, pc.active, pc.mtp, data.description()));
+  }
+  if (step >= o.steps) {
+    if (events.info) events.info(fmt::format("the run is already at step {} of {}", step, o.steps));
+    return;
+  }
+
+  ScheduleOptions schedule = o.schedule;
+  schedule.total = o.steps;
+  auto save = [&] {
+    const std::string dir = run.save(step, o.keep, [&](const std::string& tmp) {
+      write_model_dir(tmp, model, tokenizer);
+      Tensor m = Tensor::from_f32(optimizer.m(), {int64_t(optimizer.m().size())});
+      Tensor v = Tensor::from_f32(optimizer.v(), {int64_t(optimizer.v().size())});
+      safetensors::save(tmp + "/optimizer.safetensors", {{"exp_avg", m}, {"exp_avg_sq", v}});
+      const nlohmann::json state = {{"step", step},
+                                    {"tokens_seen", tokens_seen},
+                                    {"data_cursor", data.cursor()},
+                                    {"config_hash", config_hash(config)},
+                                    {"options", options_json(o, data.description())},
+                                    {"schedule", {{"lr", schedule.lr}, {"warmup", schedule.warmup},
+                                                  {"total", schedule.total}}},
+                                    {"threads", get_threads()}};
+      write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+    });
+    if (events.checkpoint) events.checkpoint(dir);
+  };
+
+  std::vector<int32_t> inputs, targets;
+  int64_t bad_in_a_row = 0, bad_total = 0, steps_this_run = 0;
+  const auto start = std::chrono::steady_clock::now();
+  auto interval_start = start;
+  uint64_t interval_tokens = 0;
+  while (step < o.steps) {
+    model.zero_grads();
+    ForwardStats sum;
+    std::vector<std::vector<int64_t>> loads;
+    for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
+      data.next_batch(o.batch, o.seq_len, inputs, targets);
+      const ForwardStats s = model.forward(inputs.data(), targets.data(), o.batch, o.seq_len, o.loss);
+      model.backward();
+      sum.loss += s.loss / double(o.grad_accum);
+      sum.main_loss += s.main_loss / double(o.grad_accum);
+      sum.mtp_loss += s.mtp_loss / double(o.grad_accum);
+      sum.balance_loss += s.balance_loss / double(o.grad_accum);
+      add_into(loads, s.expert_load);
+    }
+    std::vector<float>& grads = model.grads();
+    if (o.grad_accum > 1)
+      for (float& g : grads) g /= float(o.grad_accum);
+    const double lr = learning_rate(schedule, step);
+    const double norm = clip_grad_norm(grads, o.clip);
+    StepRecord r;
+    r.skipped = !std::isfinite(sum.loss) || !std::isfinite(norm);
+    if (r.skipped) {
+      ++bad_total;
+      if (++bad_in_a_row > o.max_bad_steps)
+        fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row);
+    } else {
+      bad_in_a_row = 0;
+      optimizer.step(model.params(), grads, lr);
+      model.update_router_bias(loads, o.bias_gamma);
+    }
+    ++step, ++steps_this_run;
+    const uint64_t step_tokens = uint64_t(o.batch * o.seq_len * o.grad_accum);
+    tokens_seen += step_tokens;
+    interval_tokens += step_tokens;
+
+    const bool last = step == o.steps || stop || (o.stop_after > 0 && steps_this_run >= o.stop_after);
+    if (step % std::max<int64_t>(o.log_every, 1) == 0 || last) {
+      const auto now = std::chrono::steady_clock::now();
+      r.step = step, r.loss = sum.loss, r.main_loss = sum.main_loss, r.mtp_loss = sum.mtp_loss;
+      r.balance_loss = sum.balance_loss, r.lr = lr, r.grad_norm = norm, r.tokens = tokens_seen;
+      r.tokens_per_s = double(interval_tokens) / std::chrono::duration<double>(now - interval_start).count();
+      r.load_imbalance = load_imbalance(loads);
+      r.elapsed_s = std::chrono::duration<double>(now - start).count();
+      r.bad_steps = bad_total;
+      interval_start = now, interval_tokens = 0;
+      nlohmann::json record = {{"step", r.step}, {"loss", r.loss}, {"main_loss", r.main_loss}, {"lr", r.lr},
+                               {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s}, {"tokens", r.tokens},
+                               {"bad_steps", r.bad_steps}, {"elapsed_s", r.elapsed_s}};
+      if (config.num_nextn_predict_layers > 0) record["mtp_loss"] = r.mtp_loss;
+      if (o.loss.balance_alpha > 0) record["balance_loss"] = r.balance_loss;
+      if (config.n_routed_experts > 0) record["load_imbalance"] = r.load_imbalance;
+      run.append_metrics(record);
+      if (events.log) events.log(r);
+    }
+    if (last || (o.save_every > 0 && step % o.save_every == 0)) save();
+    if (last) break;
+  }
+}
+
+}  // namespace ds

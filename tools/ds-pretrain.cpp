@@ -1,0 +1,90 @@
+// ds-pretrain: pretrain a DeepSeek-V3-architecture model into a run directory.
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "ds/checkpoint.h"
+#include "ds/config.h"
+#include "ds/generate.h"
+#include "ds/pretrain.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Pretrain a DeepSeek-V3-architecture model (MLA, DeepSeekMoE, MTP) into a run directory.\n"
+               "With no data it trains on builtin:arith, the built-in arithmetic corpus.",
+               "ds-pretrain"};
+  ds::tool::add_version_flag(app);
+  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::PretrainOptions o;
+  std::string run_positional, resume_dir, schedule = "cosine";
+  int64_t samples = 0;
+  ds::tool::ComputeOptions compute;
+  app.add_option("run", run_positional, "run directory to create");
+  app.add_option("--resume", resume_dir, "continue the run in this directory from its latest checkpoint");
+  app.add_option("--model-config", o.model_config, "preset (tiny, demo, small) or config.json")->capture_default_str();
+  app.add_option("--data", o.data, "token shards (.tok, .tok.zst, - for stdin); default builtin:arith");
+  app.add_option("--batch", o.batch, "sequences per micro-batch")->capture_default_str();
+  app.add_option("--seq-len", o.seq_len, "tokens per sequence")->capture_default_str();
+  app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
+  app.add_option("--steps", o.steps, "total optimizer steps of the run")->capture_default_str();
+  app.add_option("--stop-after", o.stop_after, "save and stop after this many steps of this invocation (0 = off)");
+  app.add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr-ratio", o.schedule.min_lr_ratio, "final lr as a fraction of --lr")->capture_default_str();
+  app.add_option("--warmup", o.schedule.warmup, "linear warmup steps")->capture_default_str();
+  app.add_option("--schedule", schedule, "cosine, wsd or constant")->capture_default_str();
+  app.add_option("--decay-fraction", o.schedule.decay_fraction, "wsd: share of steps spent decaying")
+      ->capture_default_str();
+  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  app.add_option("--beta1", o.adamw.beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--beta2", o.adamw.beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--clip", o.clip, "clip the global gradient norm to this (0 = off)")->capture_default_str();
+  app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")->capture_default_str();
+  app.add_option("--balance-alpha", o.loss.balance_alpha, "sequence-wise balance loss weight")->capture_default_str();
+  app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of the initial weights and the built-in corpus")->capture_default_str();
+  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)");
+  app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)");
+  app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
+  app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
+      ->capture_default_str();
+  app.add_option("--samples", samples, "after training, print N greedy completions of held-out builtin:arith "
+                                       "problems as JSONL on stdout");
+  ds::tool::add_compute_options(app, compute);
+
+  return ds::tool::run(app, argc, argv, [&] {
+    if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
+      throw CLI::ValidationError("run", "give the run directory once: either positionally or with --resume");
+    if (resume_dir.empty() && run_positional.empty()) throw CLI::RequiredError("run directory");
+    o.run_dir = resume_dir.empty() ? run_positional : resume_dir;
+    o.resume = !resume_dir.empty();
+    o.schedule.kind = ds::parse_schedule(schedule);
+    if (o.data.size() == 1 && o.data[0] == "builtin:arith") o.data.clear();
+    ds::tool::apply_compute_options(compute);
+
+    const auto& stop = ds::tool::install_stop_signals();
+    ds::PretrainEvents events;
+    events.info = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+    events.log = [&](const ds::StepRecord& r) {
+      fmt::print(stderr, "step {:>6}/{} loss {:.4f}", r.step, o.steps, r.main_loss);
+      if (r.mtp_loss > 0) fmt::print(stderr, " mtp {:.4f}", r.mtp_loss);
+      fmt::print(stderr, " lr {:.2e} gnorm {:.3f} tok/s {:.0f}", r.lr, r.grad_norm, r.tokens_per_s);
+      if (r.load_imbalance > 0) fmt::print(stderr, " imbalance {:.2f}", r.load_imbalance);
+      if (r.bad_steps > 0) fmt::print(stderr, " bad {}", r.bad_steps);
+      fmt::print(stderr, "\n");
+    };
+    events.checkpoint = [](const std::string& dir) { fmt::print(stderr, "saved {}\n", dir); };
+    ds::pretrain(o, stop, events);
+
+    if (samples > 0) {
+      ds::LoadedModel m = ds::load_model_dir(o.run_dir);
+      size_t correct = 0;
+      for (const auto& s : ds::sample_arith(m.model, m.tokenizer, size_t(samples))) {
+        correct += s.correct;
+        const nlohmann::json record = {{"id", s.problem.id}, {"prompt", s.problem.prompt},
+                                       {"completion", s.completion}, {"answer", s.problem.answer},
+                                       {"correct", s.correct}};
+        fmt::print("{}\n", record.dump());
+      }
+      fmt::print(stderr, "held-out exact match: {}/{}\n", correct, samples);
+    }
+  });
+}
