@@ -1,0 +1,77 @@
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+
+#include "ds/error.h"
+#include "ds/fsutil.h"
+
+using namespace ds;
+namespace fs = std::filesystem;
+
+namespace {
+// A fresh directory under the system temp directory, removed with everything in it.
+struct TempDir {
+  fs::path path = fs::temp_directory_path() / fmt::format("ds-unit-fsutil-{}-{}", ::getpid(), std::random_device{}());
+  TempDir() { fs::create_directories(path); }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+  size_t count() const { return size_t(std::distance(fs::directory_iterator(path), fs::directory_iterator())); }
+};
+}  // namespace
+
+TEST_CASE("write_file_atomic writes and replaces, leaving no temporary file") {
+  TempDir dir;
+  const std::string path = dir / "a.json";
+  write_file_atomic(path, "first");
+  CHECK(read_file(path) == "first");
+  write_file_atomic(path, "second");
+  CHECK(read_file(path) == "second");
+  CHECK(dir.count() == 1);
+}
+
+TEST_CASE("AtomicFile destroyed before commit leaves the target as it was") {
+  TempDir dir;
+  const std::string path = dir / "state.json";
+  {
+    AtomicFile file(path);
+    file.write("never seen");
+  }
+  CHECK_FALSE(fs::exists(path));
+  CHECK(dir.count() == 0);
+
+  write_file_atomic(path, "old");
+  {
+    AtomicFile file(path);
+    file.write("new");
+    CHECK(dir.count() == 2);  // the target and the temporary file
+  }
+  CHECK(read_file(path) == "old");
+  CHECK(dir.count() == 1);
+}
+
+TEST_CASE("AtomicFile streams many writes") {
+  TempDir dir;
+  const std::string path = dir / "big";
+  std::string expected;
+  AtomicFile file(path);
+  for (int i = 0; i < 1000; ++i) {
+    const std::string piece = fmt::format("line {}\n", i);
+    file.write(piece);
+    expected += piece;
+  }
+  CHECK_FALSE(fs::exists(path));
+  file.commit();
+  CHECK(read_file(path) == expected);  // larger than read_file's first buffer
+  CHECK(dir.count() == 1);
+}
+
+TEST_CASE("file errors name the file") {
+  TempDir dir;
+  CHECK_THROWS_WITH_AS(read_file(dir / "missing"), doctest::Contains("missing: cannot open"), Error);
+  CHECK_THROWS_WITH_AS(read_file(dir.path.string()), doctest::Contains("read failed"), Error);
+  CHECK_THROWS_WITH_AS(write_file_atomic(dir / "no/such/dir/x", "x"), doctest::Contains("x: cannot create"), Error);
+  CHECK_THROWS_WITH_AS(fsync_dir(dir / "missing"), doctest::Contains("missing: cannot open directory"), Error);
+  fsync_dir(dir.path.string());
+}
