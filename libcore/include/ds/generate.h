@@ -10,9 +10,10 @@
 
 namespace ds {
 
-// Appends up to max_new_tokens greedy tokens to prompt, stopping after EOS; returns only the new tokens.
+// Appends up to max_new_tokens greedy tokens to prompt, stopping after EOS; returns only the new tokens. Only ids
+// below token_limit are chosen: the embedding rows past the tokenizer's vocabulary are padding.
 std::vector<uint32_t> generate_greedy(Model<float>& model, const std::vector<uint32_t>& prompt, int64_t max_new_tokens,
-                                      uint32_t eos_id);
+                                      uint32_t eos_id, int64_t token_limit);
 
 struct ArithSample {
   arith::Problem problem;

@@ -5,7 +5,7 @@
 namespace ds {
 
 std::vector<uint32_t> generate_greedy(Model<float>& model, const std::vector<uint32_t>& prompt, int64_t max_new_tokens,
-                                      uint32_t eos_id) {
+                                      uint32_t eos_id, int64_t token_limit) {
   const int64_t V = model.config().vocab_size, limit = model.config().max_position_embeddings;
   std::vector<int32_t> tokens(prompt.begin(), prompt.end());
   std::vector<uint32_t> out;
@@ -13,7 +13,7 @@ std::vector<uint32_t> generate_greedy(Model<float>& model, const std::vector<uin
     const int64_t Tn = int64_t(tokens.size());
     model.forward(tokens.data(), nullptr, 1, Tn);
     const float* last = model.logits() + (Tn - 1) * V;
-    const uint32_t next = uint32_t(std::max_element(last, last + V) - last);
+    const uint32_t next = uint32_t(std::max_element(last, last + std::min(V, token_limit)) - last);
     out.push_back(next);
     if (next == eos_id) break;
     tokens.push_back(int32_t(next));
@@ -28,7 +28,7 @@ std::vector<ArithSample> sample_arith(Model<float>& model, const Tokenizer& toke
     std::vector<uint32_t> prompt = {tokenizer.bos_id()};
     const std::vector<uint32_t> text = tokenizer.encode(arith::prompt_text(p), false);
     prompt.insert(prompt.end(), text.begin(), text.end());
-    const std::vector<uint32_t> completion = generate_greedy(model, prompt, max_new_tokens, tokenizer.eos_id());
+    const std::vector<uint32_t> completion = generate_greedy(model, prompt, max_new_tokens, tokenizer.eos_id(), int64_t(tokenizer.vocab_size()));
     ArithSample s{p, tokenizer.decode(completion, true), false};
     s.correct = arith::check_answer(p, s.completion);
     samples.push_back(std::move(s));
