@@ -1,0 +1,58 @@
+#pragma once
+// The measurements behind ds-bench: sgemm through ops::linear, the machine's practical sgemm peak (the MFU
+// denominator, measured in the same run so the ratio holds on any machine), and a whole training step of a randomly
+// initialised model. Logic only: the tool prints.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ds/config.h"
+
+namespace ds::bench {
+
+// One y[M,N] = x[M,K] w[N,K]^T product, as ops::linear computes it: M tokens, N outputs, K inputs.
+struct GemmShape {
+  std::string name;
+  int64_t M = 0, N = 0, K = 0;
+};
+
+// "MxNxK" with positive sizes, e.g. "128x7168x2048"; throws ds::Error otherwise. The name is the text itself.
+GemmShape parse_gemm_shape(const std::string& text);
+
+// The forward GEMMs of a training step of config on batch sequences of seq_len tokens, named "model.<weight>".
+// Routed experts get their mean load (tokens * num_experts_per_tok / n_routed_experts rows); the attention products
+// are per sequence and head.
+std::vector<GemmShape> model_gemm_shapes(const ModelConfig& config, int64_t batch, int64_t seq_len);
+
+// DeepSeek-V3 671B's per-layer GEMMs (reference section 8) at M tokens, named "v3.<weight>". The dense MLP and the
+// head are left out: their weights (0.5 and 3.7 GB in f32) would dominate the run's time and memory.
+std::vector<GemmShape> deepseek_v3_gemm_shapes(int64_t M);
+
+struct GemmResult {
+  int64_t repeats = 0;       // timed calls
+  double best_gflops = 0;    // the fastest call
+  double median_gflops = 0;  // the median call
+};
+
+// Times ops::linear<float> (OpenBLAS sgemm) after one warm-up call, repeating until min_seconds have passed and
+// at least 3 calls were made.
+GemmResult gemm(int64_t M, int64_t N, int64_t K, double min_seconds);
+
+// The best GFLOP/s of large square sgemms (1024^3, then 2048^3 where one call of it fits in min_seconds): what this
+// machine and thread count practically reach.
+double sgemm_peak(double min_seconds);
+
+struct StepResult {
+  double step_ms = 0;          // median over the timed steps
+  double tokens_per_s = 0;     // from the median step
+  double flops_per_token = 0;  // model_flops(config, seq_len).training_per_token, MTP included
+  double gflops = 0;           // achieved
+  double mfu = 0;              // gflops / peak_gflops; 0 without a peak
+};
+
+// Times zero_grads + forward with loss + backward + AdamW step of a Model<float> with random weights on random
+// tokens: warmup untimed steps, then steps timed ones.
+StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len, int warmup, int steps,
+                      double peak_gflops = 0);
+
+}  // namespace ds::bench

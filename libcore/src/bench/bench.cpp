@@ -1,0 +1,163 @@
+#include "ds/bench.h"
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <random>
+
+#include "ds/error.h"
+#include "ds/flops.h"
+#include "ds/model.h"
+#include "ds/ops.h"
+#include "ds/optim.h"
+
+namespace ds::bench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+}  // namespace
+
+GemmShape parse_gemm_shape(const std::string& text) {
+  int64_t size[3] = {0, 0, 0};
+  const char* p = text.data();
+  const char* end = p + text.size();
+  for (int i = 0; i < 3; ++i) {
+    if (i > 0) {
+      if (p == end || *p != 'x') fail("GEMM shape '{}' is not MxNxK", text);
+      ++p;
+    }
+    const auto [next, ec] = std::from_chars(p, end, size[i]);
+    if (ec != std::errc() || size[i] <= 0) fail("GEMM shape '{}' is not MxNxK with positive sizes", text);
+    p = next;
+  }
+  if (p != end) fail("GEMM shape '{}' is not MxNxK", text);
+  return {text, size[0], size[1], size[2]};
+}
+
+std::vector<GemmShape> model_gemm_shapes(const ModelConfig& c, int64_t batch, int64_t seq_len) {
+  const int64_t M = batch * seq_len, d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim(),
+                r = c.kv_lora_rank, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  std::vector<GemmShape> s;
+  if (c.q_lora_rank > 0) {
+    s.push_back({"model.q_a_proj", M, c.q_lora_rank, d});
+    s.push_back({"model.q_b_proj", M, H * dq, c.q_lora_rank});
+  } else {
+    s.push_back({"model.q_proj", M, H * dq, d});
+  }
+  s.push_back({"model.kv_a_proj_with_mqa", M, r + dr, d});
+  s.push_back({"model.kv_b_proj", M, H * (c.qk_nope_head_dim + dv), r});
+  s.push_back({"model.attn.scores", seq_len, seq_len, dq});  // q k^T
+  s.push_back({"model.attn.values", seq_len, dv, seq_len});  // p v, timed in linear's layout
+  s.push_back({"model.o_proj", M, d, H * dv});
+  bool dense = false;
+  for (int64_t l = 0; l < c.num_hidden_layers + c.num_nextn_predict_layers; ++l) dense |= !c.is_moe_layer(l);
+  if (dense) {
+    s.push_back({"model.mlp.gate/up_proj", M, c.intermediate_size, d});
+    s.push_back({"model.mlp.down_proj", M, d, c.intermediate_size});
+  }
+  if (c.n_routed_experts > 0) {
+    const int64_t routed = std::max<int64_t>(1, M * c.num_experts_per_tok / c.n_routed_experts);
+    const int64_t shared = c.moe_intermediate_size * c.n_shared_experts;
+    s.push_back({"model.mlp.gate", M, c.n_routed_experts, d});
+    s.push_back({"model.experts.gate/up_proj", routed, c.moe_intermediate_size, d});
+    s.push_back({"model.experts.down_proj", routed, d, c.moe_intermediate_size});
+    if (shared > 0) {
+      s.push_back({"model.shared_experts.gate/up_proj", M, shared, d});
+      s.push_back({"model.shared_experts.down_proj", M, d, shared});
+    }
+  }
+  if (c.num_nextn_predict_layers > 0) s.push_back({"model.eh_proj", M, d, 2 * d});
+  s.push_back({"model.lm_head", M, c.vocab_size, d});
+  return s;
+}
+
+std::vector<GemmShape> deepseek_v3_gemm_shapes(int64_t M) {
+  return {{"v3.q_a_proj", M, 1536, 7168},
+          {"v3.q_b_proj", M, 24576, 1536},
+          {"v3.kv_a_proj_with_mqa", M, 576, 7168},
+          {"v3.kv_b_proj", M, 32768, 512},
+          {"v3.o_proj", M, 7168, 16384},
+          {"v3.mlp.gate", M, 256, 7168},
+          {"v3.experts.gate/up_proj", M, 2048, 7168},
+          {"v3.experts.down_proj", M, 7168, 2048}};
+}
+
+GemmResult gemm(int64_t M, int64_t N, int64_t K, double min_seconds) {
+  if (M <= 0 || N <= 0 || K <= 0) fail("GEMM sizes must be positive, got {}x{}x{}", M, N, K);
+  // sgemm's speed does not depend on the values as long as none is denormal, so constants do.
+  const std::vector<float> x(size_t(M * K), 0.5f), w(size_t(N * K), 0.25f);
+  std::vector<float> y(size_t(M * N));
+  ops::linear(y.data(), x.data(), w.data(), M, N, K);  // warm-up: page faults, thread start, caches
+
+  std::vector<double> seconds;
+  const auto start = Clock::now();
+  while (seconds.size() < 3 || seconds_since(start) < min_seconds) {
+    const auto t0 = Clock::now();
+    ops::linear(y.data(), x.data(), w.data(), M, N, K);
+    seconds.push_back(seconds_since(t0));
+  }
+  const double gflop = 2.0 * double(M) * double(N) * double(K) * 1e-9;
+  GemmResult r;
+  r.repeats = int64_t(seconds.size());
+  r.best_gflops = gflop / *std::min_element(seconds.begin(), seconds.end());
+  r.median_gflops = gflop / median(seconds);
+  return r;
+}
+
+double sgemm_peak(double min_seconds) {
+  double peak = 0, call_seconds = 0;
+  for (int64_t n : {1024, 2048}) {
+    if (8 * call_seconds > min_seconds) break;  // doubling n is 8x the work per call
+    const GemmResult r = gemm(n, n, n, min_seconds);
+    peak = std::max(peak, r.best_gflops);
+    call_seconds = 2.0 * double(n * n * n) * 1e-9 / r.median_gflops;
+  }
+  return peak;
+}
+
+StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len, int warmup, int steps,
+                      double peak_gflops) {
+  if (batch <= 0 || seq_len <= 0 || steps <= 0 || warmup < 0)
+    fail("training step benchmark needs positive batch, seq_len and steps, got {}, {}, {}", batch, seq_len, steps);
+  Model<float> model(config);
+  model.init_random(1234);
+  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), AdamWOptions{});
+  const int64_t tokens = batch * seq_len;
+  std::mt19937_64 rng(1);
+  std::vector<int32_t> inputs(static_cast<size_t>(tokens)), targets(static_cast<size_t>(tokens));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    inputs[i] = int32_t(rng() % uint64_t(config.vocab_size));
+    targets[i] = int32_t(rng() % uint64_t(config.vocab_size));
+  }
+
+  std::vector<double> seconds;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const auto t0 = Clock::now();
+    model.zero_grads();
+    model.forward(inputs.data(), targets.data(), batch, seq_len);
+    model.backward();
+    optimizer.step(model.params(), model.grads(), 1e-4);
+    if (i >= warmup) seconds.push_back(seconds_since(t0));
+  }
+
+  StepResult r;
+  const double step_seconds = median(seconds);
+  r.step_ms = step_seconds * 1e3;
+  r.tokens_per_s = double(tokens) / step_seconds;
+  r.flops_per_token = model_flops(config, seq_len).training_per_token;
+  r.gflops = r.flops_per_token * r.tokens_per_s * 1e-9;
+  r.mfu = peak_gflops > 0 ? r.gflops / peak_gflops : 0;
+  return r;
+}
+
+}  // namespace ds::bench

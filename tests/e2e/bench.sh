@@ -1,0 +1,52 @@
+#!/bin/sh
+# ds-bench end to end on the tiny model with short timings: one JSON object with positive measurements, the table,
+# and the exit codes of --help, a bad flag, a bad shape and an unavailable device.
+set -eu
+BIN=${DS_BIN:?}/ds-bench
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+FAST="--model-config tiny --batch 2 --seq-len 32 --steps 2 --gemm-shapes 64x64x64,32x48x16 --min-time 0.02 --threads 1"
+
+$BIN --json $FAST >"$T/out.json" 2>"$T/err" || fail "ds-bench --json failed: $(cat "$T/err")"
+[ "$(wc -l <"$T/out.json")" -eq 1 ] || fail "--json printed more than one line"
+grep -q '^{.*}$' "$T/out.json" || fail "not one JSON object: $(cat "$T/out.json")"
+# A positive number: 1-9 first, or 0.0...0 then 1-9 (nlohmann writes 0.05 or 5e-05, never +).
+positive() {
+  echo "$1" | grep -Eq "\"$2\":([1-9]|0\.0*[1-9])" || fail "\"$2\" is not a positive number: $(cat "$T/out.json")"
+}
+all=$(cat "$T/out.json")
+gemm=$(sed -n 's/.*"gemm":\[\([^]]*\)\].*/\1/p' "$T/out.json")
+step=$(sed -n 's/.*"step":{\([^}]*\)}.*/\1/p' "$T/out.json")
+for key in threads sgemm_peak_gflops; do positive "$all" $key; done
+for key in M N K repeats gflops median_gflops of_peak; do positive "$gemm" $key; done
+for key in batch seq_len steps step_ms tokens_per_s flops_per_token gflops mfu; do positive "$step" $key; done
+grep -q '"device":"cpu"' "$T/out.json" || fail "no device"
+grep -q '"name":"64x64x64"' "$T/out.json" || fail "first shape missing"
+grep -q '"name":"32x48x16"' "$T/out.json" || fail "second shape missing"
+grep -q '"config":"tiny"' "$T/out.json" || fail "no step config"
+[ -s "$T/err" ] || fail "no progress on stderr"
+
+# The table: the peak line, one row per shape, the step row; nothing but the step with --only step.
+$BIN $FAST >"$T/table" 2>/dev/null || fail "table run failed"
+grep -q '^sgemm peak [0-9.]* GFLOP/s' "$T/table" || fail "no peak line: $(cat "$T/table")"
+grep -Eq '^64x64x64 +64 +64 +64 ' "$T/table" || fail "no GEMM row: $(cat "$T/table")"
+grep -Eq '^tiny +2 x 32 ' "$T/table" || fail "no step row: $(cat "$T/table")"
+$BIN --json --only step $FAST >"$T/step.json" 2>/dev/null || fail "--only step failed"
+if grep -q '"gemm"' "$T/step.json"; then fail "--only step measured GEMMs"; fi
+grep -q '"step"' "$T/step.json" || fail "--only step has no step"
+
+# Exit codes: --help and --version 0; usage errors 2 with a message.
+$BIN --help >/dev/null || fail "--help did not exit 0"
+$BIN --version | grep -q '^ds-bench ' || fail "--version"
+code=0; $BIN --no-such-flag >/dev/null 2>"$T/err" || code=$?
+[ "$code" -eq 2 ] || fail "bad flag exited $code, not 2"
+code=0; $BIN --gemm-shapes 64x0x64 >/dev/null 2>"$T/err" || code=$?
+[ "$code" -eq 2 ] || fail "bad shape exited $code, not 2"
+grep -q 'MxNxK' "$T/err" || fail "bad shape message: $(cat "$T/err")"
+code=0; $BIN --device cuda >/dev/null 2>"$T/err" || code=$?
+[ "$code" -eq 2 ] || fail "--device cuda exited $code, not 2"
+grep -q 'cuda' "$T/err" || fail "--device cuda gave no message"
+code=0; $BIN --model-config tiny --seq-len 100000 >/dev/null 2>"$T/err" || code=$?
+[ "$code" -eq 2 ] || fail "--seq-len beyond the model exited $code, not 2"
+echo "ok"
