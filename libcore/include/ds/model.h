@@ -50,6 +50,7 @@ class Model {
   const ModelConfig& config() const;
   const std::vector<ParamInfo>& param_infos() const;
   std::vector<T>& params();
+  const std::vector<T>& params() const;
   std::vector<T>& grads();
   const ParamInfo* find_param(const std::string& name) const;
 

@@ -105,6 +105,10 @@ std::vector<T>& Model<T>::params() {
   return impl_->store.values;
 }
 template <typename T>
+const std::vector<T>& Model<T>::params() const {
+  return impl_->store.values;
+}
+template <typename T>
 std::vector<T>& Model<T>::grads() {
   return impl_->store.grads;
 }

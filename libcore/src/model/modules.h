@@ -96,7 +96,6 @@ struct Moe {
   // Returns the balance loss (alpha-weighted, averaged over sequences); 0 when alpha is 0.
   double forward(T* y, const T* x, int64_t B, int64_t Tn, double balance_alpha);
   void backward(T* dx, const T* dy);
-  void route(int64_t n);  // fills chosen/weights of token n from scores
 };
 
 // A decoder block: h + Attn(norm(h)), then + FFN(norm(.)), FFN dense or MoE.

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "modules.h"
+#include "routing.h"
 
 namespace ds {
 
@@ -34,13 +35,11 @@ Moe<T>::Moe(ParamStore<T>& s, const ModelConfig& c, const std::string& prefix)
 }
 
 template <typename T>
-void Moe<T>::route(int64_t n) {
-  const ModelConfig& c = *config;
+void route_token(const ModelConfig& c, const T* s, const T* bias, int32_t* chosen, T* weights) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group, per_group = E / G;
-  const T* s = &scores[size_t(n * E)];
   std::vector<T> choice(s, s + E);  // what experts are chosen by; the weights always come from s
-  if (bias >= 0)
-    for (int64_t e = 0; e < E; ++e) choice[size_t(e)] += store->w(bias)[e];
+  if (bias)
+    for (int64_t e = 0; e < E; ++e) choice[size_t(e)] += bias[e];
 
   std::vector<int32_t> candidates;
   if (c.topk_method == TopkMethod::Greedy || G == 1) {
@@ -66,10 +65,12 @@ void Moe<T>::route(int64_t n) {
   for (int64_t k = 0; k < K; ++k) sum += s[candidates[size_t(k)]];
   const T norm = c.norm_topk_prob && K > 1 ? T(1) / (sum + T(1e-20)) : T(1);
   for (int64_t k = 0; k < K; ++k) {
-    chosen[size_t(n * K + k)] = candidates[size_t(k)];
-    weights[size_t(n * K + k)] = s[candidates[size_t(k)]] * norm * T(c.routed_scaling_factor);
+    chosen[k] = candidates[size_t(k)];
+    weights[k] = s[candidates[size_t(k)]] * norm * T(c.routed_scaling_factor);
   }
 }
+template void route_token<float>(const ModelConfig&, const float*, const float*, int32_t*, float*);
+template void route_token<double>(const ModelConfig&, const double*, const double*, int32_t*, double*);
 
 template <typename T>
 double Moe<T>::forward(T* y, const T* x_, int64_t B_, int64_t Tn_, double balance_alpha_) {
@@ -83,8 +84,10 @@ double Moe<T>::forward(T* y, const T* x_, int64_t B_, int64_t Tn_, double balanc
     for (T& s : scores) s = T(1) / (T(1) + std::exp(-s));
   else
     ops::softmax_rows(scores.data(), N, E);
+  const T* b = bias >= 0 ? store->w(bias) : nullptr;
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) route(n);
+  for (int64_t n = 0; n < N; ++n)
+    route_token(c, &scores[size_t(n * E)], b, &chosen[size_t(n * K)], &weights[size_t(n * K)]);
 
   rows_of.assign(size_t(E), {});
   for (int64_t i = 0; i < N * K; ++i) rows_of[size_t(chosen[size_t(i)])].push_back(int32_t(i));

@@ -1,0 +1,55 @@
+#pragma once
+// Engine: inference with the MLA latent cache (reference sections 2.5 and 2.6). Each sequence caches, per layer and
+// token, the normalised latent c_KV and the rotated k_pe (kv_lora_rank + qk_rope_head_dim values) instead of per-head
+// keys and values, and attends in the latent space with the absorbed weights: q~ = W_UK^T q_nope, o = W_UV (P c).
+// Prefill and decode are the same operation (append n tokens to a sequence), batched across sequences.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ds/model.h"
+#include "ds/sampler.h"
+#include "ds/tokenizer.h"
+
+namespace ds {
+
+struct Completion {
+  std::vector<uint32_t> tokens;  // generated ids (EOS included when it ended the sequence)
+  std::string text;              // decoded, special tokens skipped, cut at a stop string
+  std::string finish_reason;     // "eos", "stop", "length" (max_new_tokens or the context), "cancelled"
+  int64_t prompt_tokens = 0;
+};
+
+class Engine {
+ public:
+  // The model must outlive the engine. Only ids below tokenizer.vocab_size() are ever sampled.
+  Engine(const Model<float>& model, const Tokenizer& tokenizer);
+  ~Engine();
+
+  const ModelConfig& config() const;
+  // Latent cache bytes per token (all layers, F32) and what a per-head K/V cache would need.
+  int64_t cache_bytes_per_token() const;
+  int64_t naive_cache_bytes_per_token() const;
+
+  // Starts a sequence with an empty cache; returns its handle.
+  int64_t open();
+  void close(int64_t seq);
+  int64_t length(int64_t seq) const;
+  // Appends tokens to each listed sequence (prefill: many; decode: one) in one batched pass and returns the logits
+  // of each sequence's last appended token, [batch.size(), vocab_size]. Throws when a sequence would pass the context.
+  std::vector<float> append(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch);
+
+  // Generates a completion for every prompt, decoding them as one batch. Sequence i samples with seed + i, so
+  // results do not depend on the batch composition. on_token(i, token) is called as tokens are produced; returning
+  // false cancels sequence i.
+  std::vector<Completion> generate(const std::vector<std::vector<uint32_t>>& prompts, const SamplingOptions& options,
+                                   uint64_t seed,
+                                   const std::function<bool(size_t, uint32_t)>& on_token = nullptr);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ds
