@@ -25,7 +25,7 @@ void randomize(Model<double>& model, uint64_t seed) {
   }
 }
 
-void check_gradients(const ModelConfig& config, const LossOptions& options) {
+void check_gradients(const ModelConfig& config, const LossOptions& options, bool weighted = false) {
   Model<double> model(config);
   randomize(model, 7);
   const int64_t B = 2, Tn = 6, N = B * Tn;
@@ -35,7 +35,11 @@ void check_gradients(const ModelConfig& config, const LossOptions& options) {
     inputs[size_t(n)] = int32_t(rng() % uint64_t(config.vocab_size));
     targets[size_t(n)] = n % 5 == 3 ? -1 : int32_t(rng() % uint64_t(config.vocab_size));  // some positions masked
   }
-  auto loss = [&] { return model.forward(inputs.data(), targets.data(), B, Tn, options).loss; };
+  // Per-token weights of either sign, as a policy-gradient loss has.
+  std::vector<double> weights(static_cast<size_t>(N));
+  for (auto& w : weights) w = double(int64_t(rng() % 2001) - 1000) / 1000.0;
+  const double* w = weighted ? weights.data() : nullptr;
+  auto loss = [&] { return model.forward(inputs.data(), targets.data(), B, Tn, options, w).loss; };
   loss();
   model.zero_grads();
   model.backward();
@@ -110,4 +114,10 @@ TEST_CASE("gradients: dense model (n_routed_experts = 0)") {
   c.n_shared_experts = 0;
   c.num_nextn_predict_layers = 1;
   check_gradients(c, {0.3, 0.0});
+}
+
+TEST_CASE("gradients: per-token weighted loss (the policy-gradient form)") {
+  ModelConfig c = tiny();
+  c.num_nextn_predict_layers = 0;
+  check_gradients(c, {0.0, 0.0}, true);
 }

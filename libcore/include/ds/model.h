@@ -64,8 +64,14 @@ class Model {
 
   // Forward over B sequences of Tn tokens (inputs [B*Tn]). With targets ([B*Tn], -1 = no loss) it computes the
   // losses and keeps activations for backward(); without, only logits(). Positions are 0..Tn-1 in each sequence.
+  // The main loss is the mean cross-entropy over targets, or with target_weights ([B*Tn]) the weighted sum
+  // sum_t w_t * CE_t (a policy-gradient loss is such a sum with per-token weights).
   ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                       const LossOptions& options = {});
+                       const LossOptions& options = {}, const T* target_weights = nullptr);
+  // After a forward with targets: log p(target) at each position (0 where there is no target), and the entropy of
+  // each position's next-token distribution.
+  std::vector<double> target_logprobs() const;
+  std::vector<double> entropies() const;
   // Gradients of the last forward's loss, added into grads().
   void backward();
   // Logits [B*Tn, vocab] of the last forward (probabilities after a forward with targets).

@@ -65,9 +65,11 @@ void swiglu_backward(T* dg, T* du, const T* da, const T* g, const T* u, int64_t 
 // overwrites logits with probabilities (kept for the backward). Exact for V up to the whole vocabulary.
 template <typename T>
 double cross_entropy(T* logits_to_probs, const int32_t* targets, int64_t N, int64_t V);
-// dlogits = (probs - onehot(target)) * scale for rows with a target, 0 otherwise.
+// dlogits = (probs - onehot(target)) * scale for rows with a target, 0 otherwise; row_scale (optional) multiplies
+// each row's scale, for weighted losses such as GRPO's.
 template <typename T>
-void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale);
+void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale,
+                            const T* row_scale = nullptr);
 
 template <typename T>
 void softmax_rows(T* x, int64_t N, int64_t C);  // in place

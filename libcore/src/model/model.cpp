@@ -54,6 +54,7 @@ struct Model<T>::Impl {
   bool with_loss = false;
   LossOptions options;
   std::vector<int32_t> inputs, targets, pos;
+  std::vector<T> weights;              // per-position loss weights; empty = mean over targets
   std::vector<std::vector<T>> hidden;  // hidden[l] is the input of block l; hidden[L] the last block's output
   std::vector<T> xf, logits;
 
@@ -187,7 +188,7 @@ std::vector<std::pair<std::string, Tensor>> Model<T>::export_tensors() const {
 
 template <typename T>
 ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                               const LossOptions& options) {
+                               const LossOptions& options, const T* target_weights) {
   Impl& m = *impl_;
   const ModelConfig& c = m.config;
   const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
@@ -224,7 +225,16 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
     m.count += targets[n] >= 0;
   }
   stats.tokens = m.count;
-  stats.main_loss = ops::cross_entropy(m.logits.data(), targets, N, V) / double(std::max<int64_t>(m.count, 1));
+  if (target_weights) {
+    m.weights.assign(target_weights, target_weights + N);
+    ops::cross_entropy(m.logits.data(), targets, N, V);
+    for (int64_t n = 0; n < N; ++n)
+      if (targets[n] >= 0)
+        stats.main_loss -= double(m.weights[size_t(n)]) * std::log(double(m.logits[size_t(n * V + targets[n])]));
+  } else {
+    m.weights.clear();
+    stats.main_loss = ops::cross_entropy(m.logits.data(), targets, N, V) / double(std::max<int64_t>(m.count, 1));
+  }
 
   // MTP depth k at position i sees token t_{i+k} and predicts t_{i+k+1}: shift the inputs and targets by k.
   const T* prev = m.hidden[size_t(L)].data();
@@ -300,8 +310,11 @@ void Model<T>::backward() {
     mt.hnorm.backward(dprev.data(), dhn.data());
   }
 
-  ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V,
-                              1.0 / double(std::max<int64_t>(m.count, 1)));
+  if (m.weights.empty())
+    ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V,
+                                1.0 / double(std::max<int64_t>(m.count, 1)));
+  else
+    ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V, 1.0, m.weights.data());
   std::fill(dx.begin(), dx.end(), T(0));
   ops::linear_backward(dx.data(), m.store.g(m.head), dlogits.data(), m.xf.data(), m.store.w(m.head), N, V, d);
   dh = dprev;
@@ -312,6 +325,31 @@ void Model<T>::backward() {
     dh.swap(dh_in);
   }
   m.embed_backward(dh.data(), m.inputs.data());
+}
+
+template <typename T>
+std::vector<double> Model<T>::target_logprobs() const {
+  const Impl& m = *impl_;
+  if (!m.with_loss) fail("target_logprobs() needs a forward with targets");
+  const int64_t V = m.config.vocab_size;
+  std::vector<double> out(size_t(m.N), 0.0);
+  for (int64_t n = 0; n < m.N; ++n)
+    if (m.targets[size_t(n)] >= 0) out[size_t(n)] = std::log(double(m.logits[size_t(n * V + m.targets[size_t(n)])]));
+  return out;
+}
+
+template <typename T>
+std::vector<double> Model<T>::entropies() const {
+  const Impl& m = *impl_;
+  if (!m.with_loss) fail("entropies() needs a forward with targets");
+  const int64_t V = m.config.vocab_size;
+  std::vector<double> out(size_t(m.N), 0.0);
+  for (int64_t n = 0; n < m.N; ++n)
+    for (int64_t v = 0; v < V; ++v) {
+      const double p = double(m.logits[size_t(n * V + v)]);
+      if (p > 0) out[size_t(n)] -= p * std::log(p);
+    }
+  return out;
 }
 
 template <typename T>

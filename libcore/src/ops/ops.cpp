@@ -240,7 +240,8 @@ double cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V) {
 }
 
 template <typename T>
-void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale) {
+void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale,
+                            const T* row_scale) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     T* d = dlogits + n * V;
@@ -248,8 +249,9 @@ void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, 
       std::fill(d, d + V, T(0));
       continue;
     }
-    for (int64_t c = 0; c < V; ++c) d[c] = probs[n * V + c] * T(scale);
-    d[targets[n]] -= T(scale);
+    const T s = T(scale) * (row_scale ? row_scale[n] : T(1));
+    for (int64_t c = 0; c < V; ++c) d[c] = probs[n * V + c] * s;
+    d[targets[n]] -= s;
   }
 }
 
@@ -267,7 +269,7 @@ void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, 
   template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                               \
   template void softmax_rows<T>(T*, int64_t, int64_t);                                                           \
   template double cross_entropy<T>(T*, const int32_t*, int64_t, int64_t);                                        \
-  template void cross_entropy_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, double);
+  template void cross_entropy_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, double, const T*);
 DS_INSTANTIATE(float)
 DS_INSTANTIATE(double)
 
