@@ -36,6 +36,9 @@ class Engine {
   int64_t open();
   void close(int64_t seq);
   int64_t length(int64_t seq) const;
+  const std::vector<uint32_t>& tokens(int64_t seq) const;  // everything appended so far
+  // Forgets the sequence's tokens from position `length` on (a chat reusing the cached prefix of its history).
+  void truncate(int64_t seq, int64_t length);
   // Appends tokens to each listed sequence (prefill: many; decode: one) in one batched pass and returns the logits
   // of each sequence's last appended token, [batch.size(), vocab_size]. Throws when a sequence would pass the context.
   std::vector<float> append(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch);
@@ -46,8 +49,16 @@ class Engine {
   std::vector<Completion> generate(const std::vector<std::vector<uint32_t>>& prompts, const SamplingOptions& options,
                                    uint64_t seed,
                                    const std::function<bool(size_t, uint32_t)>& on_token = nullptr);
+  // Appends tokens (at least one) to an open sequence and samples a completion after them; the completion stays
+  // in the sequence's cache, so a conversation continues without recomputing its history.
+  Completion continue_sequence(int64_t seq, const std::vector<uint32_t>& tokens, const SamplingOptions& options,
+                               Sampler& sampler, const std::function<bool(uint32_t)>& on_token = nullptr);
 
  private:
+  // The decode loop shared by generate and continue_sequence: feeds[i] is appended to seqs[i] first.
+  std::vector<Completion> run(const std::vector<int64_t>& seqs, const std::vector<std::vector<uint32_t>>& feeds,
+                              const SamplingOptions& options, std::vector<Sampler>& samplers,
+                              const std::function<bool(size_t, uint32_t)>& on_token);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -50,6 +50,7 @@ struct Engine::Impl {
   struct Sequence {
     bool open = false;
     int64_t length = 0;
+    std::vector<uint32_t> tokens;
     std::vector<std::vector<float>> cache;  // per layer: length x (kv_lora_rank + qk_rope_head_dim)
   };
   std::vector<Sequence> seqs;
@@ -235,6 +236,7 @@ int64_t Engine::open() {
   if (it == seqs.end()) it = seqs.emplace(seqs.end());
   it->open = true;
   it->length = 0;
+  it->tokens.clear();
   it->cache.assign(size_t(impl_->c.num_hidden_layers), {});
   return int64_t(it - seqs.begin());
 }
@@ -246,6 +248,17 @@ void Engine::close(int64_t seq) {
 }
 
 int64_t Engine::length(int64_t seq) const { return impl_->seqs.at(size_t(seq)).length; }
+
+void Engine::truncate(int64_t seq, int64_t length) {
+  auto& s = impl_->seqs.at(size_t(seq));
+  if (length < 0 || length > s.length) fail("cannot truncate sequence {} of {} tokens to {}", seq, s.length, length);
+  const int64_t width = impl_->c.kv_lora_rank + impl_->c.qk_rope_head_dim;
+  for (auto& layer : s.cache) layer.resize(size_t(length * width));
+  s.tokens.resize(size_t(length));
+  s.length = length;
+}
+
+const std::vector<uint32_t>& Engine::tokens(int64_t seq) const { return impl_->seqs.at(size_t(seq)).tokens; }
 
 std::vector<float> Engine::append(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch) {
   Impl& m = *impl_;
@@ -282,7 +295,10 @@ std::vector<float> Engine::append(const std::vector<std::pair<int64_t, std::vect
       mlp(y.data(), x.data(), R, d, L.mlp);
     for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
   }
-  for (const auto& [seq, ids] : batch) m.seqs[size_t(seq)].length += int64_t(ids.size());
+  for (const auto& [seq, ids] : batch) {
+    m.seqs[size_t(seq)].length += int64_t(ids.size());
+    m.seqs[size_t(seq)].tokens.insert(m.seqs[size_t(seq)].tokens.end(), ids.begin(), ids.end());
+  }
 
   const int64_t n = int64_t(last_row.size());
   std::vector<float> last(size_t(n * d)), logits(size_t(n * V));
@@ -295,24 +311,45 @@ std::vector<float> Engine::append(const std::vector<std::pair<int64_t, std::vect
 std::vector<Completion> Engine::generate(const std::vector<std::vector<uint32_t>>& prompts,
                                          const SamplingOptions& options, uint64_t seed,
                                          const std::function<bool(size_t, uint32_t)>& on_token) {
+  std::vector<int64_t> seqs;
+  std::vector<Sampler> samplers;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i].empty()) fail("prompt {} is empty", i);
+    seqs.push_back(open());
+    samplers.emplace_back(seed + i);
+  }
+  std::vector<Completion> out = run(seqs, prompts, options, samplers, on_token);
+  for (int64_t s : seqs) close(s);
+  return out;
+}
+
+Completion Engine::continue_sequence(int64_t seq, const std::vector<uint32_t>& tokens, const SamplingOptions& options,
+                                     Sampler& sampler, const std::function<bool(uint32_t)>& on_token) {
+  if (tokens.empty()) fail("nothing to continue sequence {} with", seq);
+  std::vector<Sampler> samplers = {sampler};
+  Completion out = run({seq}, {tokens}, options, samplers,
+                       on_token ? [&](size_t, uint32_t t) { return on_token(t); }
+                                : std::function<bool(size_t, uint32_t)>())[0];
+  sampler = samplers[0];
+  // The last token joins the cache too, so the conversation can continue after it.
+  if (length(seq) < impl_->c.max_position_embeddings) append({{seq, {out.tokens.back()}}});
+  return out;
+}
+
+std::vector<Completion> Engine::run(const std::vector<int64_t>& seqs, const std::vector<std::vector<uint32_t>>& feeds,
+                                    const SamplingOptions& options, std::vector<Sampler>& samplers,
+                                    const std::function<bool(size_t, uint32_t)>& on_token) {
   const int64_t V = impl_->c.vocab_size, limit = std::min<int64_t>(V, int64_t(impl_->tokenizer.vocab_size()));
   const uint32_t eos = impl_->tokenizer.eos_id();
-  const size_t n = prompts.size();
+  const size_t n = seqs.size();
   std::vector<Completion> out(n);
-  std::vector<int64_t> seq(n);
-  std::vector<Sampler> samplers;
-  std::vector<std::vector<uint32_t>> history(n);
   std::vector<std::pair<int64_t, std::vector<uint32_t>>> batch;
+  std::vector<size_t> active;
   for (size_t i = 0; i < n; ++i) {
-    if (prompts[i].empty()) fail("prompt {} is empty", i);
-    seq[i] = open();
-    samplers.emplace_back(seed + i);
-    history[i] = prompts[i];
-    out[i].prompt_tokens = int64_t(prompts[i].size());
-    batch.emplace_back(seq[i], prompts[i]);
+    out[i].prompt_tokens = length(seqs[i]) + int64_t(feeds[i].size());
+    batch.emplace_back(seqs[i], feeds[i]);
+    active.push_back(i);
   }
-  std::vector<size_t> active(n);
-  for (size_t i = 0; i < n; ++i) active[i] = i;
   std::vector<float> logits = append(batch);
   while (!active.empty()) {
     std::vector<size_t> still;
@@ -321,9 +358,8 @@ std::vector<Completion> Engine::generate(const std::vector<std::vector<uint32_t>
       const size_t i = active[a];
       Completion& comp = out[i];
       std::span<float> row(&logits[a * size_t(V)], size_t(limit));  // never the padding rows past the tokenizer
-      const uint32_t token = samplers[i].sample(row, options, history[i]);
+      const uint32_t token = samplers[i].sample(row, options, tokens(seqs[i]));
       comp.tokens.push_back(token);
-      history[i].push_back(token);
       if (on_token && !on_token(i, token)) comp.finish_reason = "cancelled";
       else if (token == eos) comp.finish_reason = "eos";
       else if (!options.stop.empty()) {
@@ -335,11 +371,11 @@ std::vector<Completion> Engine::generate(const std::vector<std::vector<uint32_t>
           }
       }
       if (comp.finish_reason.empty() && (int64_t(comp.tokens.size()) >= options.max_new_tokens ||
-                                         length(seq[i]) + 1 > impl_->c.max_position_embeddings))
+                                         length(seqs[i]) + 1 > impl_->c.max_position_embeddings))
         comp.finish_reason = "length";
       if (comp.finish_reason.empty()) {
         still.push_back(i);
-        batch.emplace_back(seq[i], std::vector<uint32_t>{token});
+        batch.emplace_back(seqs[i], std::vector<uint32_t>{token});
       } else if (comp.finish_reason != "stop") {
         comp.text = impl_->tokenizer.decode(comp.tokens, true);
       }
@@ -347,7 +383,6 @@ std::vector<Completion> Engine::generate(const std::vector<std::vector<uint32_t>
     active.swap(still);
     if (!active.empty()) logits = append(batch);
   }
-  for (size_t i = 0; i < n; ++i) close(seq[i]);
   return out;
 }
 
