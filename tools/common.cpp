@@ -60,7 +60,7 @@ std::atomic<bool> stop_requested{false};
 extern "C" void on_stop_signal(int) { stop_requested.store(true); }
 }  // namespace
 
-const std::atomic<bool>& install_stop_signals() {
+std::atomic<bool>& install_stop_signals() {
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);

@@ -28,7 +28,8 @@ void add_compute_options(CLI::App& app, ComputeOptions& options);
 // Applies --threads and checks --device; throws CLI::ValidationError for a device this build cannot use.
 void apply_compute_options(const ComputeOptions& options);
 
-// SIGINT, SIGTERM and SIGUSR1 set the returned flag instead of killing the process, so long jobs can save and exit.
-const std::atomic<bool>& install_stop_signals();
+// SIGINT, SIGTERM and SIGUSR1 set the returned flag instead of killing the process, so long jobs can save and exit
+// (and an interactive tool can stop one reply); the caller may reset it.
+std::atomic<bool>& install_stop_signals();
 
 }  // namespace ds::tool
