@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 
@@ -15,6 +16,8 @@ void add_version_flag(CLI::App& app) {
 }
 
 int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
+  // Past a file-size limit, write() should fail with EFBIG (a clear error) instead of killing the process.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
