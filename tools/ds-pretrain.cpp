@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "ds/jsonl.h"
 #include "ds/checkpoint.h"
 #include "ds/config.h"
 #include "ds/generate.h"
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
         const nlohmann::json record = {{"id", s.problem.id}, {"prompt", s.problem.prompt},
                                        {"completion", s.completion}, {"answer", s.problem.answer},
                                        {"correct", s.correct}};
-        fmt::print("{}\n", record.dump());
+        fmt::print("{}\n", ds::to_jsonl(record));
       }
       fmt::print(stderr, "held-out exact match: {}/{}\n", correct, samples);
     }

@@ -1,0 +1,141 @@
+#include "ds/eval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+#include <unordered_map>
+
+#include "ds/arith.h"
+#include "ds/error.h"
+#include "ds/verify.h"
+
+namespace ds::eval {
+
+PromptTemplate parse_template(std::string_view name) {
+  if (name == "plain") return PromptTemplate::plain;
+  if (name == "none") return PromptTemplate::none;
+  fail("unknown prompt template '{}' (templates: plain, none)", name);
+}
+
+std::vector<uint32_t> prompt_tokens(const Tokenizer& tokenizer, std::string_view prompt, PromptTemplate tmpl) {
+  arith::Problem problem;
+  problem.prompt = prompt;
+  const std::string text = tmpl == PromptTemplate::plain ? arith::prompt_text(problem) : problem.prompt;
+  std::vector<uint32_t> ids = {tokenizer.bos_id()};
+  const std::vector<uint32_t> body = tokenizer.encode(text, false);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
+}
+
+SampleScore score_sample(std::string_view completion, std::string_view reference, int64_t tokens) {
+  SampleScore s;
+  s.answer = verify::extract_answer(completion);
+  if (s.answer) s.key = verify::normalize(*s.answer);
+  s.correct = s.answer && verify::answers_match(*s.answer, reference);
+  s.format = verify::format_ok(completion);
+  s.tokens = tokens;
+  return s;
+}
+
+double pass_at_k(int64_t n, int64_t c, int64_t k) {
+  if (n < 1 || c < 0 || c > n || k < 1 || k > n) fail("pass@k needs 0 <= c <= n and 1 <= k <= n (n={} c={} k={})", n, c, k);
+  if (n - c < k) return 1.0;  // every draw of k samples holds a correct one
+  double all_wrong = 1.0;
+  for (int64_t i = n - c + 1; i <= n; ++i) all_wrong *= 1.0 - double(k) / double(i);
+  return 1.0 - all_wrong;
+}
+
+std::optional<size_t> majority_vote(std::span<const SampleScore> samples) {
+  std::unordered_map<std::string_view, std::pair<size_t, size_t>> tally;  // key -> (first sample, votes)
+  for (size_t i = 0; i < samples.size(); ++i)
+    if (!samples[i].key.empty()) ++tally.try_emplace(samples[i].key, i, 0).first->second.second;
+  std::optional<size_t> best;
+  size_t best_votes = 0;
+  for (const auto& [key, entry] : tally) {
+    const auto [first, votes] = entry;
+    if (votes > best_votes || (votes == best_votes && first < *best)) {
+      best = first;
+      best_votes = votes;
+    }
+  }
+  return best;
+}
+
+Summary summarize(const std::vector<std::vector<SampleScore>>& per_task, int64_t k) {
+  if (per_task.empty()) fail("no tasks to summarize");
+  Summary s;
+  s.tasks = int64_t(per_task.size());
+  s.samples_per_task = int64_t(per_task.front().size());
+  s.k = k;
+  for (const std::vector<SampleScore>& samples : per_task) {
+    const auto n = int64_t(samples.size());
+    if (n != s.samples_per_task || n < k) fail("every task needs the same number of samples, at least k={}", k);
+    const auto c = int64_t(std::count_if(samples.begin(), samples.end(), [](const SampleScore& x) { return x.correct; }));
+    s.pass_at_1 += double(c) / double(n);
+    s.pass_at_k += pass_at_k(n, c, k);
+    const auto vote = majority_vote(std::span(samples).first(size_t(k)));
+    s.cons_at_k += vote && samples[*vote].correct;
+    for (const SampleScore& x : samples) {
+      s.format += x.format;
+      s.mean_tokens += double(x.tokens);
+    }
+  }
+  const double tasks = double(s.tasks), samples = tasks * double(s.samples_per_task);
+  s.pass_at_1 /= tasks;
+  s.pass_at_k /= tasks;
+  s.cons_at_k /= tasks;
+  s.format /= samples;
+  s.mean_tokens /= samples;
+  return s;
+}
+
+TextScore& TextScore::operator+=(const TextScore& other) {
+  tokens += other.tokens;
+  nll += other.nll;
+  bytes += other.bytes;
+  return *this;
+}
+
+double TextScore::perplexity() const { return std::exp(nll / double(tokens)); }
+double TextScore::bits_per_byte() const { return nll / std::numbers::ln2 / double(bytes); }
+
+TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::span<const uint32_t> ids, int64_t window,
+                       int64_t batch) {
+  const ModelConfig& c = model.config();
+  if (window < 1 || window > c.max_position_embeddings)
+    fail("a window of {} tokens does not fit the model's context of {}", window, c.max_position_embeddings);
+  if (batch < 1) fail("batch must be at least 1, not {}", batch);
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] >= uint64_t(c.vocab_size))
+      fail("token {} (id {}) is outside the model's vocabulary of {}", i, ids[i], c.vocab_size);
+  TextScore score;
+  if (ids.size() < 2) return score;
+  const auto predicted = int64_t(ids.size()) - 1, full = predicted / window;
+  // B windows of Tn inputs each, the first starting at ids[first * window].
+  auto run = [&](int64_t first, int64_t B, int64_t Tn) {
+    std::vector<int32_t> inputs(size_t(B * Tn)), targets(size_t(B * Tn));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < Tn; ++t) {
+        const auto at = size_t((first + b) * window + t);
+        inputs[size_t(b * Tn + t)] = int32_t(ids[at]);
+        targets[size_t(b * Tn + t)] = int32_t(ids[at + 1]);
+      }
+    const ForwardStats stats = model.forward(inputs.data(), targets.data(), B, Tn);
+    score.nll += stats.main_loss * double(stats.tokens);
+    score.tokens += stats.tokens;
+  };
+  for (int64_t w = 0; w < full; w += batch) run(w, std::min(batch, full - w), window);
+  if (const int64_t rest = predicted - full * window; rest > 0) run(full, 1, rest);
+  score.bytes = int64_t(tokenizer.decode(ids.subspan(1), true).size());
+  return score;
+}
+
+TextScore score_text(Model<float>& model, const Tokenizer& tokenizer, std::string_view text, int64_t window,
+                     int64_t batch) {
+  std::vector<uint32_t> ids = {tokenizer.bos_id()};
+  const std::vector<uint32_t> body = tokenizer.encode(text, false);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return score_tokens(model, tokenizer, ids, window, batch);
+}
+
+}  // namespace ds::eval

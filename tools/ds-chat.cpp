@@ -1,0 +1,227 @@
+// ds-chat: chat with a model in a terminal, or answer prompts from a pipe.
+#include <editline/readline.h>
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+
+#include "common.h"
+#include "ds/jsonl.h"
+#include "ds/chat_session.h"
+#include "ds/checkpoint.h"
+#include "ds/error.h"
+#include "ds/fsutil.h"
+
+namespace {
+
+// Shows the reply as it streams: the reasoning between <think> and </think> dimmed (or hidden), the rest plain.
+class ReplyPrinter {
+ public:
+  ReplyPrinter(bool color, bool hide_think, bool in_think) : color_(color), hide_(hide_think), in_think_(in_think) {
+    if (in_think_) style();
+  }
+  void print(std::string_view piece) {
+    pending_ += piece;
+    // Tags may arrive split over pieces: hold back a tail that could still become one.
+    while (!pending_.empty()) {
+      const std::string_view tag = in_think_ ? "</think>" : "<think>";
+      const size_t at = pending_.find(tag);
+      if (at == std::string::npos) {
+        const size_t keep = partial_tag_length(tag);
+        emit(pending_.substr(0, pending_.size() - keep));
+        pending_.erase(0, pending_.size() - keep);
+        return;
+      }
+      emit(pending_.substr(0, at));
+      pending_.erase(0, at + tag.size());
+      if (!(hide_ && in_think_)) emit_raw(std::string(tag));
+      in_think_ = !in_think_;
+      style();
+    }
+  }
+  void finish() {
+    emit(pending_);
+    pending_.clear();
+    if (color_) std::fputs("\x1b[0m", stdout);
+    std::fputs("\n", stdout);
+    std::fflush(stdout);
+  }
+
+ private:
+  size_t partial_tag_length(std::string_view tag) const {
+    for (size_t n = std::min(tag.size() - 1, pending_.size()); n > 0; --n)
+      if (std::string_view(pending_).substr(pending_.size() - n) == tag.substr(0, n)) return n;
+    return 0;
+  }
+  void style() {
+    if (color_) std::fputs(in_think_ ? "\x1b[2m" : "\x1b[0m", stdout);
+  }
+  void emit(const std::string& text) {
+    if (!(hide_ && in_think_)) emit_raw(text);
+  }
+  void emit_raw(const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  }
+  bool color_, hide_, in_think_;
+  std::string pending_;
+};
+
+const char* kHelp =
+    "/clear            forget the conversation\n"
+    "/save FILE        save the conversation as JSON\n"
+    "/load FILE        load a saved conversation\n"
+    "/set NAME VALUE   temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens\n"
+    "/stats            tokens and speed of the last reply\n"
+    "/quit             leave (or Ctrl-D); Ctrl-C stops a reply\n"
+    "A line ending in \\ continues on the next line.\n";
+
+void set_option(ds::SamplingOptions& o, const std::string& name, const std::string& value) {
+  try {
+    if (name == "temperature") o.temperature = std::stod(value);
+    else if (name == "top_p") o.top_p = std::stod(value);
+    else if (name == "top_k") o.top_k = std::stoll(value);
+    else if (name == "min_p") o.min_p = std::stod(value);
+    else if (name == "repetition_penalty") o.repetition_penalty = std::stod(value);
+    else if (name == "max_new_tokens") o.max_new_tokens = std::stoll(value);
+    else ds::fail("unknown setting '{}'", name);
+  } catch (const std::logic_error&) {
+    ds::fail("'{}' is not a number", value);
+  }
+}
+
+void print_stats(const ds::ChatTurnStats& s) {
+  const double prefill = s.prefill_seconds > 0 ? double(s.prompt_tokens - s.cached_tokens) / s.prefill_seconds : 0;
+  const double decode = s.decode_seconds > 0 ? double(s.generated_tokens - 1) / s.decode_seconds : 0;
+  fmt::print(stderr, "prompt {} tokens ({} cached), {:.1f} tok/s; generated {} tokens, {:.1f} tok/s; {}\n",
+             s.prompt_tokens, s.cached_tokens, prefill, s.generated_tokens, decode, s.finish_reason);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Chat with a model: interactively in a terminal, or one prompt per line from a pipe.", "ds-chat"};
+  ds::tool::add_version_flag(app);
+  app.set_config("--config", "", "read options from a TOML/INI file");
+  std::string model_path, template_name = "r1", system;
+  ds::SamplingOptions sampling;
+  sampling.max_new_tokens = 512;
+  uint64_t seed = 0;
+  bool hide_think = false, jsonl = false;
+  ds::tool::ComputeOptions compute;
+  app.add_option("--model,-m", model_path, "model directory or run directory")->required();
+  app.add_option("--template", template_name, "chat template: r1, r1-zero or none")->capture_default_str();
+  app.add_option("--system", system, "system message");
+  app.add_option("--temperature", sampling.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
+  app.add_option("--top-p", sampling.top_p, "nucleus sampling mass")->capture_default_str();
+  app.add_option("--top-k", sampling.top_k, "keep the k most likely tokens (0 = off)");
+  app.add_option("--min-p", sampling.min_p, "drop tokens below min-p times the most likely");
+  app.add_option("--repetition-penalty", sampling.repetition_penalty, "penalty for tokens already seen");
+  app.add_option("--max-new-tokens", sampling.max_new_tokens, "longest reply")->capture_default_str();
+  app.add_option("--stop", sampling.stop, "stop strings");
+  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_flag("--hide-think", hide_think, "do not show the reasoning between <think> and </think>");
+  app.add_flag("--jsonl", jsonl, "pipe mode: read {\"prompt\": ...} lines, write {\"prompt\", \"completion\"} lines");
+  ds::tool::add_compute_options(app, compute);
+
+  return ds::tool::run(app, argc, argv, [&] {
+    ds::tool::apply_compute_options(compute);
+    const ds::ChatFormat format = ds::parse_chat_format(template_name);
+    ds::LoadedModel m = ds::load_model_dir(model_path);
+    ds::ChatSession session(m.model, m.tokenizer, format, seed);
+    session.set_system(system);
+    std::atomic<bool>& stop = ds::tool::install_stop_signals();
+
+    if (!isatty(STDIN_FILENO)) {  // pipe mode: every line is a new single-turn conversation
+      std::string line;
+      int64_t number = 0;
+      while (std::getline(std::cin, line)) {
+        ++number;
+        if (line.empty()) continue;
+        std::string prompt = line;
+        if (jsonl) {
+          try {
+            prompt = nlohmann::json::parse(line).at("prompt").get<std::string>();
+          } catch (const nlohmann::json::exception& e) {
+            ds::fail("<stdin>:{}: not a {{\"prompt\": ...}} line: {}", number, e.what());
+          }
+        }
+        session.clear();
+        const std::string reply = session.send(prompt, sampling);
+        if (jsonl)
+          fmt::print("{}\n", ds::to_jsonl({{"prompt", prompt}, {"completion", reply}}));
+        else
+          fmt::print("{}\n", reply);
+        std::fflush(stdout);
+        if (stop) break;
+      }
+      return;
+    }
+
+    const bool color = isatty(STDOUT_FILENO) && std::getenv("NO_COLOR") == nullptr;
+    const std::string history = std::getenv("HOME") ? std::string(std::getenv("HOME")) + "/.ds_chat_history" : "";
+    if (!history.empty()) read_history(history.c_str());
+    fmt::print(stderr, "{} ({} parameters). /help for commands.\n", m.dir, ds::count_params(m.config).total);
+    for (;;) {
+      std::string input;
+      for (const char* prompt = "> ";; prompt = ". ") {
+        stop = false;
+        char* line = readline(prompt);
+        if (!line) {
+          if (stop) break;  // Ctrl-C at the prompt: a fresh prompt, not an exit
+          fmt::print("\n");
+          if (!history.empty()) write_history(history.c_str());
+          return;
+        }
+        std::string text = line;
+        std::free(line);
+        if (!text.empty() && text.back() == '\\') {
+          input += text.substr(0, text.size() - 1) + "\n";
+          continue;
+        }
+        input += text;
+        break;
+      }
+      if (input.empty()) continue;
+      add_history(input.c_str());
+      std::istringstream words(input);
+      std::string command, arg1, arg2;
+      words >> command >> arg1 >> arg2;
+      try {
+        if (command == "/quit" || command == "/exit") break;
+        if (command == "/help") {
+          fmt::print(stderr, "{}", kHelp);
+        } else if (command == "/clear") {
+          session.clear();
+        } else if (command == "/stats") {
+          print_stats(session.last_turn());
+        } else if (command == "/set") {
+          set_option(sampling, arg1, arg2);
+        } else if (command == "/save") {
+          ds::write_file_atomic(arg1, session.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+        } else if (command == "/load") {
+          session.from_json(nlohmann::json::parse(ds::read_file(arg1)), arg1);
+        } else if (command.starts_with("/")) {
+          fmt::print(stderr, "unknown command {}; /help lists them\n", command);
+        } else {
+          ReplyPrinter printer(color, hide_think, session.reply_starts_in_think());
+          session.send(input, sampling, [&](std::string_view piece) {
+            printer.print(piece);
+            return !stop;
+          });
+          printer.finish();
+          if (stop) fmt::print(stderr, "(stopped)\n");
+        }
+      } catch (const ds::Error& e) {
+        fmt::print(stderr, "{}\n", e.what());
+      } catch (const nlohmann::json::exception& e) {
+        fmt::print(stderr, "{}: {}\n", arg1, e.what());
+      }
+    }
+    if (!history.empty()) write_history(history.c_str());
+  });
+}

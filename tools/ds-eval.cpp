@@ -1,0 +1,210 @@
+// ds-eval: measure a model as the R1 paper does (pass@1 over k samples, pass@k, cons@k, format) on a task set, or its
+// perplexity and bits per byte on text.
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "common.h"
+#include "ds/checkpoint.h"
+#include "ds/engine.h"
+#include "ds/error.h"
+#include "ds/eval.h"
+#include "ds/fsutil.h"
+#include "ds/shards.h"
+#include "ds/tasks.h"
+
+namespace {
+
+using json = nlohmann::ordered_json;
+
+struct Options {
+  std::string model, tasks, template_name = "plain", samples_path;
+  ds::eval::PromptTemplate tmpl = ds::eval::PromptTemplate::plain;
+  std::vector<std::string> text;
+  int64_t k = 8, limit = 0, batch = 16, seq_len = 0;
+  uint64_t seed = 0;
+  bool greedy = false;
+  ds::SamplingOptions sampling;
+};
+
+// A model directory with its own tokenizer: evaluating with a default one would measure the wrong model.
+ds::LoadedModel load_model(const std::string& path) {
+  const std::string dir = ds::resolve_model_dir(path);
+  if (!std::filesystem::exists(dir + "/tokenizer.json")) ds::fail("{}: no tokenizer.json in the model directory", dir);
+  return ds::load_model_dir(path);
+}
+
+void eval_tasks(const Options& o, ds::LoadedModel& m) {
+  std::vector<ds::Task> tasks = ds::load_tasks(o.tasks);
+  if (o.limit > 0 && size_t(o.limit) < tasks.size()) tasks.resize(size_t(o.limit));
+  const int64_t context = m.config.max_position_embeddings;
+  std::vector<std::vector<uint32_t>> prompts;
+  for (const ds::Task& task : tasks) {
+    prompts.push_back(ds::eval::prompt_tokens(m.tokenizer, task.prompt, o.tmpl));
+    if (int64_t(prompts.back().size()) >= context)
+      ds::fail("{}: task '{}': the prompt is {} tokens, which leaves no room in the model's context of {}", o.tasks,
+               task.id, prompts.back().size(), context);
+  }
+
+  // Completion f = t * k + j is sample j of task t and samples with seed + f, whatever the batch size.
+  const size_t k = size_t(o.k), total = tasks.size() * k;
+  std::vector<ds::Completion> completions;
+  ds::Engine engine(m.model, m.tokenizer);
+  const bool tty = ::isatty(STDERR_FILENO);
+  const auto start = std::chrono::steady_clock::now();
+  int64_t generated = 0;
+  for (size_t first = 0; first < total; first += size_t(o.batch)) {
+    const size_t end = std::min(total, first + size_t(o.batch));
+    std::vector<std::vector<uint32_t>> batch;
+    for (size_t f = first; f < end; ++f) batch.push_back(prompts[f / k]);
+    for (ds::Completion& c : engine.generate(batch, o.sampling, o.seed + first)) {
+      generated += int64_t(c.tokens.size());
+      completions.push_back(std::move(c));
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    fmt::print(stderr, "{}ds-eval: {}/{} completions, {:.0f} tokens/s{}", tty ? "\r" : "", end, total,
+               double(generated) / std::max(seconds, 1e-9), tty && end < total ? "" : "\n");
+  }
+
+  std::vector<std::vector<ds::eval::SampleScore>> scores(tasks.size());
+  std::string records;
+  for (size_t f = 0; f < total; ++f) {
+    const ds::Task& task = tasks[f / k];
+    const ds::Completion& c = completions[f];
+    const ds::eval::SampleScore s = ds::eval::score_sample(c.text, task.answer, int64_t(c.tokens.size()));
+    scores[f / k].push_back(s);
+    const json record = {{"id", task.id},
+                         {"sample", f % k},
+                         {"prompt", task.prompt},
+                         {"completion", c.text},
+                         {"answer", task.answer},
+                         {"extracted", s.answer ? json(*s.answer) : json(nullptr)},
+                         {"reward", double(s.correct) + double(s.format)},
+                         {"correct", s.correct},
+                         {"format", s.format},
+                         {"tokens", s.tokens},
+                         {"finish", c.finish_reason}};
+    records += record.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  }
+  if (!o.samples_path.empty()) {
+    ds::AtomicFile file(o.samples_path);
+    file.write(records);
+    file.commit();
+  }
+
+  const ds::eval::Summary s = ds::eval::summarize(scores, o.k);
+  const json summary = {{"model", o.model},
+                        {"tasks", o.tasks},
+                        {"n", s.tasks},
+                        {"k", s.k},
+                        {"pass@1", s.pass_at_1},
+                        {"pass@k", s.pass_at_k},
+                        {"cons@k", s.cons_at_k},
+                        {"format", s.format},
+                        {"mean_tokens", s.mean_tokens},
+                        {"greedy", o.greedy},
+                        {"temperature", o.sampling.temperature},
+                        {"top_p", o.sampling.top_p},
+                        {"top_k", o.sampling.top_k},
+                        {"min_p", o.sampling.min_p},
+                        {"max_new_tokens", o.sampling.max_new_tokens},
+                        {"seed", o.seed},
+                        {"template", o.template_name}};
+  fmt::print("{}\n", summary.dump());
+  fmt::print(stderr, "{:<12} {}\n{:<12} {} tasks x {} samples\n", "model", m.dir, "tasks", s.tasks, s.k);
+  fmt::print(stderr, "{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.1f}\n", "pass@1",
+             s.pass_at_1, fmt::format("pass@{}", s.k), s.pass_at_k, fmt::format("cons@{}", s.k), s.cons_at_k,
+             "format", s.format, "mean tokens", s.mean_tokens);
+}
+
+bool is_shard(const std::string& path) { return path.ends_with(".tok") || path.ends_with(".tok.zst"); }
+
+void eval_text(const Options& o, ds::LoadedModel& m) {
+  const int64_t context = m.config.max_position_embeddings, window = o.seq_len > 0 ? o.seq_len : context;
+  if (window > context) ds::fail("--seq-len {} is longer than the model's context of {}", window, context);
+  ds::eval::TextScore total;
+  for (const std::string& path : o.text) {
+    ds::eval::TextScore score;
+    if (is_shard(path)) {
+      const std::vector<uint32_t> ids = ds::read_tokens(path);
+      ds::check_token_range(path, ids, uint32_t(m.config.vocab_size));
+      score = ds::eval::score_tokens(m.model, m.tokenizer, ids, window, o.batch);
+    } else {
+      score = ds::eval::score_text(m.model, m.tokenizer, ds::read_file(path), window, o.batch);
+    }
+    if (score.tokens == 0) ds::fail("{}: no tokens to score", path);
+    total += score;
+  }
+  const json summary = {{"model", o.model},     {"text", o.text},
+                        {"tokens", total.tokens}, {"bytes", total.bytes},
+                        {"nll", total.nll / double(total.tokens)}, {"ppl", total.perplexity()},
+                        {"bits_per_byte", total.bits_per_byte()}, {"seq_len", window}};
+  fmt::print("{}\n", summary.dump());
+  fmt::print(stderr, "{:<14} {}\n{:<14} {}\n{:<14} {:.4f}\n{:<14} {:.4f}\n{:<14} {:.4f}\n", "model", m.dir, "tokens",
+             total.tokens, "nll/token", total.nll / double(total.tokens), "perplexity", total.perplexity(),
+             "bits/byte", total.bits_per_byte());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Evaluate a model: pass@1 (mean over k samples), pass@k, cons@k and format compliance on a task set,\n"
+               "or perplexity and bits per byte on text. JSON summary on stdout, a table on stderr.",
+               "ds-eval"};
+  ds::tool::add_version_flag(app);
+  app.set_config("--config", "", "read options from a TOML/INI file");
+  Options o;
+  ds::tool::ComputeOptions compute;
+  app.add_option("--model", o.model, "model directory, or run directory (its latest checkpoint)")->required();
+  auto* tasks = app.add_option("--tasks", o.tasks, "tasks JSONL (- for stdin) or builtin:arith[:test|:train]; "
+                                                   "default builtin:arith");
+  auto* text = app.add_option("--text", o.text, "text files, or token shards (.tok, .tok.zst), to score");
+  tasks->excludes(text);
+  auto* k = app.add_option("-k", o.k, "samples per task")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--temperature", o.sampling.temperature, "sampling temperature")->capture_default_str();
+  app.add_option("--top-p", o.sampling.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
+  app.add_option("--top-k", o.sampling.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
+  app.add_option("--min-p", o.sampling.min_p, "keep tokens with p >= min-p * p_max (0 = off)")->capture_default_str();
+  app.add_option("--repetition-penalty", o.sampling.repetition_penalty, "penalty on tokens already in the sequence")
+      ->capture_default_str();
+  app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "tokens generated per completion at most")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--stop", o.sampling.stop, "end a completion at this string (repeatable)");
+  app.add_option("--seed", o.seed, "sampling seed; completion f of the run samples with seed + f")
+      ->capture_default_str();
+  app.add_flag("--greedy", o.greedy, "decode greedily, one sample per task");
+  app.add_option("--limit", o.limit, "evaluate only the first N tasks")->check(CLI::PositiveNumber);
+  app.add_option("--samples", o.samples_path, "write every sample as JSONL to this file");
+  app.add_option("--batch", o.batch, "completions decoded together (text: windows per forward pass)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", o.seq_len, "text: tokens per window (default: the model's context)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--template", o.template_name, "prompt template: plain (User: ... Assistant:) or none")
+      ->capture_default_str();
+  ds::tool::add_compute_options(app, compute);
+
+  return ds::tool::run(app, argc, argv, [&] {
+    if (o.greedy) {
+      if (k->count() > 0 && o.k != 1) throw CLI::ValidationError("--greedy", "greedy decoding gives one sample per task");
+      o.k = 1;
+      o.sampling.temperature = 0;
+    }
+    if (o.samples_path == "-") throw CLI::ValidationError("--samples", "stdout holds the summary; give a file");
+    if (o.text.empty() && o.tasks.empty()) o.tasks = "builtin:arith";
+    if (!o.text.empty() && !o.samples_path.empty()) throw CLI::ValidationError("--samples", "only with --tasks");
+    try {
+      o.tmpl = ds::eval::parse_template(o.template_name);
+    } catch (const ds::Error& e) {
+      throw CLI::ValidationError("--template", e.what());
+    }
+    ds::tool::apply_compute_options(compute);
+    ds::LoadedModel m = load_model(o.model);
+    if (o.text.empty()) eval_tasks(o, m);
+    else eval_text(o, m);
+  });
+}
