@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")->capture_default_str();
   app.add_option("--balance-alpha", o.loss.balance_alpha, "sequence-wise balance loss weight")->capture_default_str();
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")->capture_default_str();
+  app.add_flag("--fp8", o.fp8, "emulate DeepSeek-V3's FP8 training GEMMs (e4m3, 1x128 / 128x128 tiles)");
   app.add_option("--seed", o.seed, "seed of the initial weights and the built-in corpus")->capture_default_str();
   app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)");
   app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)");

@@ -17,6 +17,12 @@ for f in config.json model.safetensors tokenizer.json tokenizer_config.json opti
   [ -s "$T/a/latest/$f" ] || fail "checkpoint lacks $f"
 done
 
+# FP8 emulation trains too, to a loss near the full-precision run's.
+$BIN "$T/f8" $COMMON --steps 40 --lr 3e-3 --warmup 2 --fp8 2>/dev/null || fail "--fp8 training failed"
+last() { tail -1 "$1" | sed 's/.*"main_loss":\([0-9.]*\).*/\1/'; }
+awk -v a="$(last "$T/a/metrics.jsonl")" -v f="$(last "$T/f8/metrics.jsonl")" 'BEGIN {
+  if (!(f < a * 1.1 && f > a * 0.9)) { print "fp8 loss " f " vs full precision " a; exit 1 } }'
+
 # Bit-exact resume: 12 steps straight == 6 steps, stop, resume to 12 (cosine schedule over 12 both times).
 $BIN "$T/full" $COMMON --steps 12 2>/dev/null
 $BIN "$T/split" $COMMON --steps 12 --stop-after 6 2>/dev/null

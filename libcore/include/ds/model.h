@@ -81,6 +81,9 @@ class Model {
   void update_router_bias(const std::vector<std::vector<int64_t>>& expert_load, double gamma);
 
   void zero_grads();
+  // Emulate DeepSeek-V3's FP8 training GEMMs (e4m3, 1x128 activation and 128x128 weight tiles) in the linear layers
+  // it runs in FP8; embeddings, attention, norms, the router and the head stay in full precision. Float models only.
+  void set_fp8(bool on);
 
  private:
   struct Impl;

@@ -74,5 +74,12 @@ void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, 
 template <typename T>
 void softmax_rows(T* x, int64_t N, int64_t C);  // in place
 
+// FP8 emulation (the DeepSeek-V3 training recipe on a CPU): each value of in [rows, cols] is scaled, rounded to
+// e4m3 and scaled back, with one scale (amax / 448) per tile: 1x128 along a row (activations and activation
+// gradients in a GEMM whose K runs along the row), 128x1 down a column (the same tensors in the weight-gradient GEMM,
+// whose K runs over tokens), or 128x128 (weights). Activation scales have DeepSeek's 1e-4 amax floor.
+enum class Fp8Tiles { Rows, Columns, Blocks };
+void fp8_round_trip(float* out, const float* in, int64_t rows, int64_t cols, Fp8Tiles tiles);
+
 }  // namespace ops
 }  // namespace ds

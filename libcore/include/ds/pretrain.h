@@ -25,6 +25,7 @@ struct PretrainOptions {
   double clip = 1.0;
   LossOptions loss;
   double bias_gamma = 0.001;  // aux-loss-free bias update speed
+  bool fp8 = false;           // emulate the FP8 training GEMMs (Model::set_fp8)
   uint64_t seed = 1234;
   int64_t save_every = 0;     // 0: only at the end
   int keep = 0;               // checkpoints kept; 0 = all

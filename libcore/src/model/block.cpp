@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "modules.h"
 
@@ -24,17 +25,42 @@ void RmsNorm<T>::backward(T* dx, const T* dy) {
 }
 
 template <typename T>
-Linear<T>::Linear(ParamStore<T>& s, const std::string& name, int64_t in_, int64_t out_)
-    : store(&s), weight(s.add(name, {out_, in_}, ParamKind::Matrix)), in(in_), out(out_) {}
+Linear<T>::Linear(ParamStore<T>& s, const std::string& name, int64_t in_, int64_t out_, bool fp8_eligible_)
+    : store(&s), weight(s.add(name, {out_, in_}, ParamKind::Matrix)), in(in_), out(out_),
+      fp8_eligible(fp8_eligible_) {}
 
 template <typename T>
 void Linear<T>::forward(T* y, const T* x_, int64_t rows_) {
   x = x_, rows = rows_;
+  if constexpr (std::is_same_v<T, float>) {
+    if (store->fp8 && fp8_eligible) {
+      std::vector<float> xq(size_t(rows * in)), wq(size_t(out * in));
+      ops::fp8_round_trip(xq.data(), x, rows, in, ops::Fp8Tiles::Rows);
+      ops::fp8_round_trip(wq.data(), store->w(weight), out, in, ops::Fp8Tiles::Blocks);
+      ops::linear(y, xq.data(), wq.data(), rows, out, in);
+      return;
+    }
+  }
   ops::linear(y, x, store->w(weight), rows, out, in);
 }
 
 template <typename T>
 void Linear<T>::backward(T* dx, const T* dy) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (store->fp8 && fp8_eligible) {
+      // Data gradient: K runs along dy's rows (1x128 tiles); weight gradient: K runs over tokens (128x1 tiles).
+      std::vector<float> a(size_t(rows * out)), b(size_t(std::max(out, rows) * in));
+      if (dx) {
+        ops::fp8_round_trip(a.data(), dy, rows, out, ops::Fp8Tiles::Rows);
+        ops::fp8_round_trip(b.data(), store->w(weight), out, in, ops::Fp8Tiles::Blocks);
+        ops::linear_backward<float>(dx, nullptr, a.data(), nullptr, b.data(), rows, out, in);
+      }
+      ops::fp8_round_trip(a.data(), dy, rows, out, ops::Fp8Tiles::Columns);
+      ops::fp8_round_trip(b.data(), x, rows, in, ops::Fp8Tiles::Columns);
+      ops::linear_backward<float>(nullptr, store->g(weight), a.data(), b.data(), nullptr, rows, out, in);
+      return;
+    }
+  }
   ops::linear_backward(dx, store->g(weight), dy, x, store->w(weight), rows, out, in);
 }
 

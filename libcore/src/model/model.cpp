@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <type_traits>
 
 #include "ds/error.h"
 #include "modules.h"
@@ -35,7 +36,7 @@ struct MtpModule {
       : enorm(s, fmt::format("model.layers.{}.enorm.weight", layer), c.hidden_size, c.rms_norm_eps),
         hnorm(s, fmt::format("model.layers.{}.hnorm.weight", layer), c.hidden_size, c.rms_norm_eps),
         head_norm(s, fmt::format("model.layers.{}.shared_head.norm.weight", layer), c.hidden_size, c.rms_norm_eps),
-        eh_proj(s, fmt::format("model.layers.{}.eh_proj.weight", layer), 2 * c.hidden_size, c.hidden_size),
+        eh_proj(s, fmt::format("model.layers.{}.eh_proj.weight", layer), 2 * c.hidden_size, c.hidden_size, false),
         block(s, c, layer) {}
 };
 
@@ -117,6 +118,12 @@ template <typename T>
 const T* Model<T>::logits() const {
   return impl_->logits.data();
 }
+template <typename T>
+void Model<T>::set_fp8(bool on) {
+  if (on && !std::is_same_v<T, float>) fail("FP8 emulation runs in float models only");
+  impl_->store.fp8 = on;
+}
+
 template <typename T>
 void Model<T>::zero_grads() {
   std::fill(impl_->store.grads.begin(), impl_->store.grads.end(), T(0));

@@ -26,16 +26,19 @@ struct RmsNorm {
   void backward(T* dx, const T* dy);
 };
 
-// A linear layer without bias: y = x W^T, W [out, in].
+// A linear layer without bias: y = x W^T, W [out, in]. Under store->fp8 its three GEMMs (forward, data gradient,
+// weight gradient) see FP8-rounded operands, tiled as reference section 7.3 describes, unless it is one of the layers
+// DeepSeek-V3 keeps in high precision (the router gate, MTP's eh_proj).
 template <typename T>
 struct Linear {
   ParamStore<T>* store = nullptr;
   int64_t weight = -1, in = 0, out = 0;
+  bool fp8_eligible = true;
   const T* x = nullptr;
   int64_t rows = 0;
 
   Linear() = default;
-  Linear(ParamStore<T>& s, const std::string& name, int64_t in, int64_t out);
+  Linear(ParamStore<T>& s, const std::string& name, int64_t in, int64_t out, bool fp8_eligible = true);
   void forward(T* y, const T* x, int64_t rows);
   void backward(T* dx, const T* dy);  // dx may be null
 };

@@ -24,7 +24,7 @@ void top_k(std::vector<int32_t>& candidates, const T* values, int64_t k) {
 
 template <typename T>
 Moe<T>::Moe(ParamStore<T>& s, const ModelConfig& c, const std::string& prefix)
-    : config(&c), store(&s), gate(s, prefix + "gate.weight", c.hidden_size, c.n_routed_experts) {
+    : config(&c), store(&s), gate(s, prefix + "gate.weight", c.hidden_size, c.n_routed_experts, false) {
   if (c.topk_method == TopkMethod::NoauxTc)
     bias = s.add(prefix + "gate.e_score_correction_bias", {c.n_routed_experts}, ParamKind::RouterBias);
   for (int64_t e = 0; e < c.n_routed_experts; ++e)

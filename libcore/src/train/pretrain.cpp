@@ -28,7 +28,8 @@ double load_imbalance(const std::vector<std::vector<int64_t>>& loads) {
 }
 
 nlohmann::json options_json(const PretrainOptions& o, const std::string& data) {
-  return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"data", data}, {"seed", o.seed}};
+  return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"data", data},
+          {"seed", o.seed},   {"fp8", o.fp8}};
 }
 
 void add_into(std::vector<std::vector<int64_t>>& total, const std::vector<std::vector<int64_t>>& part) {
@@ -60,6 +61,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   Model<float> model = loaded ? std::move(loaded->model) : Model<float>(config);
   Tokenizer tokenizer = loaded ? std::move(loaded->tokenizer) : Tokenizer::byte_level();
   if (!loaded) model.init_random(o.seed);
+  model.set_fp8(o.fp8);
   if (o.seq_len > config.max_position_embeddings)
     fail("--seq-len {} exceeds the model's max_position_embeddings {}", o.seq_len, config.max_position_embeddings);
   if (tokenizer.vocab_size() > size_t(config.vocab_size))
