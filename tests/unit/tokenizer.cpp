@@ -125,7 +125,7 @@ TEST_CASE("encodings equal Hugging Face tokenizers' (fixture made by make_fixtur
     CAPTURE(text);
     CHECK(tok.encode(text, true) == ids);
     CHECK(tok.encode(text, false) == c["plain_ids"].get<std::vector<uint32_t>>());
-    CHECK(tok.decode(ids, false) == text);
+    CHECK(tok.decode(ids, false) == c["decoded"].get<std::string>());
     CHECK(tok.decode(ids, true) == c["decoded_skip_special"].get<std::string>());
   }
 }
@@ -175,9 +175,12 @@ TEST_CASE("load rejects corrupt or unsupported tokenizer.json with the file name
   write(j.dump());
   expect_error("model");
   j = good;
-  j["model"]["merges"] = {"Ġ t"};
+  j["model"]["merges"] = {"Ġ t"};  // "Ġt" is not in the vocabulary
   write(j.dump());
-  expect_error("BPE merges are not supported yet");
+  expect_error("\"Ġt\" is not in the vocabulary");
+  j["model"]["merges"] = {"Ġtt"};
+  write(j.dump());
+  expect_error("not two tokens");
   j = good;
   j["model"]["type"] = "WordPiece";
   write(j.dump());
@@ -196,8 +199,46 @@ TEST_CASE("load rejects corrupt or unsupported tokenizer.json with the file name
   write(j.dump());
   expect_error("does not have id 2");
   j = good;
-  j["pre_tokenizer"]["add_prefix_space"] = true;
+  j["added_tokens"].push_back({{"id", 300}, {"content", "<gap>"}, {"special", true}});
   write(j.dump());
-  expect_error("pre_tokenizer");
+  expect_error("id 263 has no token");
+  j = good;
+  j["added_tokens"][0]["single_word"] = true;
+  write(j.dump());
+  expect_error("single_word");
+  j = good;
+  j["normalizer"] = {{"type", "NFC"}};
+  write(j.dump());
+  expect_error("normalizer \"NFC\" is not supported");
+  j = good;
+  j["pre_tokenizer"] = {{"type", "Whitespace"}};
+  write(j.dump());
+  expect_error("pre_tokenizer Whitespace is not supported");
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "\\s"}}}, {"behavior", "Isolated"}};
+  write(j.dump());
+  expect_error("must end with ByteLevel");
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers", {{{"type", "Split"}, {"pattern", {{"Regex", "(x"}}}, {"behavior", "Isolated"}},
+                                           good["pre_tokenizer"]}}};
+  write(j.dump());
+  expect_error("regex \"(x\" does not compile");
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "x";
+  j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
+  write(j.dump());
+  expect_error("unknown Split behavior \"Sideways\"");
+  j = good;
+  j["decoder"] = {{"type", "Metaspace"}};
+  write(j.dump());
+  expect_error("decoder must be ByteLevel");
+  j = good;
+  j["model"]["dropout"] = 0.1;
+  write(j.dump());
+  expect_error("dropout");
+  write(good.dump());
+  std::ofstream(dir.path / "tokenizer_config.json") << "{\"bos_token\": ";
+  const std::string config_error = error_of(file);
+  CHECK_MESSAGE(config_error.find((dir.path / "tokenizer_config.json").string()) != std::string::npos, config_error);
+  std::ofstream(dir.path / "tokenizer_config.json") << R"({"bos_token": "<nope>"})";
+  CHECK(error_of(file).find("BOS token \"<nope>\" is not in the vocabulary") != std::string::npos);
   CHECK(error_of(dir.path / "missing.json").find("cannot open") != std::string::npos);
 }

@@ -9,6 +9,7 @@
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/quantize.h"
 #include "ds/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -46,7 +47,8 @@ LoadedModel load_model_dir(const std::string& path) {
     fail("{}: tokenizer has {} tokens, more than vocab_size {}", dir, tokenizer.vocab_size(), config.vocab_size);
   Model<float> model(config);
   safetensors::ModelFiles files(dir);
-  model.load([&](const std::string& name) { return files.find(name) ? files.get(name) : Tensor(); }, dir);
+  // FP8 checkpoints (ds-quantize, DeepSeek's releases) load dequantized with their weight_scale_inv.
+  model.load([&](const std::string& name) { return quant::read_dequantized(files, name, dir); }, dir);
   return {dir, config, std::move(model), std::move(tokenizer)};
 }
 
@@ -81,7 +83,9 @@ std::string RunDir::save(int64_t step, int keep, const std::function<void(const 
   const std::string tmp = fmt::format("{}/.tmp-{}-{}", checkpoints, name, getpid());
   const std::string final_dir = checkpoints + "/" + name;
   std::error_code ec;
-  fs::remove_all(tmp, ec);
+  // Temporary directories of writers that were killed mid-checkpoint: only one process writes a run.
+  for (const auto& entry : fs::directory_iterator(checkpoints))
+    if (entry.path().filename().string().starts_with(".tmp-")) fs::remove_all(entry.path(), ec);
   fs::create_directories(tmp);
   write_files(tmp);  // every file is written with AtomicFile, so it is fsynced
   fsync_dir(tmp);

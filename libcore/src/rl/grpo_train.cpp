@@ -1,0 +1,506 @@
+#include "ds/grpo_train.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <numeric>
+#include <optional>
+
+#include "ds/chat.h"
+#include "ds/checkpoint.h"
+#include "ds/engine.h"
+#include "ds/error.h"
+#include "ds/eval.h"
+#include "ds/fsutil.h"
+#include "ds/jsonl.h"
+#include "ds/ops.h"
+#include "ds/reward_cmd.h"
+#include "ds/safetensors.h"
+#include "ds/tasks.h"
+#include "ds/verify.h"
+
+namespace ds {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// splitmix64's finaliser: seeds and shuffles that are the same on every platform.
+uint64_t mix(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Tasks in a fresh seeded order each epoch, addressed by a cursor (prompts consumed), which is all resume needs.
+class TaskStream {
+ public:
+  TaskStream(std::vector<Task> tasks, uint64_t seed) : tasks_(std::move(tasks)), seed_(seed) {}
+  size_t size() const { return tasks_.size(); }
+  const Task& at(uint64_t cursor) {
+    const uint64_t epoch = cursor / tasks_.size();
+    if (epoch != epoch_) {
+      order_.resize(tasks_.size());
+      std::iota(order_.begin(), order_.end(), size_t(0));
+      uint64_t state = mix(seed_ ^ mix(epoch + 1));
+      for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[(state = mix(state + 1)) % i]);
+      epoch_ = epoch;
+    }
+    return tasks_[order_[cursor % tasks_.size()]];
+  }
+
+ private:
+  std::vector<Task> tasks_;
+  uint64_t seed_;
+  uint64_t epoch_ = UINT64_MAX;
+  std::vector<size_t> order_;
+};
+
+// How a task prompt becomes tokens: a chat format (ds/chat.h) or "plain", the "User: ... Assistant:" frame of the
+// builtin:arith corpus (eval::PromptTemplate::plain), which a base pretrained on it continues with " <think>".
+class PromptFormat {
+ public:
+  PromptFormat(const Tokenizer& tokenizer, const std::string& name) : tokenizer_(tokenizer), plain_(name == "plain") {
+    if (!plain_ && name != "r1" && name != "r1-zero" && name != "none")
+      fail("--template: '{}' is not one of r1, r1-zero, none, plain", name);
+    if (!plain_) chat_.emplace(tokenizer, parse_chat_format(name));
+    // R1's generation prompt opens the think block, so the completion is checked as "<think>\n" + completion.
+    if (name == "r1") opened_ = "<think>\n";
+  }
+  std::vector<uint32_t> encode(const std::string& prompt) const {
+    if (plain_) return eval::prompt_tokens(tokenizer_, prompt, eval::PromptTemplate::plain);
+    const ChatMessage user{"user", prompt};
+    return chat_->encode(std::span(&user, 1), true);
+  }
+  const std::string& opened() const { return opened_; }
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool plain_;
+  std::optional<ChatTemplate> chat_;
+  std::string opened_;
+};
+
+struct Rollout {
+  const Task* task = nullptr;
+  std::vector<uint32_t> prompt;
+  Completion completion;
+  verify::Reward verified;      // always computed, for the accuracy and format metrics
+  std::optional<double> reward;  // what training uses; none until scored
+  bool correct = false;
+};
+
+// The verifiers' weighted sum, or the reward command's replies (its "correct" when it gives one).
+void score(std::vector<Rollout>& rollouts, RewardCommand* command, double format_weight, const PromptFormat& format) {
+  for (Rollout& r : rollouts) {
+    r.verified = verify::reward(format.opened() + r.completion.text, r.task->answer);
+    r.correct = r.verified.accuracy > 0;
+  }
+  if (!command) {
+    for (Rollout& r : rollouts) r.reward = r.verified.accuracy + format_weight * r.verified.format;
+    return;
+  }
+  std::vector<RewardSample> samples;
+  for (const Rollout& r : rollouts)
+    samples.push_back({r.task->id, r.task->prompt, r.completion.text, r.task->answer});
+  const std::vector<RewardReply> replies = command->score(samples);
+  for (size_t i = 0; i < rollouts.size(); ++i) {
+    rollouts[i].reward = replies[i].reward;
+    rollouts[i].correct = replies[i].correct.value_or(rollouts[i].correct);
+  }
+}
+
+// Appends to a JSONL file ("-" = stdout) in one write per call, so a crash never leaves half a step's records.
+void append_rollouts(const std::string& path, const std::vector<Rollout>& rollouts, int64_t step) {
+  if (path.empty()) return;
+  std::string text;
+  for (const Rollout& r : rollouts) {
+    const nlohmann::json j = {{"id", r.task->id},
+                              {"prompt", r.task->prompt},
+                              {"completion", r.completion.text},
+                              {"answer", r.task->answer},
+                              {"reward", r.reward ? nlohmann::json(*r.reward) : nlohmann::json(nullptr)},
+                              {"correct", r.correct},
+                              {"tokens", r.completion.tokens.size()},
+                              {"step", step}};
+    text += to_jsonl(j) + "\n";
+  }
+  const int fd = path == "-" ? STDOUT_FILENO : open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot open for appending: {}", path, std::strerror(errno));
+  for (size_t done = 0; done < text.size();) {
+    const ssize_t k = write(fd, text.data() + done, text.size() - done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) {
+      const int err = errno;
+      if (fd != STDOUT_FILENO) close(fd);
+      fail("{}: write failed: {}", path, std::strerror(err));
+    }
+    done += size_t(k);
+  }
+  if (fd != STDOUT_FILENO) close(fd);
+}
+
+// What a resume must not change: it would silently alter the task stream or the batch.
+nlohmann::json options_json(const GrpoTrainOptions& o) {
+  return {{"tasks", o.tasks},           {"template", o.prompt_template}, {"seed", o.seed},
+          {"group_size", o.group_size}, {"prompts_per_step", o.prompts_per_step}};
+}
+
+void validate(const GrpoTrainOptions& o) {
+  if (o.group_size < 2) fail("--group-size must be at least 2 (advantages compare completions of one prompt)");
+  if (o.prompts_per_step < 1 || o.steps < 1 || o.iterations < 1 || o.micro_batch < 0 || o.max_sampling_rounds < 1)
+    fail("--prompts-per-step, --steps, --iterations and --max-sampling-rounds must be positive");
+  if (o.sampling.max_new_tokens < 1) fail("--max-new-tokens must be positive");
+  if (!(o.loss.epsilon > 0 && o.loss.epsilon < 1) || !(o.loss.epsilon_high > 0))
+    fail("--epsilon must be in (0, 1) and --epsilon-high positive");
+  if (o.loss.beta < 0) fail("--beta must not be negative");
+}
+
+// A micro-batch: sequences [begin, end) of the batch, packed, and where their completion tokens start in the flat
+// per-token arrays.
+struct MicroBatch {
+  size_t begin = 0, end = 0, first_token = 0;
+  grpo::Packed packed;
+};
+
+std::vector<double> gather(const std::vector<double>& per_row, const std::vector<int64_t>& rows) {
+  std::vector<double> out;
+  out.reserve(rows.size());
+  for (int64_t row : rows) out.push_back(per_row[size_t(row)]);
+  return out;
+}
+
+// One step's rollouts, and the sums its metrics need.
+struct Sampled {
+  std::vector<Rollout> batch;  // the groups trained on
+  double reward = 0, reward_sq = 0, accuracy = 0, format = 0;
+  int64_t completions = 0, tokens = 0, max_tokens = 0, groups = 0, zero_variance_groups = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const GrpoTrainOptions& o, const GrpoEvents& events);
+  void run(const std::atomic<bool>& stop);
+
+ private:
+  Sampled sample();
+  void update(const std::vector<Rollout>& batch, GrpoRecord& r);
+  void save();
+  void log(const GrpoRecord& r);
+
+  const GrpoTrainOptions& o_;
+  const GrpoEvents& events_;
+  RunDir run_;
+  std::optional<std::string> latest_;
+  int64_t step_ = 0, bad_in_a_row_ = 0, bad_total_ = 0;
+  uint64_t cursor_ = 0;  // tasks consumed
+  std::string base_;     // the base model directory: the reference, and the record of where the run started
+  std::optional<LoadedModel> policy_;
+  std::optional<Model<float>> reference_;  // frozen base, only when the KL term is on
+  std::optional<TaskStream> tasks_;
+  std::optional<PromptFormat> frame_;
+  std::unique_ptr<RewardCommand> command_;
+  std::optional<AdamW> optimizer_;
+  std::optional<Engine> engine_;  // reads the weights in place, so it samples from the policy as it is updated
+  LossOptions no_aux_;            // RL trains the next-token policy only
+};
+
+Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), events_(events), run_(o.run_dir) {
+  namespace fs = std::filesystem;
+  validate(o);
+  latest_ = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
+  if (o.resume && !latest_) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
+  if (!o.resume && latest_) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
+  if (!o.resume && o.model.empty()) fail("--model: the base model to start from is required");
+
+  // Everything that can be refused is checked before the run directory is created.
+  nlohmann::json state;
+  const std::string state_path = o.resume ? *latest_ + "/trainer_state.json" : "";
+  if (o.resume) {
+    try {
+      state = nlohmann::json::parse(read_file(state_path));
+      step_ = state.at("step").get<int64_t>();
+      cursor_ = state.at("task_cursor").get<uint64_t>();
+      base_ = state.at("base_model").get<std::string>();
+      const nlohmann::json now = options_json(o);
+      for (const auto& [key, value] : state.at("options").items())
+        if (now.at(key) != value)
+          fail("{}: the run was trained with {} = {}, not {}; resume with the same value", state_path, key,
+               value.dump(), now.at(key).dump());
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: bad trainer state: {}", state_path, e.what());
+    }
+  } else {
+    base_ = resolve_model_dir(o.model);
+  }
+  policy_.emplace(load_model_dir(o.resume ? *latest_ : base_));
+  if (o.resume && state.value("config_hash", "") != config_hash(policy_->config))
+    fail("{}: config hash does not match config.json", state_path);
+  if (o.loss.beta > 0) reference_.emplace(std::move(load_model_dir(base_).model));
+  tasks_.emplace(load_tasks(o.tasks), o.seed);
+  if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
+  frame_.emplace(policy_->tokenizer, o.prompt_template);
+  if (!o.reward_cmd.empty()) command_ = std::make_unique<RewardCommand>(o.reward_cmd, o.reward_timeout);
+  run_.prepare();
+
+  Model<float>& model = policy_->model;
+  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw);
+  if (o.resume) {
+    safetensors::File opt(*latest_ + "/optimizer.safetensors");
+    for (auto [name, target] : {std::pair{"exp_avg", &optimizer_->m()}, std::pair{"exp_avg_sq", &optimizer_->v()}}) {
+      const Tensor t = opt.get(name);
+      if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
+        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest_, name);
+      std::copy_n(t.data<float>(), target->size(), target->data());
+    }
+    optimizer_->set_steps(state.at("optimizer_steps").get<int64_t>());
+    if (events.info) events.info(fmt::format("resumed {} at step {}", *latest_, step_));
+  } else if (events.info) {
+    events.info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
+                            o.prompts_per_step, o.group_size, o.tasks, tasks_->size(),
+                            command_ ? fmt::format("command '{}'", o.reward_cmd)
+                                     : fmt::format("accuracy + {} * format", o.format_weight)));
+  }
+  engine_.emplace(model, policy_->tokenizer);
+  no_aux_.mtp_weight = 0, no_aux_.balance_alpha = 0;
+}
+
+void Trainer::run(const std::atomic<bool>& stop) {
+  if (step_ >= o_.steps) {
+    if (events_.info) events_.info(fmt::format("the run is already at step {} of {}", step_, o_.steps));
+    return;
+  }
+  ScheduleOptions schedule = o_.schedule;
+  schedule.total = o_.steps;
+  const auto start = Clock::now();
+  for (int64_t steps_this_run = 1; step_ < o_.steps; ++steps_this_run) {
+    GrpoRecord r;
+    const auto rollout_start = Clock::now();
+    const Sampled s = sample();
+    const double n = double(s.completions);
+    r.reward_mean = s.reward / n;
+    r.reward_std = std::sqrt(std::max(0.0, s.reward_sq / n - r.reward_mean * r.reward_mean));
+    r.accuracy = s.accuracy / n, r.format = s.format / n;
+    r.length_mean = double(s.tokens) / n, r.length_max = s.max_tokens;
+    r.groups = s.groups, r.zero_variance_groups = s.zero_variance_groups;
+    r.rollout_tokens_per_s = double(s.tokens) / seconds_since(rollout_start);
+
+    r.lr = learning_rate(schedule, step_);
+    r.skipped = s.batch.empty();
+    if (!s.batch.empty()) update(s.batch, r);
+    ++step_;
+    r.step = step_, r.bad_steps = bad_total_, r.elapsed_s = seconds_since(start);
+    const bool last = step_ == o_.steps || stop || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
+    if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last) log(r);
+    if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
+    if (last) break;
+  }
+}
+
+// G completions of each prompt, scored and appended to the rollouts file; with dynamic sampling, more rounds until
+// P groups have rewards that differ.
+Sampled Trainer::sample() {
+  const size_t G = size_t(o_.group_size);
+  const int64_t context = policy_->config.max_position_embeddings;
+  Sampled s;
+  for (int64_t round = 0; round < (o_.dynamic_sampling ? o_.max_sampling_rounds : 1); ++round) {
+    const size_t want = size_t(o_.prompts_per_step) - s.batch.size() / G;
+    if (want == 0) break;
+    std::vector<Rollout> rollouts(want * G);
+    std::vector<std::vector<uint32_t>> prompts;
+    for (size_t p = 0; p < want; ++p) {
+      const Task& task = tasks_->at(cursor_++);
+      const std::vector<uint32_t> ids = frame_->encode(task.prompt);
+      if (int64_t(ids.size()) >= context)
+        fail("task '{}': the prompt is {} tokens with --template {}, leaving no room in the model's context of {}",
+             task.id, ids.size(), o_.prompt_template, context);
+      for (size_t g = 0; g < G; ++g) rollouts[p * G + g].task = &task, rollouts[p * G + g].prompt = ids;
+      prompts.insert(prompts.end(), G, ids);
+    }
+    const uint64_t seed = mix(mix(o_.seed) + uint64_t(step_) * 1024 + uint64_t(round));
+    std::vector<Completion> completions = engine_->generate(prompts, o_.sampling, seed);
+    for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].completion = std::move(completions[i]);
+    try {
+      score(rollouts, command_.get(), o_.format_weight, *frame_);
+    } catch (const Error&) {
+      append_rollouts(o_.rollouts, rollouts, step_ + 1);  // keep what was sampled, unscored
+      throw;
+    }
+    append_rollouts(o_.rollouts, rollouts, step_ + 1);
+    for (size_t g = 0; g < rollouts.size(); g += G) {
+      std::vector<double> rewards;
+      for (size_t i = g; i < g + G; ++i) {
+        const Rollout& x = rollouts[i];
+        const int64_t tokens = int64_t(x.completion.tokens.size());
+        rewards.push_back(*x.reward);
+        s.reward += *x.reward, s.reward_sq += *x.reward * *x.reward;
+        s.accuracy += x.correct, s.format += x.verified.format;
+        s.tokens += tokens, s.max_tokens = std::max(s.max_tokens, tokens);
+      }
+      const bool flat = grpo::zero_variance_groups(rewards, o_.group_size) > 0;
+      s.zero_variance_groups += flat, ++s.groups;
+      if (!(o_.dynamic_sampling && flat))
+        s.batch.insert(s.batch.end(), std::make_move_iterator(rollouts.begin() + long(g)),
+                       std::make_move_iterator(rollouts.begin() + long(g + G)));
+    }
+    s.completions += int64_t(rollouts.size());
+  }
+  return s;
+}
+
+// mu AdamW steps over the batch. The log-probabilities the policy had when it sampled come from the first update's
+// forward, where the policy is still that policy.
+void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
+  const auto start = Clock::now();
+  Model<float>& model = policy_->model;
+  std::vector<double> rewards, advantage;  // advantage: per completion token
+  std::vector<int64_t> lengths;
+  std::vector<grpo::Sequence> sequences;
+  int64_t batch_tokens = 0;
+  for (const Rollout& x : batch) {
+    rewards.push_back(*x.reward);
+    lengths.push_back(int64_t(x.completion.tokens.size()));
+    sequences.push_back({x.prompt, x.completion.tokens});
+    batch_tokens += int64_t(x.prompt.size() + x.completion.tokens.size());
+  }
+  const std::vector<double> adv = grpo::advantages(rewards, o_.group_size, o_.scale_rewards);
+  for (size_t i = 0; i < batch.size(); ++i) advantage.insert(advantage.end(), size_t(lengths[i]), adv[i]);
+  const std::vector<double> scale = grpo::token_scales(lengths, o_.aggregation, o_.sampling.max_new_tokens);
+
+  std::vector<MicroBatch> micro;
+  const size_t per = o_.micro_batch > 0 ? size_t(o_.micro_batch) : batch.size();
+  for (size_t b = 0, first = 0; b < batch.size(); b += per) {
+    MicroBatch mb{b, std::min(batch.size(), b + per), first, {}};
+    mb.packed = grpo::pack(std::span(sequences).subspan(b, mb.end - b), int32_t(policy_->tokenizer.pad_id()));
+    first += mb.packed.rows.size();
+    micro.push_back(std::move(mb));
+  }
+  std::vector<double> ref_logp, old_logp(scale.size());
+  if (reference_)
+    for (const MicroBatch& mb : micro) {
+      const grpo::Packed& p = mb.packed;
+      reference_->forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_);
+      const std::vector<double> lp = gather(reference_->target_logprobs(), p.rows);
+      ref_logp.insert(ref_logp.end(), lp.begin(), lp.end());
+    }
+
+  grpo::Stats stats;
+  double loss_sum = 0, entropy_sum = 0;
+  for (int64_t k = 0; k < o_.iterations; ++k) {
+    model.zero_grads();
+    std::vector<std::vector<int64_t>> loads;
+    double loss = 0;
+    for (const MicroBatch& mb : micro) {
+      const grpo::Packed& p = mb.packed;
+      auto slice = [&](const std::vector<double>& v) {
+        return v.empty() ? std::span<const double>() : std::span(v).subspan(mb.first_token, p.rows.size());
+      };
+      // Model::forward takes the weights, which depend on logp through the ratio and the KL term. In the first
+      // update without KL they do not (rho = 1, so w_t = s_t A_t) and one forward does; otherwise a first forward
+      // measures logp and a second carries the weights.
+      std::vector<float> weights(p.inputs.size(), 0.0f);
+      const bool known = k == 0 && !reference_;
+      if (known)
+        for (size_t i = 0; i < p.rows.size(); ++i)
+          weights[size_t(p.rows[i])] = float(scale[mb.first_token + i] * advantage[mb.first_token + i]);
+      auto forward = [&](const float* w) { return model.forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_, w); };
+      ForwardStats f = forward(known ? weights.data() : nullptr);
+      const std::vector<double> logp = gather(model.target_logprobs(), p.rows);
+      if (k == 0) {
+        std::copy(logp.begin(), logp.end(), old_logp.begin() + long(mb.first_token));
+        for (double h : gather(model.entropies(), p.rows)) entropy_sum += h;
+      }
+      const grpo::Result res =
+          grpo::policy_loss({logp, slice(old_logp), slice(ref_logp), slice(advantage), slice(scale)}, o_.loss);
+      if (!known) {
+        for (size_t i = 0; i < p.rows.size(); ++i) weights[size_t(p.rows[i])] = float(res.weights[i]);
+        f = forward(weights.data());
+      }
+      model.backward();
+      if (loads.empty()) loads = f.expert_load;
+      else
+        for (size_t l = 0; l < loads.size(); ++l)
+          for (size_t e = 0; e < loads[l].size(); ++e) loads[l][e] += f.expert_load[l][e];
+      loss += res.loss;
+      stats += res.stats;
+    }
+    loss_sum += loss;
+    r.grad_norm = clip_grad_norm(model.grads(), o_.clip);
+    r.skipped = !std::isfinite(loss) || !std::isfinite(r.grad_norm);
+    if (r.skipped) break;
+    optimizer_->step(model.params(), model.grads(), r.lr);
+    model.update_router_bias(loads, o_.bias_gamma);
+  }
+  const double tokens = double(std::max<int64_t>(stats.tokens, 1));
+  r.loss = loss_sum / double(o_.iterations);
+  r.kl = stats.kl / tokens;
+  r.clip_fraction = double(stats.clipped_low + stats.clipped_high) / tokens;
+  r.entropy = entropy_sum / double(scale.size());
+  r.update_tokens_per_s = double(batch_tokens * o_.iterations) / seconds_since(start);
+  if (!r.skipped) {
+    bad_in_a_row_ = 0;
+  } else if (++bad_total_, ++bad_in_a_row_ > o_.max_bad_steps) {
+    fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row_);
+  }
+}
+
+void Trainer::log(const GrpoRecord& r) {
+  nlohmann::json record = {{"step", r.step},
+                           {"loss", r.loss},
+                           {"lr", r.lr},
+                           {"grad_norm", r.grad_norm},
+                           {"reward_mean", r.reward_mean},
+                           {"reward_std", r.reward_std},
+                           {"accuracy", r.accuracy},
+                           {"format", r.format},
+                           {"completion_len_mean", r.length_mean},
+                           {"completion_len_max", r.length_max},
+                           {"clip_fraction", r.clip_fraction},
+                           {"entropy", r.entropy},
+                           {"groups", r.groups},
+                           {"zero_variance_groups", r.zero_variance_groups},
+                           {"rollout_tokens_per_s", r.rollout_tokens_per_s},
+                           {"update_tokens_per_s", r.update_tokens_per_s},
+                           {"bad_steps", r.bad_steps},
+                           {"skipped", r.skipped},
+                           {"elapsed_s", r.elapsed_s}};
+  if (reference_) record["kl"] = r.kl;
+  run_.append_metrics(record);
+  if (events_.log) events_.log(r);
+}
+
+void Trainer::save() {
+  const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
+    write_model_dir(tmp, policy_->model, policy_->tokenizer);
+    Tensor m = Tensor::from_f32(optimizer_->m(), {int64_t(optimizer_->m().size())});
+    Tensor v = Tensor::from_f32(optimizer_->v(), {int64_t(optimizer_->v().size())});
+    safetensors::save(tmp + "/optimizer.safetensors", {{"exp_avg", m}, {"exp_avg_sq", v}});
+    const nlohmann::json state = {{"step", step_},
+                                  {"task_cursor", cursor_},
+                                  {"optimizer_steps", optimizer_->steps()},
+                                  {"base_model", base_},
+                                  {"config_hash", config_hash(policy_->config)},
+                                  {"options", options_json(o_)},
+                                  {"threads", get_threads()}};
+    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+  });
+  if (events_.checkpoint) events_.checkpoint(dir);
+}
+
+}  // namespace
+
+void grpo_train(const GrpoTrainOptions& options, const std::atomic<bool>& stop, const GrpoEvents& events) {
+  Trainer(options, events).run(stop);
+}
+
+}  // namespace ds

@@ -1,0 +1,87 @@
+#!/bin/sh
+# ds-grpo end to end on the tiny model: metrics and rollouts are written, resume is bit-exact, a failing reward command
+# stops the run with a clear message and keeps its rollouts, and reward rises on a trivially learnable task.
+set -eu
+BIN=${DS_BIN:?}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# One thread: test machines are often shared, and OpenMP threads slow down badly on oversubscribed cores.
+$BIN/ds-pretrain "$T/base" --model-config tiny --batch 4 --seq-len 64 --steps 30 --threads 1 2>/dev/null
+# Reward: the digits a completion holds (its JSON escapes \uXXXX dropped first), found by a rewarder that is started
+# once and answers one line per sample.
+cat >"$T/digits.sh" <<'EOF'
+while read -r line; do
+  c=${line#*\"completion\":\"}
+  printf '%s' "${c%%\",\"id\":*}" | sed 's/\\u[0-9a-fA-F]\{4\}//g' | tr -cd 0-9 | wc -c
+done
+EOF
+BASE="--model $T/base --template plain --max-new-tokens 12 --threads 1"
+DIGITS="--reward-cmd 'sh $T/digits.sh'"
+SMALL="$BASE --group-size 4 --prompts-per-step 2"
+COMMON="$SMALL $DIGITS"
+grpo() { eval "$BIN/ds-grpo $*"; }
+
+# Metrics and rollouts: one metrics record per step, P * G rollouts per step with the documented fields.
+grpo "$T/a" $COMMON --steps 3 --rollouts "$T/a.jsonl" 2>"$T/a.log" || fail "training failed: $(cat "$T/a.log")"
+[ "$(wc -l <"$T/a/metrics.jsonl")" -eq 3 ] || fail "metrics.jsonl: $(wc -l <"$T/a/metrics.jsonl") records"
+for key in reward_mean reward_std accuracy format completion_len_mean completion_len_max clip_fraction entropy \
+  zero_variance_groups rollout_tokens_per_s update_tokens_per_s; do
+  grep -q "\"$key\":" "$T/a/metrics.jsonl" || fail "metrics lack $key"
+done
+[ "$(wc -l <"$T/a.jsonl")" -eq 24 ] || fail "rollouts: $(wc -l <"$T/a.jsonl") lines, not 3 steps * 2 * 4"
+for key in id prompt completion answer reward correct tokens step; do
+  grep -q "\"$key\":" "$T/a.jsonl" || fail "rollouts lack $key"
+done
+grep -q '"step":3' "$T/a.jsonl" || fail "rollouts lack step 3"
+grep -q "step *3/3 reward" "$T/a.log" || fail "no progress line: $(cat "$T/a.log")"
+for f in config.json model.safetensors optimizer.safetensors trainer_state.json; do
+  [ -s "$T/a/latest/$f" ] || fail "checkpoint lacks $f"
+done
+
+# Bit-exact resume, with every moving part on: mu = 2 (clipping), KL to the base, micro-batches, clip-higher.
+MORE="--iterations 2 --beta 0.05 --micro-batch 3 --epsilon-high 0.28 --loss dapo --lr 1e-2"
+grpo "$T/full" $COMMON $MORE --steps 4 2>/dev/null
+grpo "$T/split" $COMMON $MORE --steps 4 --stop-after 2 2>/dev/null
+[ -d "$T/split/checkpoints/step-00000002" ] || fail "--stop-after did not save step 2"
+grpo --resume "$T/split" $COMMON $MORE --steps 4 2>/dev/null
+cmp "$T/full/latest/model.safetensors" "$T/split/latest/model.safetensors" || fail "resumed weights differ"
+cmp "$T/full/latest/optimizer.safetensors" "$T/split/latest/optimizer.safetensors" || fail "resumed optimizer differs"
+grep -q '"kl":' "$T/full/metrics.jsonl" || fail "no kl metric with --beta"
+awk -F'"clip_fraction":' '{ split($2, v, ","); if (v[1] > 0) found = 1 } END { exit !found }' \
+  "$T/full/metrics.jsonl" || fail "the second iteration never clipped"
+
+# A reward command that answers step 1 and crashes in step 2: exit 1 naming it, step 2's rollouts kept unscored.
+set +e
+$BIN/ds-grpo "$T/crash" $SMALL --steps 3 --rollouts "$T/crash.jsonl" \
+  --reward-cmd 'i=0; while read -r l; do i=$((i + 1)); [ $i -gt 8 ] && exit 3; echo 1; done' 2>"$T/err"
+[ $? -eq 1 ] || fail "crashing rewarder: exit status"
+tail -n 1 "$T/err" | grep -q "^ds-grpo: reward command 'i=0.*exited with status 3 after 8 reply lines" ||
+  fail "crash message: $(cat "$T/err")"
+[ "$(grep -c '"reward":1.0' "$T/crash.jsonl")" -eq 8 ] && [ "$(grep -c '"reward":null' "$T/crash.jsonl")" -eq 8 ] ||
+  fail "rollouts of the crash: $(cat "$T/crash.jsonl")"
+grpo "$T/hang" $SMALL --steps 1 --reward-cmd "'sleep 30'" --reward-timeout 0.5 2>"$T/err"
+[ $? -eq 1 ] && grep -q "reward command 'sleep 30': no reply within 0.5 s" "$T/err" || fail "hang: $(cat "$T/err")"
+grpo "$T/junk" $SMALL --steps 1 --reward-cmd "'while read -r l; do echo junk; done'" 2>"$T/err"
+[ $? -eq 1 ] && grep -q "line 1: expected a number" "$T/err" || fail "garbage: $(cat "$T/err")"
+
+# Refusals and usage errors.
+grpo "$T/a" $COMMON --steps 2 2>"$T/err"; [ $? -eq 1 ] && grep -q "already holds a run" "$T/err" || fail "overwrite"
+$BIN/ds-grpo "$T/b" 2>/dev/null; [ $? -eq 2 ] || fail "missing --model is a usage error"
+$BIN/ds-grpo "$T/b" --model "$T/base" --loss ppo 2>"$T/err"; [ $? -eq 1 ] && grep -q "ppo" "$T/err" || fail "--loss"
+$BIN/ds-grpo "$T/b" --model "$T/base" --group-size 1 2>"$T/err"; [ $? -eq 1 ] || fail "--group-size 1"
+$BIN/ds-grpo "$T/b" --model "$T/nowhere" 2>"$T/err"; [ $? -eq 1 ] && grep -q "nowhere" "$T/err" || fail "bad --model"
+$BIN/ds-grpo "$T/b" --model "$T/base" --template r1-zero 2>"$T/err"  # its preamble is longer than tiny's context
+[ $? -eq 1 ] && grep -q "prompt is .* tokens with --template r1-zero" "$T/err" || fail "long prompt: $(cat "$T/err")"
+[ ! -e "$T/b/latest" ] || fail "a refused start left a checkpoint"
+set -e
+$BIN/ds-grpo --help | grep -q -- "--reward-cmd" || fail "--help"
+$BIN/ds-grpo --version | grep -q "ds-grpo" || fail "--version"
+
+# Learning: the mean reward of the last 5 of 20 steps is well above that of the first 5.
+grpo "$T/learn" $BASE $DIGITS --prompts-per-step 4 --group-size 8 --steps 20 --lr 1e-2 2>/dev/null
+awk -F'"reward_mean":' '{ split($2, v, ","); r[NR] = v[1] } END {
+  first = (r[1] + r[2] + r[3] + r[4] + r[5]) / 5; last = (r[16] + r[17] + r[18] + r[19] + r[20]) / 5;
+  if (!(last > 2 * first + 1)) { print "reward did not rise: " first " -> " last; exit 1 } }' "$T/learn/metrics.jsonl"
+echo ok

@@ -1,0 +1,77 @@
+#!/bin/sh
+# ds-quantize end to end on the tiny model: FP8 layout and config, listing, round trip, shards, refusals.
+set -eu
+BIN=${DS_BIN:?}
+Q=$BIN/ds-quantize
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+$BIN/ds-pretrain "$T/run" --model-config tiny --steps 3 --batch 2 --seq-len 16 --threads 1 2>/dev/null ||
+  fail "ds-pretrain"
+
+# A run directory quantizes (its latest checkpoint) to FP8 with quantization_config and the tokenizer copied.
+$Q "$T/run" -o "$T/fp8" --threads 2 >"$T/report" 2>"$T/err" || fail "quantize: $(cat "$T/err")"
+grep -q '"quant_method": "fp8"' "$T/fp8/config.json" || fail "no quantization_config"
+grep -q '"weight_block_size"' "$T/fp8/config.json" || fail "no weight_block_size"
+for f in tokenizer.json tokenizer_config.json generation_config.json model.safetensors; do
+  [ -s "$T/fp8/$f" ] || fail "fp8 model lacks $f"
+done
+grep -q '^total' "$T/report" || fail "no total in the report"
+grep -q 'rel rms err' "$T/report" || fail "no error column in the report"
+
+# --list: F8_E4M3 weights with weight_scale_inv [ceil(out/128), ceil(in/128)]; high-precision tensors stay F32.
+$Q --list "$T/fp8" >"$T/list"
+grep -Eq '^model\.layers\.0\.self_attn\.kv_a_proj_with_mqa\.weight +F8_E4M3 +\[20, 32\] +640$' "$T/list" ||
+  fail "kv_a_proj not F8_E4M3: $(grep kv_a_proj "$T/list")"
+grep -Eq '^model\.layers\.0\.self_attn\.kv_a_proj_with_mqa\.weight_scale_inv +F32 +\[1, 1\] +4$' "$T/list" ||
+  fail "no kv_a_proj scale"
+grep -Eq '^model\.embed_tokens\.weight +F32 ' "$T/list" || fail "embeddings were quantized"
+grep -Eq '^model\.layers\.1\.mlp\.gate\.weight +F32 ' "$T/list" || fail "the router was quantized"
+grep -Eq '^lm_head\.weight +F32 ' "$T/list" || fail "lm_head was quantized"
+$Q --list --json "$T/fp8" | grep -q '"dtype":"F8_E4M3"' || fail "--list --json"
+
+# The FP8 report: quantization error of a few percent; back to F32 is exact and drops quantization_config.
+$Q "$T/fp8" -o "$T/f32" --to f32 --json >"$T/back.json" 2>/dev/null || fail "dequantize"
+grep -q '"total":{[^}]*"rel_rms_error":0\.0' "$T/back.json" || fail "dequantization not exact: $(cat "$T/back.json")"
+! grep -q quantization_config "$T/f32/config.json" || fail "quantization_config kept in f32"
+$Q --list "$T/f32" | grep -q F8_E4M3 && fail "f32 model holds F8_E4M3"
+$Q "$T/run" -o "$T/fp8b" --json 2>/dev/null | grep -Eq '"total":\{[^}]*"rel_rms_error":0\.0[1-4]' ||
+  fail "fp8 quantization error not between 1% and 5%"
+
+# FP8 and BF16 models load wherever a model does; the score on text stays within 1% of f32.
+if [ -x "$BIN/ds-eval" ]; then
+  printf 'What is 12 + 30? <think> 2+0=2. 1+3=4. </think> <answer> 42 </answer>\n' >"$T/text"
+  for m in run fp8; do
+    $BIN/ds-eval --model "$T/$m" --text "$T/text" --threads 1 2>/dev/null |
+      sed -n 's/.*"nll":\([0-9.e+-]*\).*/\1/p' >"$T/nll.$m" || fail "ds-eval on $m"
+  done
+  awk -v a="$(cat "$T/nll.run")" -v b="$(cat "$T/nll.fp8")" \
+    'BEGIN { d = (a - b) / a; if (d < 0) d = -d; if (!(a > 0 && d < 0.01)) { print a, b; exit 1 } }' ||
+    fail "fp8 nll differs from f32 by 1% or more"
+fi
+
+# A tiny shard size gives shards and an index, and the result still lists and converts.
+$Q "$T/run" -o "$T/sharded" --to bf16 --max-shard-size 20KB >/dev/null 2>&1 || fail "sharded"
+[ -s "$T/sharded/model.safetensors.index.json" ] || fail "no index"
+n=$(ls "$T/sharded" | grep -c '^model-0')
+[ "$n" -gt 2 ] && [ -s "$T/sharded/model-00001-of-$(printf %05d "$n").safetensors" ] || fail "shard names"
+$Q --list "$T/sharded" | grep -q 'BF16' || fail "sharded list"
+
+# Refusals: exit 1 and a message for runtime problems, nothing written; exit 2 for usage errors.
+set +e
+$Q "$T/fp8" -o "$T/fp8" 2>"$T/err"; [ $? -eq 1 ] && grep -q "would overwrite the input" "$T/err" || fail "same path"
+$Q "$T/run" -o "$T/run/q" 2>"$T/err"; [ $? -eq 1 ] && grep -q "would overwrite the input" "$T/err" || fail "inside"
+[ ! -e "$T/run/q" ] || fail "refusal wrote output"
+$Q "$T/run" -o "$T/fp8" 2>"$T/err"; [ $? -eq 1 ] && grep -q "already exists" "$T/err" || fail "existing output"
+$Q "$T/none" -o "$T/x" 2>"$T/err"; [ $? -eq 1 ] && grep -q "none" "$T/err" || fail "missing model"
+$Q "$T/run" -o "$T/x" --to fp16 2>"$T/err"; [ $? -eq 2 ] && grep -q "fp16" "$T/err" || fail "bad --to"
+$Q "$T/run" -o "$T/x" --max-shard-size lots 2>/dev/null; [ $? -eq 2 ] || fail "bad --max-shard-size"
+$Q "$T/run" 2>/dev/null; [ $? -eq 2 ] || fail "missing -o"
+$Q 2>/dev/null; [ $? -eq 2 ] || fail "missing model"
+[ ! -e "$T/x" ] || fail "a refused run left output"
+ls -a "$T" | grep -q '\.tmp-' && fail "staging directory left behind"
+set -e
+$Q --help | grep -q -- "--max-shard-size" || fail "--help"
+$Q --version | grep -q "ds-quantize" || fail "--version"
+echo ok

@@ -1,0 +1,107 @@
+// ds-grpo: R1-Zero reinforcement learning with Group Relative Policy Optimization.
+#include <fmt/core.h>
+
+#include "common.h"
+#include "ds/grpo_train.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Reinforcement learning from rule-based rewards (R1-Zero) with Group Relative Policy Optimization.\n"
+               "Samples --group-size completions of each prompt, rewards them with the verifiers (or --reward-cmd),\n"
+               "and moves the policy toward the completions that beat their group's mean.",
+               "ds-grpo"};
+  ds::tool::add_version_flag(app);
+  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::GrpoTrainOptions o;
+  o.schedule.kind = ds::Schedule::Constant;
+  o.schedule.lr = 2e-4;
+  o.adamw.weight_decay = 0.0;
+  o.sampling.temperature = 1.0;
+  o.sampling.top_p = 1.0;
+  o.sampling.max_new_tokens = 128;
+  std::string run_positional, resume_dir, schedule = "constant", loss = "grpo", scale_rewards = "group";
+  ds::tool::ComputeOptions compute;
+  app.add_option("run", run_positional, "run directory to create");
+  app.add_option("--resume", resume_dir, "continue the run in this directory from its latest checkpoint");
+  app.add_option("--model", o.model, "base model: a model directory or a run directory (its latest checkpoint)");
+  app.add_option("--tasks", o.tasks, "tasks JSONL ({\"id\", \"prompt\", \"answer\"}) or builtin:arith[:train|:test]")
+      ->capture_default_str();
+  app.add_option("--template", o.prompt_template,
+                 "prompt frame: r1, r1-zero, none, or plain (\"User: ... Assistant:\", as in builtin:arith)")
+      ->capture_default_str();
+  app.add_option("--group-size", o.group_size, "completions per prompt (G)")->capture_default_str();
+  app.add_option("--prompts-per-step", o.prompts_per_step, "prompts per step (P)")->capture_default_str();
+  app.add_option("--steps", o.steps, "total steps of the run")->capture_default_str();
+  app.add_option("--stop-after", o.stop_after, "save and stop after this many steps of this invocation (0 = off)");
+  app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "completion length limit (also dr_grpo's constant)")
+      ->capture_default_str();
+  app.add_option("--temperature", o.sampling.temperature, "sampling temperature")->capture_default_str();
+  app.add_option("--top-p", o.sampling.top_p, "nucleus sampling (1 = off)")->capture_default_str();
+  app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0 = off)")->capture_default_str();
+  app.add_option("--stop", o.sampling.stop, "end a completion at this string (repeatable)");
+  app.add_option("--epsilon", o.loss.epsilon, "clip the ratio below at 1 - epsilon")->capture_default_str();
+  auto* eps_high = app.add_option("--epsilon-high", o.loss.epsilon_high,
+                                  "clip the ratio above at 1 + epsilon-high (DAPO uses 0.28; default --epsilon)");
+  app.add_option("--beta", o.loss.beta, "k3 KL weight to the base model (0: no reference model)")->capture_default_str();
+  app.add_option("--loss", loss, "aggregation: grpo (per sequence), dapo (per token), dr_grpo (constant)")
+      ->capture_default_str();
+  app.add_option("--scale-rewards", scale_rewards, "group (divide advantages by the group std) or none (Dr. GRPO)")
+      ->capture_default_str();
+  app.add_option("--iterations", o.iterations, "updates per batch of rollouts (mu)")->capture_default_str();
+  app.add_option("--micro-batch", o.micro_batch, "sequences per forward pass (0 = the whole batch)");
+  app.add_flag("--dynamic-sampling", o.dynamic_sampling, "drop groups whose rewards are all equal, sample more prompts");
+  app.add_option("--max-sampling-rounds", o.max_sampling_rounds, "dynamic sampling: rounds per step at most")
+      ->capture_default_str();
+  app.add_option("--format-weight", o.format_weight, "reward = accuracy + format-weight * format")
+      ->capture_default_str();
+  app.add_option("--reward-cmd", o.reward_cmd, "reward with this shell command (JSON lines in, a reward per line out)");
+  app.add_option("--reward-timeout", o.reward_timeout, "seconds to wait for each reward line")->capture_default_str();
+  app.add_option("--rollouts", o.rollouts, "append every rollout to this JSONL file (- = stdout)");
+  app.add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr-ratio", o.schedule.min_lr_ratio, "final lr as a fraction of --lr")->capture_default_str();
+  app.add_option("--warmup", o.schedule.warmup, "linear warmup steps")->capture_default_str();
+  app.add_option("--schedule", schedule, "constant, cosine or wsd")->capture_default_str();
+  app.add_option("--decay-fraction", o.schedule.decay_fraction, "wsd: share of steps spent decaying")
+      ->capture_default_str();
+  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  app.add_option("--beta1", o.adamw.beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--beta2", o.adamw.beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--clip", o.clip, "clip the global gradient norm to this (0 = off)")->capture_default_str();
+  app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed (0 = frozen)")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of the task order and the sampler")->capture_default_str();
+  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)");
+  app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)");
+  app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
+  app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
+      ->capture_default_str();
+  ds::tool::add_compute_options(app, compute);
+
+  return ds::tool::run(app, argc, argv, [&] {
+    if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
+      throw CLI::ValidationError("run", "give the run directory once: either positionally or with --resume");
+    if (resume_dir.empty() && run_positional.empty()) throw CLI::RequiredError("run directory");
+    if (resume_dir.empty() && o.model.empty()) throw CLI::RequiredError("--model");
+    o.run_dir = resume_dir.empty() ? run_positional : resume_dir;
+    o.resume = !resume_dir.empty();
+    if (eps_high->count() == 0) o.loss.epsilon_high = o.loss.epsilon;
+    o.schedule.kind = ds::parse_schedule(schedule);
+    o.aggregation = ds::grpo::parse_aggregation(loss);
+    o.scale_rewards = ds::grpo::parse_scale_rewards(scale_rewards);
+    ds::tool::apply_compute_options(compute);
+
+    const auto& stop = ds::tool::install_stop_signals();
+    ds::GrpoEvents events;
+    events.info = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+    events.log = [&](const ds::GrpoRecord& r) {
+      fmt::print(stderr, "step {:>5}/{} reward {:.3f}±{:.3f} acc {:.3f} fmt {:.3f} len {:.1f}/{}", r.step, o.steps,
+                 r.reward_mean, r.reward_std, r.accuracy, r.format, r.length_mean, r.length_max);
+      if (o.loss.beta > 0) fmt::print(stderr, " kl {:.4f}", r.kl);
+      fmt::print(stderr, " clip {:.3f} ent {:.3f} flat {}/{} rollout {:.0f} tok/s update {:.0f} tok/s", r.clip_fraction,
+                 r.entropy, r.zero_variance_groups, r.groups, r.rollout_tokens_per_s, r.update_tokens_per_s);
+      if (r.skipped) fmt::print(stderr, " (no update)");
+      fmt::print(stderr, "\n");
+    };
+    events.checkpoint = [](const std::string& dir) { fmt::print(stderr, "saved {}\n", dir); };
+    ds::grpo_train(o, stop, events);
+  });
+}
