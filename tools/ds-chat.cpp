@@ -165,7 +165,10 @@ int main(int argc, char** argv) {
     const bool color = isatty(STDOUT_FILENO) && std::getenv("NO_COLOR") == nullptr;
     const std::string history = std::getenv("HOME") ? std::string(std::getenv("HOME")) + "/.ds_chat_history" : "";
     if (!history.empty()) read_history(history.c_str());
-    fmt::print(stderr, "{} ({} parameters). /help for commands.\n", m.dir, ds::count_params(m.config).total);
+    const ds::Engine& engine = session.engine();
+    fmt::print(stderr, "{} ({} parameters; latent cache {} bytes per token, per-head K/V would need {}). /help for "
+               "commands.\n", m.dir, ds::count_params(m.config).total, engine.cache_bytes_per_token(),
+               engine.naive_cache_bytes_per_token());
     for (;;) {
       std::string input;
       for (const char* prompt = "> ";; prompt = ". ") {

@@ -39,6 +39,7 @@ class ChatSession {
   nlohmann::json to_json() const;       // {"messages": [{"role", "content"}, ...]}
   void from_json(const nlohmann::json& j, const std::string& source);
   const ChatTurnStats& last_turn() const { return last_; }
+  const Engine& engine() const { return engine_; }
 
  private:
   std::vector<uint32_t> render_prompt() const;
