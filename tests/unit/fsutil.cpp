@@ -1,4 +1,6 @@
 #include <doctest/doctest.h>
+
+#include "temp_dir.h"
 #include <unistd.h>
 
 #include <filesystem>
@@ -10,16 +12,6 @@
 using namespace ds;
 namespace fs = std::filesystem;
 
-namespace {
-// A fresh directory under the system temp directory, removed with everything in it.
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / fmt::format("ds-unit-fsutil-{}-{}", ::getpid(), std::random_device{}());
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-  size_t count() const { return size_t(std::distance(fs::directory_iterator(path), fs::directory_iterator())); }
-};
-}  // namespace
 
 TEST_CASE("write_file_atomic writes and replaces, leaving no temporary file") {
   TempDir dir;

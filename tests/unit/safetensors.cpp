@@ -1,4 +1,6 @@
 #include <doctest/doctest.h>
+
+#include "temp_dir.h"
 #include <fmt/ranges.h>
 #include <unistd.h>
 
@@ -18,14 +20,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-// A fresh directory under the system temp directory, removed with everything in it.
-struct TempDir {
-  fs::path path =
-      fs::temp_directory_path() / fmt::format("ds-unit-safetensors-{}-{}", ::getpid(), std::random_device{}());
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 // A tensor whose bytes are a pattern that depends on `seed`, so mixed-up tensors are told apart.
 Tensor patterned(DType dtype, Shape shape, int seed) {

@@ -1,4 +1,6 @@
 #include <doctest/doctest.h>
+
+#include "temp_dir.h"
 #include <unistd.h>
 #include <zstd.h>
 
@@ -13,14 +15,6 @@ using namespace ds;
 namespace fs = std::filesystem;
 
 namespace {
-// A fresh directory under the system temp directory, removed with everything in it.
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / fmt::format("ds-unit-shards-{}-{}", ::getpid(), std::random_device{}());
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-  size_t count() const { return size_t(std::distance(fs::directory_iterator(path), fs::directory_iterator())); }
-};
 
 // Random ids compress poorly, so a few hundred thousand of them span several read chunks even compressed.
 std::vector<uint32_t> random_ids(size_t n) {
