@@ -41,14 +41,16 @@ int main(int argc, char** argv) {
   app.add_option("--epsilon", o.loss.epsilon, "clip the ratio below at 1 - epsilon")->capture_default_str();
   auto* eps_high = app.add_option("--epsilon-high", o.loss.epsilon_high,
                                   "clip the ratio above at 1 + epsilon-high (DAPO uses 0.28; default --epsilon)");
-  app.add_option("--beta", o.loss.beta, "k3 KL weight to the base model (0: no reference model)")->capture_default_str();
+  app.add_option("--beta", o.loss.beta, "k3 KL weight to the base model (0: no reference model)")
+      ->capture_default_str();
   app.add_option("--loss", loss, "aggregation: grpo (per sequence), dapo (per token), dr_grpo (constant)")
       ->capture_default_str();
   app.add_option("--scale-rewards", scale_rewards, "group (divide advantages by the group std) or none (Dr. GRPO)")
       ->capture_default_str();
   app.add_option("--iterations", o.iterations, "updates per batch of rollouts (mu)")->capture_default_str();
   app.add_option("--micro-batch", o.micro_batch, "sequences per forward pass (0 = the whole batch)");
-  app.add_flag("--dynamic-sampling", o.dynamic_sampling, "drop groups whose rewards are all equal, sample more prompts");
+  app.add_flag("--dynamic-sampling", o.dynamic_sampling,
+               "drop groups whose rewards are all equal and sample more prompts");
   app.add_option("--max-sampling-rounds", o.max_sampling_rounds, "dynamic sampling: rounds per step at most")
       ->capture_default_str();
   app.add_option("--format-weight", o.format_weight, "reward = accuracy + format-weight * format")

@@ -201,7 +201,6 @@ class Trainer {
   const GrpoTrainOptions& o_;
   const GrpoEvents& events_;
   RunDir run_;
-  std::optional<std::string> latest_;
   int64_t step_ = 0, bad_in_a_row_ = 0, bad_total_ = 0;
   uint64_t cursor_ = 0;  // tasks consumed
   std::string base_;     // the base model directory: the reference, and the record of where the run started
@@ -218,20 +217,23 @@ class Trainer {
 Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), events_(events), run_(o.run_dir) {
   namespace fs = std::filesystem;
   validate(o);
-  latest_ = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
-  if (o.resume && !latest_) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
-  if (!o.resume && latest_) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
+  const std::optional<std::string> latest = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
+  if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
+  if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
   if (!o.resume && o.model.empty()) fail("--model: the base model to start from is required");
 
   // Everything that can be refused is checked before the run directory is created.
-  nlohmann::json state;
-  const std::string state_path = o.resume ? *latest_ + "/trainer_state.json" : "";
+  const std::string state_path = o.resume ? *latest + "/trainer_state.json" : "";
+  std::string saved_hash;
+  int64_t optimizer_steps = 0;
   if (o.resume) {
     try {
-      state = nlohmann::json::parse(read_file(state_path));
+      const nlohmann::json state = nlohmann::json::parse(read_file(state_path));
       step_ = state.at("step").get<int64_t>();
       cursor_ = state.at("task_cursor").get<uint64_t>();
+      optimizer_steps = state.at("optimizer_steps").get<int64_t>();
       base_ = state.at("base_model").get<std::string>();
+      saved_hash = state.at("config_hash").get<std::string>();
       const nlohmann::json now = options_json(o);
       for (const auto& [key, value] : state.at("options").items())
         if (now.at(key) != value)
@@ -243,8 +245,8 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), e
   } else {
     base_ = resolve_model_dir(o.model);
   }
-  policy_.emplace(load_model_dir(o.resume ? *latest_ : base_));
-  if (o.resume && state.value("config_hash", "") != config_hash(policy_->config))
+  policy_.emplace(load_model_dir(o.resume ? *latest : base_));
+  if (o.resume && saved_hash != config_hash(policy_->config))
     fail("{}: config hash does not match config.json", state_path);
   if (o.loss.beta > 0) reference_.emplace(std::move(load_model_dir(base_).model));
   tasks_.emplace(load_tasks(o.tasks), o.seed);
@@ -256,15 +258,15 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), e
   Model<float>& model = policy_->model;
   optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw);
   if (o.resume) {
-    safetensors::File opt(*latest_ + "/optimizer.safetensors");
+    safetensors::File opt(*latest + "/optimizer.safetensors");
     for (auto [name, target] : {std::pair{"exp_avg", &optimizer_->m()}, std::pair{"exp_avg_sq", &optimizer_->v()}}) {
       const Tensor t = opt.get(name);
       if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
-        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest_, name);
+        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest, name);
       std::copy_n(t.data<float>(), target->size(), target->data());
     }
-    optimizer_->set_steps(state.at("optimizer_steps").get<int64_t>());
-    if (events.info) events.info(fmt::format("resumed {} at step {}", *latest_, step_));
+    optimizer_->set_steps(optimizer_steps);
+    if (events.info) events.info(fmt::format("resumed {} at step {}", *latest, step_));
   } else if (events.info) {
     events.info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
                             o.prompts_per_step, o.group_size, o.tasks, tasks_->size(),
@@ -413,7 +415,9 @@ void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
       if (known)
         for (size_t i = 0; i < p.rows.size(); ++i)
           weights[size_t(p.rows[i])] = float(scale[mb.first_token + i] * advantage[mb.first_token + i]);
-      auto forward = [&](const float* w) { return model.forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_, w); };
+      auto forward = [&](const float* w) {
+        return model.forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_, w);
+      };
       ForwardStats f = forward(known ? weights.data() : nullptr);
       const std::vector<double> logp = gather(model.target_logprobs(), p.rows);
       if (k == 0) {

@@ -104,7 +104,8 @@ std::vector<RewardReply> RewardCommand::score(const std::vector<RewardSample>& s
   if (pid_ < 0) fail("reward command '{}': stopped after an earlier error", command_);
   std::string request;
   for (const RewardSample& s : samples)
-    request += to_jsonl({{"id", s.id}, {"prompt", s.prompt}, {"completion", s.completion}, {"answer", s.answer}}) + "\n";
+    request +=
+        to_jsonl({{"id", s.id}, {"prompt", s.prompt}, {"completion", s.completion}, {"answer", s.answer}}) + "\n";
   const SigpipeBlock guard;
   std::vector<RewardReply> replies;
   size_t written = 0;
@@ -169,7 +170,8 @@ std::string RewardCommand::describe_exit() {
   }
   if (!reaped_) return "closed its output";
   if (WIFEXITED(status_)) return fmt::format("exited with status {}", WEXITSTATUS(status_));
-  if (WIFSIGNALED(status_)) return fmt::format("was killed by signal {} ({})", WTERMSIG(status_), strsignal(WTERMSIG(status_)));
+  if (WIFSIGNALED(status_))
+    return fmt::format("was killed by signal {} ({})", WTERMSIG(status_), strsignal(WTERMSIG(status_)));
   return "stopped";
 }
 
