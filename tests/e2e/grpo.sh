@@ -52,6 +52,16 @@ grep -q '"kl":' "$T/full/metrics.jsonl" || fail "no kl metric with --beta"
 awk -F'"clip_fraction":' '{ split($2, v, ","); if (v[1] > 0) found = 1 } END { exit !found }' \
   "$T/full/metrics.jsonl" || fail "the second iteration never clipped"
 
+# SIGTERM finishes the step, saves a checkpoint and exits 0; the run resumes from it.
+(eval "exec $BIN/ds-grpo $T/sig $COMMON --steps 100000") 2>/dev/null &  # exec: $! is ds-grpo itself
+pid=$!
+i=0
+while [ ! -f "$T/sig/metrics.jsonl" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+kill -TERM $pid
+wait $pid || fail "SIGTERM exit status $?"
+step=$(sed -n 's/.*"step": \([0-9]*\).*/\1/p' "$T/sig/latest/trainer_state.json")
+grpo --resume "$T/sig" $COMMON --steps $((step + 1)) 2>/dev/null || fail "resume after SIGTERM"
+
 # A reward command that answers step 1 and crashes in step 2: exit 1 naming it, step 2's rollouts kept unscored.
 set +e
 $BIN/ds-grpo "$T/crash" $SMALL --steps 3 --rollouts "$T/crash.jsonl" \
