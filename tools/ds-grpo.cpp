@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
   app.set_config("--config", "", "read options from a TOML/INI file");
   ds::GrpoTrainOptions o;
   o.schedule.kind = ds::Schedule::Constant;
-  o.schedule.lr = 2e-4;
+  o.schedule.lr = 5e-5;
   o.adamw.weight_decay = 0.0;
   o.sampling.temperature = 1.0;
   o.sampling.top_p = 1.0;

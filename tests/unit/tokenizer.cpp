@@ -1,13 +1,13 @@
 #include "ds/tokenizer.h"
 
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "ds/error.h"
+#include "temp_dir.h"
 
 using namespace ds;
 namespace fs = std::filesystem;
@@ -16,18 +16,6 @@ using nlohmann::json;
 namespace {
 
 const fs::path kFixtures = fs::path(DS_FIXTURES) / "tokenizer";
-
-// A fresh directory under the system temp dir, removed when the test ends.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int count = 0;
-    const std::string name = "ds-tokenizer-test-" + std::to_string(getpid()) + "-" + std::to_string(count++);
-    path = fs::temp_directory_path() / name;
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 json read_json(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

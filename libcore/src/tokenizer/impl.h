@@ -2,7 +2,6 @@
 // The tokenizer's model, shared by tokenizer.cpp (load, save, encode, decode) and bpe_train.cpp.
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -37,7 +36,7 @@ template <typename T>
 using StringMap = std::unordered_map<std::string, T, StringHash, std::equal_to<>>;
 
 // Merged pieces of recently seen words, so repeated words skip the merge loop. Direct-mapped: a word's hash picks
-// its one slot, and a newer word takes the slot of an older one, so frequent words stay and memory stays fixed.
+// its one slot and a newer word takes it over, so memory stays fixed and a frequent word evicted is soon back.
 // A slot is one cache line (words up to 22 bytes and 10 tokens: nearly all); striped locks guard the slots.
 class WordCache {
  public:

@@ -1,6 +1,7 @@
 #include "ds/tokenizer.h"
 
 #include <algorithm>
+#include <cstring>
 #include <exception>
 #include <queue>
 
