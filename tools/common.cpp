@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <exception>
 
+#include "ds/chat.h"
 #include "ds/error.h"
 #include "ds/version.h"
 
@@ -13,6 +14,19 @@ namespace ds::tool {
 
 void add_version_flag(CLI::App& app) {
   app.set_version_flag("--version", fmt::format("{} {}", app.get_name(), kVersion));
+}
+
+CLI::Validator chat_format_validator() {
+  return CLI::Validator(
+      [](std::string& name) -> std::string {
+        try {
+          parse_chat_format(name);
+          return {};
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "r1|r1-zero|plain|none");
 }
 
 int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
@@ -43,6 +57,7 @@ int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body)
 
 #include <csignal>
 
+#include "ds/cuda.h"
 #include "ds/ops.h"
 
 namespace ds::tool {
@@ -52,10 +67,60 @@ void add_compute_options(CLI::App& app, ComputeOptions& options) {
   app.add_option("--device", options.device, "cpu or cuda[:N]")->capture_default_str();
 }
 
-void apply_compute_options(const ComputeOptions& options) {
-  if (options.device != "cpu")
-    throw CLI::ValidationError("--device", "'" + options.device + "' is not available: this build runs on the CPU only");
+Device apply_compute_options(const ComputeOptions& options, bool cuda_capable) {
+  Device device;
+  try {
+    device = parse_device(options.device);
+    if (device.cuda && !kCudaBuild)
+      fail("'{}' is not available: this build runs on the CPU only", options.device);
+#ifdef DS_CUDA
+    if (device.cuda) cuda::select_device(device.index);
+#endif
+    if (device.cuda && !cuda_capable) fail("'{}': this tool runs on the CPU only", device.name());
+  } catch (const Error& e) {
+    throw CLI::ValidationError("--device", e.what());
+  }
   set_threads(options.threads);
+  return device;
+}
+
+void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel) {
+  app.add_option("--comm", options.backend, "collectives between the ranks of an mpirun or srun launch: auto, single, mpi")
+      ->capture_default_str();
+  app.add_option("--comm-timeout", options.timeout_s, "seconds a collective may wait for the other ranks")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  if (!expert_parallel) return;
+  app.add_option("--ep", options.expert_parallel, "split the routed experts over groups of N ranks (expert parallel)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options) {
+  // The trainers keep FP32 master weights, gradients and AdamW state in host memory (DESIGN.md section 2).
+  return ds::dist::make_comm({.backend = options.backend, .timeout_s = options.timeout_s, .host_buffers = true});
+}
+
+void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,
+                          const std::string& seed_help) {
+  app.add_option("--steps", o.steps, steps_help)->capture_default_str();
+  app.add_option("--stop-after", o.stop_after, "save and stop after this many steps of this invocation (0 = off)");
+  app.add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr-ratio", o.schedule.min_lr_ratio, "final lr as a fraction of --lr")->capture_default_str();
+  app.add_option("--warmup", o.schedule.warmup, "linear warmup steps")->capture_default_str();
+  app.add_option("--schedule", schedule, "cosine, wsd or constant")->capture_default_str();
+  app.add_option("--decay-fraction", o.schedule.decay_fraction, "wsd: share of steps spent decaying")
+      ->capture_default_str();
+  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  app.add_option("--beta1", o.adamw.beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--beta2", o.adamw.beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--clip", o.clip, "clip the global gradient norm to this (0 = off)")->capture_default_str();
+  app.add_option("--seed", o.seed, seed_help)->capture_default_str();
+  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)");
+  app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)");
+  app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
+  app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
+      ->capture_default_str();
 }
 
 namespace {

@@ -4,7 +4,12 @@
 
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <string>
+
+#include "ds/comm.h"
+#include "ds/cuda.h"
+#include "ds/optim.h"
 
 namespace ds::tool {
 
@@ -25,8 +30,47 @@ struct ComputeOptions {
   std::string device = "cpu";
 };
 void add_compute_options(CLI::App& app, ComputeOptions& options);
-// Applies --threads and checks --device; throws CLI::ValidationError for a device this build cannot use.
-void apply_compute_options(const ComputeOptions& options);
+// Applies --threads and --device (making a CUDA device current) and returns the device. A device that is malformed,
+// absent ("no CUDA device"), not in this build, or a GPU for a tool that is not cuda_capable is a
+// CLI::ValidationError.
+Device apply_compute_options(const ComputeOptions& options, bool cuda_capable = false);
+
+// Multi-process training (ds/comm.h): --comm BACKEND, --comm-timeout SECONDS, and --ep N where the tool has expert
+// parallelism.
+struct DistOptions {
+  std::string backend = "auto";
+  double timeout_s = 300;
+  int expert_parallel = 1;
+};
+void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel);
+// The job's Comm from the launcher's environment (single process when there is none).
+std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options);
+
+// What every trainer (ds-pretrain, ds-grpo, ds-distill) shares: run length, learning-rate schedule, AdamW, clipping,
+// seed, checkpoints and logging, bound to the fields of the tool's options, whose current values are the defaults
+// shown. The schedule's name goes to `schedule`, for ds::parse_schedule.
+struct TrainingOptions {
+  ScheduleOptions& schedule;
+  AdamWOptions& adamw;
+  double& clip;
+  int64_t& steps;
+  int64_t& stop_after;
+  uint64_t& seed;
+  int64_t& save_every;
+  int& keep;
+  int64_t& log_every;
+  int64_t& max_bad_steps;
+};
+template <typename Options>  // any options struct with these fields
+TrainingOptions training_options(Options& o) {
+  return {o.schedule, o.adamw, o.clip, o.steps, o.stop_after, o.seed, o.save_every, o.keep, o.log_every,
+          o.max_bad_steps};
+}
+void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,
+                          const std::string& seed_help);
+
+// Checks a --template value: one of ds/chat.h's formats.
+CLI::Validator chat_format_validator();
 
 // SIGINT, SIGTERM and SIGUSR1 set the returned flag instead of killing the process, so long jobs can save and exit
 // (and an interactive tool can stop one reply); the caller may reset it.

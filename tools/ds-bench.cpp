@@ -10,6 +10,10 @@
 #include "common.h"
 #include "ds/bench.h"
 #include "ds/config.h"
+#include "ds/cuda.h"
+#ifdef DS_CUDA
+#include "ds/cuda_bench.h"
+#endif
 #include "ds/error.h"
 #include "ds/ops.h"
 
@@ -31,18 +35,70 @@ void print_table(const std::vector<Row>& rows) {
 
 std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fraction); }
 
+#ifdef DS_CUDA
+// On a GPU: cuBLASLt BF16 and FP8 block-scaled GEMMs on DeepSeek-V3's shapes (FP8 as a ratio to BF16 measured in
+// the same run), and MLA decode over the latent cache at V3's 128 heads and 4096 cached tokens.
+void run_gpu(const ds::Device& device, const std::string& only, double min_time, bool json) {
+  if (only == "step" || only == "decode")
+    throw CLI::ValidationError("--only", "the training step and CPU decode are measured with --device cpu");
+  nlohmann::json out = {{"device", device.name()}, {"gpu", ds::bench::gpu_name()}};
+  std::vector<Row> gemm_rows = {{"gemm", "M", "N", "K", "BF16 TFLOP/s", "FP8 TFLOP/s", "FP8/BF16"}};
+  std::vector<Row> mla_rows = {{"mla decode", "batch", "context", "heads", "ms", "median ms", "GB/s"}};
+  if (only != "mla") {
+    out["gemm"] = nlohmann::json::array();
+    for (const int64_t M : ds::bench::kGpuGemmTokens)
+      for (const auto& s : ds::bench::deepseek_v3_gemm_shapes(M)) {
+        fmt::print(stderr, "gemm {} {}x{}x{}\n", s.name, s.M, s.N, s.K);
+        const ds::bench::GpuGemmResult r = ds::bench::gpu_gemm(s.M, s.N, s.K, min_time);
+        out["gemm"].push_back({{"name", s.name}, {"M", s.M}, {"N", s.N}, {"K", s.K}, {"bf16_tflops", r.bf16_tflops},
+                               {"bf16_median_tflops", r.bf16_median_tflops}, {"fp8_tflops", r.fp8_tflops},
+                               {"fp8_median_tflops", r.fp8_median_tflops},
+                               {"fp8_over_bf16", r.fp8_tflops / r.bf16_tflops}});
+        gemm_rows.push_back({s.name, std::to_string(s.M), std::to_string(s.N), std::to_string(s.K),
+                             fmt::format("{:.1f}", r.bf16_tflops), fmt::format("{:.1f}", r.fp8_tflops),
+                             fmt::format("{:.2f}", r.fp8_tflops / r.bf16_tflops)});
+      }
+  }
+  if (only != "gemm") {
+    out["mla_decode"] = nlohmann::json::array();
+    for (const int64_t batch : {64, 128}) {
+      const int64_t context = 4096, heads = 128;
+      fmt::print(stderr, "mla decode batch {} context {} heads {}\n", batch, context, heads);
+      const ds::bench::MlaDecodeResult r = ds::bench::gpu_mla_decode(batch, context, heads, min_time);
+      out["mla_decode"].push_back({{"batch", batch}, {"context", context}, {"heads", heads}, {"ms", r.best_ms},
+                                   {"median_ms", r.median_ms}, {"gbytes_per_s", r.gbytes_per_s}});
+      mla_rows.push_back({"v3", std::to_string(batch), std::to_string(context), std::to_string(heads),
+                          fmt::format("{:.3f}", r.best_ms), fmt::format("{:.3f}", r.median_ms),
+                          fmt::format("{:.0f}", r.gbytes_per_s)});
+    }
+  }
+  if (json) {
+    fmt::print("{}\n", out.dump());
+    return;
+  }
+  fmt::print("{} ({})\n", out["gpu"].get<std::string>(), device.name());
+  for (const auto* rows : {&gemm_rows, &mla_rows})
+    if (rows->size() > 1) {
+      fmt::print("\n");
+      print_table(*rows);
+    }
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Measure sgemm and training-step throughput on this machine. GEMMs are reported against the sgemm\n"
-               "peak measured in the same run; the training step's model FLOP utilisation (MFU) likewise.",
+  CLI::App app{"Measure sgemm, training-step and decode throughput on this machine. GEMMs are reported against the\n"
+               "sgemm peak measured in the same run, the training step's model FLOP utilisation (MFU) likewise, and\n"
+               "decode's bytes read per second against the copy bandwidth measured in the same run.",
                "ds-bench"};
   ds::tool::add_version_flag(app);
   app.set_config("--config", "", "read options from a TOML/INI file");
   bool json = false;
   std::string model_config = "demo", only;
-  int64_t batch = 8, seq_len = 256;
-  int steps = 5;
+  int64_t batch = 8, seq_len = 256, context = 0;
+  int steps = 5, decode_steps = 16;
+  std::vector<int64_t> decode_batches = {1, 64};
   double min_time = 0.5;
   std::vector<std::string> shape_specs = {"default"};
   ds::tool::ComputeOptions compute;
@@ -74,19 +130,38 @@ int main(int argc, char** argv) {
   app.add_option("--min-time", min_time, "seconds to time each GEMM shape for, at least")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--only", only, "measure only the GEMMs or only the training step (gemm, step)")
-      ->check(CLI::IsMember({"gemm", "step"}));
+  app.add_option("--decode-batch", decode_batches, "comma-separated sequences decoded together")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--context", context, "decode: cached tokens per sequence (default: half the model's context)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--decode-steps", decode_steps, "decode: timed steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--only", only, "measure only one part: gemm, step, decode (CPU), mla (CUDA)")
+      ->check(CLI::IsMember({"gemm", "step", "decode", "mla"}));
   ds::tool::add_compute_options(app, compute);
 
   return ds::tool::run(app, argc, argv, [&] {
-    ds::tool::apply_compute_options(compute);
+    const ds::Device device = ds::tool::apply_compute_options(compute, true);
+#ifdef DS_CUDA
+    if (device.cuda) return run_gpu(device, only, min_time, json);
+#endif
+    if (only == "mla") throw CLI::ValidationError("--only", "mla is measured on a CUDA device (--device cuda)");
     const ds::ModelConfig config = ds::resolve_model_config(model_config);
-    const bool run_step = only != "gemm";
+    const bool run_step = only.empty() || only == "step", run_gemm = only.empty() || only == "gemm";
+    const bool run_decode = only.empty() || only == "decode";
+    if (context == 0) context = config.max_position_embeddings / 2;
+    if (run_decode && context + decode_steps > config.max_position_embeddings)
+      throw CLI::ValidationError("--context", fmt::format("{} + {} decode steps exceeds the model's "
+                                                          "max_position_embeddings {}",
+                                                          context, decode_steps, config.max_position_embeddings));
     if (run_step && seq_len > config.max_position_embeddings)
       throw CLI::ValidationError("--seq-len", fmt::format("{} exceeds the model's max_position_embeddings {}",
                                                           seq_len, config.max_position_embeddings));
     std::vector<ds::bench::GemmShape> shapes;
-    if (only != "step")
+    if (run_gemm)
       for (const std::string& spec : shape_specs) {
         if (spec != "default") {
           shapes.push_back(ds::bench::parse_gemm_shape(spec));
@@ -98,7 +173,7 @@ int main(int argc, char** argv) {
 
     const int threads = ds::get_threads();
     fmt::print(stderr, "measuring the sgemm peak on {} threads\n", threads);
-    const double peak = ds::bench::sgemm_peak(min_time);
+    const double peak = run_gemm || run_step ? ds::bench::sgemm_peak(min_time) : 0;
     std::vector<ds::bench::GemmResult> gemms;
     for (const auto& s : shapes) {
       fmt::print(stderr, "gemm {} {}x{}x{}\n", s.name, s.M, s.N, s.K);
@@ -110,10 +185,22 @@ int main(int argc, char** argv) {
                  batch, seq_len, steps);
       step = ds::bench::train_step(config, batch, seq_len, 1, steps, peak);
     }
+    double bandwidth = 0;
+    std::vector<ds::bench::DecodeResult> decodes;
+    if (run_decode) {
+      fmt::print(stderr, "measuring copy bandwidth\n");
+      bandwidth = ds::bench::copy_bandwidth(min_time);
+      for (const int64_t b : decode_batches) {
+        fmt::print(stderr, "decode of {}: {} sequences of {} tokens, {} timed steps\n", model_config, b, context,
+                   decode_steps);
+        decodes.push_back(ds::bench::decode(config, b, context, decode_steps));
+      }
+    }
 
     if (json) {
-      nlohmann::json out = {{"threads", threads}, {"device", compute.device}, {"sgemm_peak_gflops", peak}};
-      if (only != "step") {
+      nlohmann::json out = {{"threads", threads}, {"device", compute.device}};
+      if (peak > 0) out["sgemm_peak_gflops"] = peak;
+      if (run_gemm) {
         out["gemm"] = nlohmann::json::array();
         for (size_t i = 0; i < shapes.size(); ++i)
           out["gemm"].push_back({{"name", shapes[i].name}, {"M", shapes[i].M}, {"N", shapes[i].N}, {"K", shapes[i].K},
@@ -124,10 +211,21 @@ int main(int argc, char** argv) {
         out["step"] = {{"config", model_config}, {"batch", batch}, {"seq_len", seq_len}, {"steps", steps},
                        {"step_ms", step->step_ms}, {"tokens_per_s", step->tokens_per_s},
                        {"flops_per_token", step->flops_per_token}, {"gflops", step->gflops}, {"mfu", step->mfu}};
+      if (run_decode) {
+        out["copy_gb_per_s"] = bandwidth;
+        out["decode"] = nlohmann::json::array();
+        for (size_t i = 0; i < decodes.size(); ++i) {
+          const ds::bench::DecodeResult& d = decodes[i];
+          out["decode"].push_back({{"config", model_config}, {"batch", decode_batches[i]}, {"context", context},
+                                   {"prefill_tokens_per_s", d.prefill_tokens_per_s}, {"step_ms", d.step_ms},
+                                   {"tokens_per_s", d.tokens_per_s}, {"bytes_per_step", d.bytes_per_step},
+                                   {"gb_per_s", d.gb_per_s}, {"of_copy", d.gb_per_s / bandwidth}});
+        }
+      }
       fmt::print("{}\n", out.dump());
       return;
     }
-    fmt::print("sgemm peak {:.1f} GFLOP/s ({} threads, {})\n", peak, threads, compute.device);
+    if (peak > 0) fmt::print("sgemm peak {:.1f} GFLOP/s ({} threads, {})\n", peak, threads, compute.device);
     if (!shapes.empty()) {
       std::vector<Row> rows = {{"gemm", "M", "N", "K", "GFLOP/s", "median", "of peak"}};
       for (size_t i = 0; i < shapes.size(); ++i)
@@ -143,6 +241,19 @@ int main(int argc, char** argv) {
                    {model_config, fmt::format("{} x {}", batch, seq_len), fmt::format("{:.1f}", step->step_ms),
                     fmt::format("{:.0f}", step->tokens_per_s), fmt::format("{:.1f}", step->gflops),
                     percent(step->mfu)}});
+    }
+    if (run_decode) {
+      fmt::print("\ncopy bandwidth {:.1f} GB/s ({} threads)\n\n", bandwidth, threads);
+      std::vector<Row> rows = {
+          {"decode", "batch", "context", "prefill tok/s", "step ms", "tokens/s", "GB/s", "of copy"}};
+      for (size_t i = 0; i < decodes.size(); ++i) {
+        const ds::bench::DecodeResult& d = decodes[i];
+        rows.push_back({model_config, std::to_string(decode_batches[i]), std::to_string(context),
+                        fmt::format("{:.0f}", d.prefill_tokens_per_s), fmt::format("{:.2f}", d.step_ms),
+                        fmt::format("{:.0f}", d.tokens_per_s), fmt::format("{:.2f}", d.gb_per_s),
+                        percent(d.gb_per_s / bandwidth)});
+      }
+      print_table(rows);
     }
   });
 }

@@ -114,7 +114,9 @@ int main(int argc, char** argv) {
   bool hide_think = false, jsonl = false;
   ds::tool::ComputeOptions compute;
   app.add_option("--model,-m", model_path, "model directory or run directory")->required();
-  app.add_option("--template", template_name, "chat template: r1, r1-zero or none")->capture_default_str();
+  app.add_option("--template", template_name, "chat template: r1, r1-zero, plain or none")
+      ->capture_default_str()
+      ->check(ds::tool::chat_format_validator());
   app.add_option("--system", system, "system message");
   app.add_option("--temperature", sampling.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
   app.add_option("--top-p", sampling.top_p, "nucleus sampling mass")->capture_default_str();

@@ -4,12 +4,8 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include <chrono>
-#include <filesystem>
-
 #include "common.h"
 #include "ds/checkpoint.h"
-#include "ds/engine.h"
 #include "ds/error.h"
 #include "ds/eval.h"
 #include "ds/fsutil.h"
@@ -22,71 +18,37 @@ using json = nlohmann::ordered_json;
 
 struct Options {
   std::string model, tasks, template_name = "plain", samples_path;
-  ds::eval::PromptTemplate tmpl = ds::eval::PromptTemplate::plain;
   std::vector<std::string> text;
-  int64_t k = 8, limit = 0, batch = 16, seq_len = 0;
-  uint64_t seed = 0;
+  int64_t limit = 0, seq_len = 0;
   bool greedy = false;
-  ds::SamplingOptions sampling;
+  ds::eval::TaskRunOptions run;
 };
-
-// A model directory with its own tokenizer: evaluating with a default one would measure the wrong model.
-ds::LoadedModel load_model(const std::string& path) {
-  const std::string dir = ds::resolve_model_dir(path);
-  if (!std::filesystem::exists(dir + "/tokenizer.json")) ds::fail("{}: no tokenizer.json in the model directory", dir);
-  return ds::load_model_dir(path);
-}
 
 void eval_tasks(const Options& o, ds::LoadedModel& m) {
   std::vector<ds::Task> tasks = ds::load_tasks(o.tasks);
   if (o.limit > 0 && size_t(o.limit) < tasks.size()) tasks.resize(size_t(o.limit));
-  const int64_t context = m.config.max_position_embeddings;
-  std::vector<std::vector<uint32_t>> prompts;
-  for (const ds::Task& task : tasks) {
-    prompts.push_back(ds::eval::prompt_tokens(m.tokenizer, task.prompt, o.tmpl));
-    if (int64_t(prompts.back().size()) >= context)
-      ds::fail("{}: task '{}': the prompt is {} tokens, which leaves no room in the model's context of {}", o.tasks,
-               task.id, prompts.back().size(), context);
-  }
-
-  // Completion f = t * k + j is sample j of task t and samples with seed + f, whatever the batch size.
-  const size_t k = size_t(o.k), total = tasks.size() * k;
-  std::vector<ds::Completion> completions;
-  ds::Engine engine(m.model, m.tokenizer);
   const bool tty = ::isatty(STDERR_FILENO);
-  const auto start = std::chrono::steady_clock::now();
-  int64_t generated = 0;
-  for (size_t first = 0; first < total; first += size_t(o.batch)) {
-    const size_t end = std::min(total, first + size_t(o.batch));
-    std::vector<std::vector<uint32_t>> batch;
-    for (size_t f = first; f < end; ++f) batch.push_back(prompts[f / k]);
-    for (ds::Completion& c : engine.generate(batch, o.sampling, o.seed + first)) {
-      generated += int64_t(c.tokens.size());
-      completions.push_back(std::move(c));
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    fmt::print(stderr, "{}ds-eval: {}/{} completions, {:.0f} tokens/s{}", tty ? "\r" : "", end, total,
-               double(generated) / std::max(seconds, 1e-9), tty && end < total ? "" : "\n");
-  }
+  const ds::eval::TaskRun run =
+      ds::eval::run_tasks(m.model, m.tokenizer, tasks, o.run, o.tasks, [&](size_t done, size_t total, double rate) {
+        fmt::print(stderr, "{}ds-eval: {}/{} completions, {:.0f} tokens/s{}", tty ? "\r" : "", done, total, rate,
+                   tty && done < total ? "" : "\n");
+      });
 
-  std::vector<std::vector<ds::eval::SampleScore>> scores(tasks.size());
   std::string records;
-  for (size_t f = 0; f < total; ++f) {
-    const ds::Task& task = tasks[f / k];
-    const ds::Completion& c = completions[f];
-    const ds::eval::SampleScore s = ds::eval::score_sample(c.text, task.answer, int64_t(c.tokens.size()));
-    scores[f / k].push_back(s);
+  for (const ds::eval::TaskSample& sample : run.samples) {
+    const ds::Task& task = tasks[sample.task];
+    const ds::eval::SampleScore& s = sample.score;
     const json record = {{"id", task.id},
-                         {"sample", f % k},
+                         {"sample", sample.index},
                          {"prompt", task.prompt},
-                         {"completion", c.text},
+                         {"completion", sample.completion.text},
                          {"answer", task.answer},
                          {"extracted", s.answer ? json(*s.answer) : json(nullptr)},
                          {"reward", double(s.correct) + double(s.format)},
                          {"correct", s.correct},
                          {"format", s.format},
                          {"tokens", s.tokens},
-                         {"finish", c.finish_reason}};
+                         {"finish", sample.completion.finish_reason}};
     records += record.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   }
   if (!o.samples_path.empty()) {
@@ -95,7 +57,7 @@ void eval_tasks(const Options& o, ds::LoadedModel& m) {
     file.commit();
   }
 
-  const ds::eval::Summary s = ds::eval::summarize(scores, o.k);
+  const ds::eval::Summary& s = run.summary;
   const json summary = {{"model", o.model},
                         {"tasks", o.tasks},
                         {"n", s.tasks},
@@ -106,12 +68,12 @@ void eval_tasks(const Options& o, ds::LoadedModel& m) {
                         {"format", s.format},
                         {"mean_tokens", s.mean_tokens},
                         {"greedy", o.greedy},
-                        {"temperature", o.sampling.temperature},
-                        {"top_p", o.sampling.top_p},
-                        {"top_k", o.sampling.top_k},
-                        {"min_p", o.sampling.min_p},
-                        {"max_new_tokens", o.sampling.max_new_tokens},
-                        {"seed", o.seed},
+                        {"temperature", o.run.sampling.temperature},
+                        {"top_p", o.run.sampling.top_p},
+                        {"top_k", o.run.sampling.top_k},
+                        {"min_p", o.run.sampling.min_p},
+                        {"max_new_tokens", o.run.sampling.max_new_tokens},
+                        {"seed", o.run.seed},
                         {"template", o.template_name}};
   fmt::print("{}\n", summary.dump());
   fmt::print(stderr, "{:<12} {}\n{:<12} {} tasks x {} samples\n", "model", m.dir, "tasks", s.tasks, s.k);
@@ -131,9 +93,9 @@ void eval_text(const Options& o, ds::LoadedModel& m) {
     if (is_shard(path)) {
       const std::vector<uint32_t> ids = ds::read_tokens(path);
       ds::check_token_range(path, ids, uint32_t(m.config.vocab_size));
-      score = ds::eval::score_tokens(m.model, m.tokenizer, ids, window, o.batch);
+      score = ds::eval::score_tokens(m.model, m.tokenizer, ids, window, o.run.batch);
     } else {
-      score = ds::eval::score_text(m.model, m.tokenizer, ds::read_file(path), window, o.batch);
+      score = ds::eval::score_text(m.model, m.tokenizer, ds::read_file(path), window, o.run.batch);
     }
     if (score.tokens == 0) ds::fail("{}: no tokens to score", path);
     total += score;
@@ -163,47 +125,47 @@ int main(int argc, char** argv) {
                                                    "default builtin:arith");
   auto* text = app.add_option("--text", o.text, "text files, or token shards (.tok, .tok.zst), to score");
   tasks->excludes(text);
-  auto* k = app.add_option("-k", o.k, "samples per task")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", o.sampling.temperature, "sampling temperature")->capture_default_str();
-  app.add_option("--top-p", o.sampling.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
-  app.add_option("--top-k", o.sampling.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
-  app.add_option("--min-p", o.sampling.min_p, "keep tokens with p >= min-p * p_max (0 = off)")->capture_default_str();
-  app.add_option("--repetition-penalty", o.sampling.repetition_penalty, "penalty on tokens already in the sequence")
+  auto* k = app.add_option("-k", o.run.k, "samples per task")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--temperature", o.run.sampling.temperature, "sampling temperature")->capture_default_str();
+  app.add_option("--top-p", o.run.sampling.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
+  app.add_option("--top-k", o.run.sampling.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
+  app.add_option("--min-p", o.run.sampling.min_p, "keep tokens with p >= min-p * p_max (0 = off)")
       ->capture_default_str();
-  app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "tokens generated per completion at most")
+  app.add_option("--repetition-penalty", o.run.sampling.repetition_penalty,
+                 "penalty on tokens already in the sequence")
+      ->capture_default_str();
+  app.add_option("--max-new-tokens", o.run.sampling.max_new_tokens, "tokens generated per completion at most")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--stop", o.sampling.stop, "end a completion at this string (repeatable)");
-  app.add_option("--seed", o.seed, "sampling seed; completion f of the run samples with seed + f")
+  app.add_option("--stop", o.run.sampling.stop, "end a completion at this string (repeatable)");
+  app.add_option("--seed", o.run.seed, "sampling seed; completion f of the run samples with seed + f")
       ->capture_default_str();
   app.add_flag("--greedy", o.greedy, "decode greedily, one sample per task");
   app.add_option("--limit", o.limit, "evaluate only the first N tasks")->check(CLI::PositiveNumber);
   app.add_option("--samples", o.samples_path, "write every sample as JSONL to this file");
-  app.add_option("--batch", o.batch, "completions decoded together (text: windows per forward pass)")
+  app.add_option("--batch", o.run.batch, "completions decoded together (text: windows per forward pass)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--seq-len", o.seq_len, "text: tokens per window (default: the model's context)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--template", o.template_name, "prompt template: plain (User: ... Assistant:) or none")
-      ->capture_default_str();
+  app.add_option("--template", o.template_name, "chat template: plain (User: ... Assistant:), r1, r1-zero or none")
+      ->capture_default_str()
+      ->check(ds::tool::chat_format_validator());
   ds::tool::add_compute_options(app, compute);
 
   return ds::tool::run(app, argc, argv, [&] {
     if (o.greedy) {
-      if (k->count() > 0 && o.k != 1) throw CLI::ValidationError("--greedy", "greedy decoding gives one sample per task");
-      o.k = 1;
-      o.sampling.temperature = 0;
+      if (k->count() > 0 && o.run.k != 1)
+        throw CLI::ValidationError("--greedy", "greedy decoding gives one sample per task");
+      o.run.k = 1;
+      o.run.sampling.temperature = 0;
     }
     if (o.samples_path == "-") throw CLI::ValidationError("--samples", "stdout holds the summary; give a file");
     if (o.text.empty() && o.tasks.empty()) o.tasks = "builtin:arith";
     if (!o.text.empty() && !o.samples_path.empty()) throw CLI::ValidationError("--samples", "only with --tasks");
-    try {
-      o.tmpl = ds::eval::parse_template(o.template_name);
-    } catch (const ds::Error& e) {
-      throw CLI::ValidationError("--template", e.what());
-    }
+    o.run.format = ds::parse_chat_format(o.template_name);
     ds::tool::apply_compute_options(compute);
-    ds::LoadedModel m = load_model(o.model);
+    ds::LoadedModel m = ds::load_model_dir(o.model);
     if (o.text.empty()) eval_tasks(o, m);
     else eval_text(o, m);
   });

@@ -26,12 +26,13 @@ int main(int argc, char** argv) {
   app.add_option("--tasks", o.tasks, "tasks JSONL ({\"id\", \"prompt\", \"answer\"}) or builtin:arith[:train|:test]")
       ->capture_default_str();
   app.add_option("--template", o.prompt_template,
-                 "prompt frame: r1, r1-zero, none, or plain (\"User: ... Assistant:\", as in builtin:arith)")
-      ->capture_default_str();
+                 "chat template: r1, r1-zero, none, or plain (\"User: ... Assistant:\", as in builtin:arith)")
+      ->capture_default_str()
+      ->check(ds::tool::chat_format_validator());
   app.add_option("--group-size", o.group_size, "completions per prompt (G)")->capture_default_str();
   app.add_option("--prompts-per-step", o.prompts_per_step, "prompts per step (P)")->capture_default_str();
-  app.add_option("--steps", o.steps, "total steps of the run")->capture_default_str();
-  app.add_option("--stop-after", o.stop_after, "save and stop after this many steps of this invocation (0 = off)");
+  ds::tool::add_training_options(app, ds::tool::training_options(o), schedule, "total steps of the run",
+                                 "seed of the task order and the sampler");
   app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "completion length limit (also dr_grpo's constant)")
       ->capture_default_str();
   app.add_option("--temperature", o.sampling.temperature, "sampling temperature")->capture_default_str();
@@ -58,25 +59,11 @@ int main(int argc, char** argv) {
   app.add_option("--reward-cmd", o.reward_cmd, "reward with this shell command (JSON lines in, a reward per line out)");
   app.add_option("--reward-timeout", o.reward_timeout, "seconds to wait for each reward line")->capture_default_str();
   app.add_option("--rollouts", o.rollouts, "append every rollout to this JSONL file (- = stdout)");
-  app.add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
-  app.add_option("--min-lr-ratio", o.schedule.min_lr_ratio, "final lr as a fraction of --lr")->capture_default_str();
-  app.add_option("--warmup", o.schedule.warmup, "linear warmup steps")->capture_default_str();
-  app.add_option("--schedule", schedule, "constant, cosine or wsd")->capture_default_str();
-  app.add_option("--decay-fraction", o.schedule.decay_fraction, "wsd: share of steps spent decaying")
-      ->capture_default_str();
-  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
-  app.add_option("--beta1", o.adamw.beta1, "AdamW beta1")->capture_default_str();
-  app.add_option("--beta2", o.adamw.beta2, "AdamW beta2")->capture_default_str();
-  app.add_option("--clip", o.clip, "clip the global gradient norm to this (0 = off)")->capture_default_str();
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed (0 = frozen)")
       ->capture_default_str();
-  app.add_option("--seed", o.seed, "seed of the task order and the sampler")->capture_default_str();
-  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)");
-  app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)");
-  app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
-  app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
-      ->capture_default_str();
   ds::tool::add_compute_options(app, compute);
+  ds::tool::DistOptions dist;
+  ds::tool::add_dist_options(app, dist, false);
 
   return ds::tool::run(app, argc, argv, [&] {
     if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
@@ -90,6 +77,8 @@ int main(int argc, char** argv) {
     o.aggregation = ds::grpo::parse_aggregation(loss);
     o.scale_rewards = ds::grpo::parse_scale_rewards(scale_rewards);
     ds::tool::apply_compute_options(compute);
+    const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
+    o.comm = comm.get();
 
     const auto& stop = ds::tool::install_stop_signals();
     ds::GrpoEvents events;

@@ -22,35 +22,25 @@ int main(int argc, char** argv) {
   app.add_option("run", run_positional, "run directory to create");
   app.add_option("--resume", resume_dir, "continue the run in this directory from its latest checkpoint");
   app.add_option("--model-config", o.model_config, "preset (tiny, demo, small) or config.json")->capture_default_str();
+  app.add_option("--tokenizer", o.tokenizer,
+                 "tokenizer.json (or a directory with one) the --data shards were encoded with; new runs only. "
+                 "Default: byte-level")
+      ->check(CLI::ExistingPath);
   app.add_option("--data", o.data, "token shards (.tok, .tok.zst, - for stdin); default builtin:arith");
   app.add_option("--batch", o.batch, "sequences per micro-batch")->capture_default_str();
   app.add_option("--seq-len", o.seq_len, "tokens per sequence")->capture_default_str();
   app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
-  app.add_option("--steps", o.steps, "total optimizer steps of the run")->capture_default_str();
-  app.add_option("--stop-after", o.stop_after, "save and stop after this many steps of this invocation (0 = off)");
-  app.add_option("--lr", o.schedule.lr, "peak learning rate")->capture_default_str();
-  app.add_option("--min-lr-ratio", o.schedule.min_lr_ratio, "final lr as a fraction of --lr")->capture_default_str();
-  app.add_option("--warmup", o.schedule.warmup, "linear warmup steps")->capture_default_str();
-  app.add_option("--schedule", schedule, "cosine, wsd or constant")->capture_default_str();
-  app.add_option("--decay-fraction", o.schedule.decay_fraction, "wsd: share of steps spent decaying")
-      ->capture_default_str();
-  app.add_option("--weight-decay", o.adamw.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
-  app.add_option("--beta1", o.adamw.beta1, "AdamW beta1")->capture_default_str();
-  app.add_option("--beta2", o.adamw.beta2, "AdamW beta2")->capture_default_str();
-  app.add_option("--clip", o.clip, "clip the global gradient norm to this (0 = off)")->capture_default_str();
+  ds::tool::add_training_options(app, ds::tool::training_options(o), schedule, "total optimizer steps of the run",
+                                 "seed of the initial weights and the built-in corpus");
   app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")->capture_default_str();
   app.add_option("--balance-alpha", o.loss.balance_alpha, "sequence-wise balance loss weight")->capture_default_str();
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")->capture_default_str();
   app.add_flag("--fp8", o.fp8, "emulate DeepSeek-V3's FP8 training GEMMs (e4m3, 1x128 / 128x128 tiles)");
-  app.add_option("--seed", o.seed, "seed of the initial weights and the built-in corpus")->capture_default_str();
-  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)");
-  app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)");
-  app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
-  app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
-      ->capture_default_str();
   app.add_option("--samples", samples, "after training, print N greedy completions of held-out builtin:arith "
                                        "problems as JSONL on stdout");
   ds::tool::add_compute_options(app, compute);
+  ds::tool::DistOptions dist;
+  ds::tool::add_dist_options(app, dist, true);
 
   return ds::tool::run(app, argc, argv, [&] {
     if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
@@ -61,6 +51,8 @@ int main(int argc, char** argv) {
     o.schedule.kind = ds::parse_schedule(schedule);
     if (o.data.size() == 1 && o.data[0] == "builtin:arith") o.data.clear();
     ds::tool::apply_compute_options(compute);
+    const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
+    o.comm = comm.get(), o.expert_parallel = dist.expert_parallel;
 
     const auto& stop = ds::tool::install_stop_signals();
     ds::PretrainEvents events;
@@ -70,13 +62,14 @@ int main(int argc, char** argv) {
       if (r.mtp_loss > 0) fmt::print(stderr, " mtp {:.4f}", r.mtp_loss);
       fmt::print(stderr, " lr {:.2e} gnorm {:.3f} tok/s {:.0f}", r.lr, r.grad_norm, r.tokens_per_s);
       if (r.load_imbalance > 0) fmt::print(stderr, " imbalance {:.2f}", r.load_imbalance);
+      if (r.comm_share > 0) fmt::print(stderr, " comm {:.0f}%", 100 * r.comm_share);
       if (r.bad_steps > 0) fmt::print(stderr, " bad {}", r.bad_steps);
       fmt::print(stderr, "\n");
     };
     events.checkpoint = [](const std::string& dir) { fmt::print(stderr, "saved {}\n", dir); };
     ds::pretrain(o, stop, events);
 
-    if (samples > 0) {
+    if (samples > 0 && comm->rank() == 0) {
       ds::LoadedModel m = ds::load_model_dir(o.run_dir);
       size_t correct = 0;
       for (const auto& s : ds::sample_arith(m.model, m.tokenizer, size_t(samples))) {

@@ -6,7 +6,8 @@ BIN=${DS_BIN:?}/ds-bench
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-FAST="--model-config tiny --batch 2 --seq-len 32 --steps 2 --gemm-shapes 64x64x64,32x48x16 --min-time 0.02 --threads 1"
+FAST="--model-config tiny --batch 2 --seq-len 32 --steps 2 --gemm-shapes 64x64x64,32x48x16 --min-time 0.02 --threads 1
+  --decode-batch 1,3 --context 16 --decode-steps 2"
 
 $BIN --json $FAST >"$T/out.json" 2>"$T/err" || fail "ds-bench --json failed: $(cat "$T/err")"
 [ "$(wc -l <"$T/out.json")" -eq 1 ] || fail "--json printed more than one line"
@@ -18,13 +19,18 @@ positive() {
 all=$(cat "$T/out.json")
 gemm=$(sed -n 's/.*"gemm":\[\([^]]*\)\].*/\1/p' "$T/out.json")
 step=$(sed -n 's/.*"step":{\([^}]*\)}.*/\1/p' "$T/out.json")
-for key in threads sgemm_peak_gflops; do positive "$all" $key; done
+decode=$(sed -n 's/.*"decode":\[\([^]]*\)\].*/\1/p' "$T/out.json")
+for key in threads sgemm_peak_gflops copy_gb_per_s; do positive "$all" $key; done
 for key in M N K repeats gflops median_gflops of_peak; do positive "$gemm" $key; done
 for key in batch seq_len steps step_ms tokens_per_s flops_per_token gflops mfu; do positive "$step" $key; done
 grep -q '"device":"cpu"' "$T/out.json" || fail "no device"
 grep -q '"name":"64x64x64"' "$T/out.json" || fail "first shape missing"
 grep -q '"name":"32x48x16"' "$T/out.json" || fail "second shape missing"
 grep -q '"config":"tiny"' "$T/out.json" || fail "no step config"
+for key in batch context prefill_tokens_per_s step_ms tokens_per_s bytes_per_step gb_per_s of_copy; do
+  positive "$decode" $key
+done
+echo "$decode" | grep -q '"batch":3,' || fail "no batch-3 decode: $decode"
 [ -s "$T/err" ] || fail "no progress on stderr"
 
 # The table: the peak line, one row per shape, the step row; nothing but the step with --only step.
@@ -32,6 +38,9 @@ $BIN $FAST >"$T/table" 2>/dev/null || fail "table run failed"
 grep -q '^sgemm peak [0-9.]* GFLOP/s' "$T/table" || fail "no peak line: $(cat "$T/table")"
 grep -Eq '^64x64x64 +64 +64 +64 ' "$T/table" || fail "no GEMM row: $(cat "$T/table")"
 grep -Eq '^tiny +2 x 32 ' "$T/table" || fail "no step row: $(cat "$T/table")"
+grep -Eq '^tiny +3 +16 ' "$T/table" || fail "no decode row: $(cat "$T/table")"
+$BIN --json --only decode $FAST >"$T/decode.json" 2>/dev/null || fail "--only decode failed"
+if grep -Eq '"gemm"|"step"|sgemm_peak' "$T/decode.json"; then fail "--only decode measured more"; fi
 $BIN --json --only step $FAST >"$T/step.json" 2>/dev/null || fail "--only step failed"
 if grep -q '"gemm"' "$T/step.json"; then fail "--only step measured GEMMs"; fi
 grep -q '"step"' "$T/step.json" || fail "--only step has no step"
@@ -44,9 +53,11 @@ code=0; $BIN --no-such-flag >/dev/null 2>"$T/err" || code=$?
 code=0; $BIN --gemm-shapes 64x0x64 >/dev/null 2>"$T/err" || code=$?
 [ "$code" -eq 2 ] || fail "bad shape exited $code, not 2"
 grep -q 'MxNxK' "$T/err" || fail "bad shape message: $(cat "$T/err")"
-code=0; $BIN --device cuda >/dev/null 2>"$T/err" || code=$?
+code=0; $BIN --device cuda:99 >/dev/null 2>"$T/err" || code=$?
 [ "$code" -eq 2 ] || fail "--device cuda exited $code, not 2"
 grep -q 'cuda' "$T/err" || fail "--device cuda gave no message"
 code=0; $BIN --model-config tiny --seq-len 100000 >/dev/null 2>"$T/err" || code=$?
 [ "$code" -eq 2 ] || fail "--seq-len beyond the model exited $code, not 2"
+code=0; $BIN --model-config tiny --only decode --context 250 --decode-steps 16 >/dev/null 2>"$T/err" || code=$?
+[ "$code" -eq 2 ] || fail "--context beyond the model exited $code, not 2"
 echo "ok"

@@ -32,6 +32,6 @@ fi
 set +e
 $BIN/ds-chat 2>/dev/null; [ $? -eq 2 ] || fail "missing --model is a usage error"
 echo hi | $BIN/ds-chat -m "$T/nothing" 2>"$T/err"; [ $? -eq 1 ] && grep -q nothing "$T/err" || fail "missing model"
-echo hi | $BIN/ds-chat -m "$T/run" --template bogus 2>/dev/null; [ $? -eq 1 ] || fail "unknown template"
+echo hi | $BIN/ds-chat -m "$T/run" --template bogus 2>/dev/null; [ $? -eq 2 ] || fail "unknown template"
 set -e
 echo ok

@@ -34,6 +34,19 @@ $BIN encode --tokenizer "$T/tok" --field text "$T/d.jsonl" -o "$T/j.tok" 2>/dev/
 printf '{"text":"héllo wörld 123"}\n{"text":"<think>x</think>"}\n' >"$T/d.expected"
 $BIN decode --tokenizer "$T/tok" --jsonl "$T/j.tok" | cmp - "$T/d.expected" || fail "JSONL round trip"
 
+# ds-pretrain trains on the shards; the preset's vocabulary grows to the tokenizer's and the model carries it.
+PRETRAIN=${DS_BIN}/ds-pretrain
+$PRETRAIN "$T/run" --model-config tiny --tokenizer "$T/tok" --data "$T/c.tok.zst" "$T/l.tok" --steps 3 --batch 2 \
+  --seq-len 32 --threads 1 2>"$T/log" || fail "pretrain on shards: $(cat "$T/log")"
+cmp "$T/tok/tokenizer.json" "$T/run/latest/tokenizer.json" || fail "the model does not carry its tokenizer"
+grep -q '"vocab_size": 640' "$T/run/latest/config.json" || fail "vocab not grown to the tokenizer's"
+set +e
+$PRETRAIN --resume "$T/run" --tokenizer "$T/tok" --steps 4 2>"$T/err"; [ $? -eq 1 ] && grep -q "keeps its own" "$T/err" ||
+  fail "--tokenizer on resume: $(cat "$T/err")"
+$PRETRAIN "$T/run2" --model-config tiny --data "$T/c.tok.zst" --steps 1 2>"$T/err"; [ $? -eq 1 ] &&
+  grep -q "c.tok.zst" "$T/err" || fail "shards past the byte-level vocabulary: $(cat "$T/err")"
+set -e
+
 # Count: the trained tokenizer compresses, the byte-level one gives one token per byte.
 $BIN count --tokenizer "$T/tok" --json "$CORPUS" >"$T/count.json"
 bytes=$(wc -c <"$CORPUS" | tr -d ' ')

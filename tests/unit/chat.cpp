@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "ds/arith.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
 
@@ -77,7 +78,23 @@ TEST_CASE("none: BOS and the contents as they are; bad names and roles are refus
   const ChatTemplate chat(tok, ChatFormat::none);
   const std::vector<ChatMessage> messages = {{"user", "1+1="}, {"assistant", "2"}};
   CHECK(chat.render(messages, true) == fmt::format("{}1+1=2{}", kBos, kEos));
-  CHECK_THROWS_WITH_AS(parse_chat_format("chatml"), doctest::Contains("r1, r1-zero, none"), Error);
+  CHECK_THROWS_WITH_AS(parse_chat_format("chatml"), doctest::Contains("r1, r1-zero, plain, none"), Error);
   const std::vector<ChatMessage> tool = {{"tool", "{}"}};
   CHECK_THROWS_WITH_AS(chat.render(tool, false), doctest::Contains("'tool'"), Error);
+}
+
+TEST_CASE("plain: the builtin:arith frame, so a base pretrained on it is prompted as it learnt") {
+  const Tokenizer tok = Tokenizer::byte_level();
+  const ChatTemplate chat(tok, parse_chat_format("plain"));
+  const arith::Problem p = arith::test_set(1, 0)[0];
+  std::vector<uint32_t> expected = {tok.bos_id()};
+  for (uint32_t id : tok.encode(arith::prompt_text(p), false)) expected.push_back(id);
+  CHECK(chat.encode_prompt(p.prompt) == expected);
+  CHECK(chat.opened_reply().empty());
+  const std::vector<ChatMessage> turns = {{"user", "a"}, {"assistant", "b"}, {"user", "c"}};
+  CHECK(chat.render(turns, true) == fmt::format("{}User: a Assistant: b{} User: c Assistant:", kBos, kEos));
+  // A prompt cannot inject control tokens.
+  const std::vector<uint32_t> injected = chat.encode_prompt("<｜end▁of▁sentence｜>");
+  CHECK(std::count(injected.begin(), injected.end(), tok.eos_id()) == 0);
+  CHECK(ChatTemplate(tok, ChatFormat::r1).opened_reply() == "<think>\n");
 }

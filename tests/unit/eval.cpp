@@ -107,19 +107,42 @@ TEST_CASE("summarize: pass@1, pass@k, cons@k, format and length") {
   CHECK_THROWS_AS(summarize({}, 1), Error);
 }
 
-TEST_CASE("prompt templates") {
+TEST_CASE("run_tasks: k graded samples per task, independent of the batch size") {
+  Model<float> model(resolve_model_config("tiny"));
+  model.init_random(5);
   const Tokenizer tok = Tokenizer::byte_level();
-  CHECK(parse_template("plain") == PromptTemplate::plain);
-  CHECK(parse_template("none") == PromptTemplate::none);
-  CHECK_THROWS_WITH_AS(parse_template("r2"), "unknown prompt template 'r2' (templates: plain, none)", Error);
-  const arith::Problem p = arith::test_set(1, 0)[0];
-  std::vector<uint32_t> expected = {tok.bos_id()};
-  for (uint32_t id : tok.encode(arith::prompt_text(p), false)) expected.push_back(id);
-  CHECK(prompt_tokens(tok, p.prompt, PromptTemplate::plain) == expected);
-  const std::vector<uint32_t> raw = prompt_tokens(tok, "<｜end▁of▁sentence｜>", PromptTemplate::none);
-  CHECK(raw.front() == tok.bos_id());
-  CHECK(tok.decode(std::span(raw).subspan(1), false) == "<｜end▁of▁sentence｜>");
-  CHECK(std::count(raw.begin(), raw.end(), tok.eos_id()) == 0);  // prompts cannot inject control tokens
+  const std::vector<Task> tasks = {{"a", "What is 1 + 1?", "2"}, {"b", "What is 2 + 3?", "5"}, {"c", "hi", "x"}};
+  TaskRunOptions o;
+  o.k = 3;
+  o.batch = 4;
+  o.seed = 9;
+  o.sampling.max_new_tokens = 6;
+  size_t calls = 0;
+  const TaskRun run = run_tasks(model, tok, tasks, o, "tasks.jsonl", [&](size_t done, size_t total, double) {
+    ++calls;
+    CHECK(total == 9);
+    CHECK(done <= total);
+  });
+  CHECK(calls == 3);
+  REQUIRE(run.samples.size() == 9);
+  int64_t tokens = 0;
+  for (size_t f = 0; f < 9; ++f) {
+    CHECK(run.samples[f].task == f / 3);
+    CHECK(run.samples[f].index == int64_t(f % 3));
+    CHECK(run.samples[f].score.tokens == int64_t(run.samples[f].completion.tokens.size()));
+    tokens += run.samples[f].score.tokens;
+  }
+  CHECK(run.generated_tokens == tokens);
+  CHECK(run.summary.tasks == 3);
+  CHECK(run.summary.k == 3);
+  o.batch = 2;
+  const TaskRun again = run_tasks(model, tok, tasks, o, "tasks.jsonl");
+  for (size_t f = 0; f < 9; ++f) CHECK(again.samples[f].completion.tokens == run.samples[f].completion.tokens);
+
+  // A prompt longer than the context is refused, naming the task set and the task.
+  const std::vector<Task> long_task = {{"long", std::string(400, 'x'), "1"}};
+  CHECK_THROWS_WITH_AS(run_tasks(model, tok, long_task, o, "tasks.jsonl"),
+                       doctest::Contains("tasks.jsonl: task 'long'"), Error);
 }
 
 TEST_CASE("score_tokens predicts every token once, window by window") {

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "ds/config.h"
+#include "ds/kd.h"
 #include "ds/model.h"
 
 using namespace ds;
@@ -25,7 +26,12 @@ void randomize(Model<double>& model, uint64_t seed) {
   }
 }
 
-void check_gradients(const ModelConfig& config, const LossOptions& options, bool weighted = false) {
+// How the checked loss is formed: the model's own (cross-entropy, MTP, balance), or a distillation loss computed
+// from the logits of a forward without targets and passed to backward(dlogits).
+enum class Head { model, distill };
+
+void check_gradients(const ModelConfig& config, const LossOptions& options, bool weighted = false,
+                     const int32_t* positions = nullptr, Head head = Head::model) {
   Model<double> model(config);
   randomize(model, 7);
   const int64_t B = 2, Tn = 6, N = B * Tn;
@@ -39,10 +45,20 @@ void check_gradients(const ModelConfig& config, const LossOptions& options, bool
   std::vector<double> weights(static_cast<size_t>(N));
   for (auto& w : weights) w = double(int64_t(rng() % 2001) - 1000) / 1000.0;
   const double* w = weighted ? weights.data() : nullptr;
-  auto loss = [&] { return model.forward(inputs.data(), targets.data(), B, Tn, options, w).loss; };
+  std::vector<double> teacher(static_cast<size_t>(N * config.vocab_size)), dlogits(teacher.size());
+  for (auto& z : teacher) z = double(int64_t(rng() % 2001) - 1000) / 500.0;
+  kd::Options kd;
+  kd.divergence = kd::Divergence::jsd, kd.temperature = 1.5, kd.top_k = 5;
+  auto loss = [&] {
+    if (head == Head::model) return model.forward(inputs.data(), targets.data(), B, Tn, options, w, positions).loss;
+    model.forward(inputs.data(), nullptr, B, Tn, options, nullptr, positions);
+    return kd::distill_loss(model.logits(), teacher.data(), targets.data(), N, config.vocab_size, kd, 0.7,
+                            dlogits.data()).total;
+  };
   loss();
   model.zero_grads();
-  model.backward();
+  if (head == Head::model) model.backward();
+  else model.backward(dlogits.data());
   const std::vector<double> analytic = model.grads();
 
   const double eps = 1e-6;
@@ -120,4 +136,14 @@ TEST_CASE("gradients: per-token weighted loss (the policy-gradient form)") {
   ModelConfig c = tiny();
   c.num_nextn_predict_layers = 0;
   check_gradients(c, {0.0, 0.0}, true);
+}
+
+TEST_CASE("gradients: packed documents (positions restart, attention and MTP stay within a document)") {
+  const std::vector<int32_t> positions = {0, 1, 2, 3, 0, 1, 0, 1, 0, 1, 2, 3};  // B = 2 rows of 6
+  check_gradients(tiny(), {0.3, 0.02}, false, positions.data());
+}
+
+TEST_CASE("gradients: a distillation loss on the logits through backward(dlogits), packed") {
+  const std::vector<int32_t> positions = {0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 0};
+  check_gradients(resolve_model_config("tiny-dense"), {0.0, 0.0}, false, positions.data(), Head::distill);
 }

@@ -117,5 +117,9 @@ TEST_CASE("reward command: garbage is an error naming the line") {
     CHECK(error_of([&] { extra.score(samples(1)); }).find("line 2: output past the last expected reply") !=
           std::string::npos);
   }
+  {
+    RewardCommand endless("read -r l; head -c 20000000 /dev/zero | tr '\\0' 7; cat >/dev/null", 10);
+    CHECK(error_of([&] { endless.score(samples(1)); }).find("line 1: longer than the limit") != std::string::npos);
+  }
   CHECK(no_children());
 }

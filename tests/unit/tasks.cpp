@@ -11,6 +11,7 @@
 
 #include "ds/arith.h"
 #include "ds/error.h"
+#include "ds/jsonl.h"
 
 using namespace ds;
 
@@ -64,6 +65,9 @@ TEST_CASE("parse_tasks errors name the line and the problem") {
   CHECK(error_of("{\"id\": \"x\", \"prompt\": \"a\", \"answer\": \"1\"}\n{\"id\": \"x\", \"prompt\": \"b\", \"answer\": \"2\"}") ==
         "tasks.jsonl:2: id 'x' already used on line 1");
   CHECK(error_of("\n \n") == "tasks.jsonl: no tasks");
+  const std::string huge = "{\"prompt\": \"" + std::string(kMaxJsonlLineBytes, 'x') + "\", \"answer\": \"1\"}";
+  CHECK(error_of("{\"prompt\": \"a\", \"answer\": \"1\"}\n" + huge) ==
+        fmt::format("tasks.jsonl:2: the line is {} bytes, more than the limit of {}", huge.size(), kMaxJsonlLineBytes));
 }
 
 TEST_CASE("load_tasks: files and the builtin:arith sets") {

@@ -147,6 +147,14 @@ TEST_CASE("normalize spells numbers canonically") {
   CHECK(normalize("a   b") == "a b");
 }
 
+TEST_CASE("normalize peels every wrapper: a normal form normalises to itself") {
+  CHECK(normalize("5" + std::string(40, '%')) == "5");
+  CHECK(normalize("$\\boxed{$\\boxed{\\boxed{7\\%}}$}$ %") == "7");
+  const std::vector<std::string> answers = {"in>" + std::string(60, '%'), "$x$%$%$%$%$%$%$%$%$%$%$%",
+                                            "\\boxed{\\boxed{a}} b%"};
+  for (const std::string& x : answers) CHECK(normalize(normalize(x)) == normalize(x));
+}
+
 TEST_CASE("format_ok: the R1 think/answer structure") {
   const FormatCase cases[] = {
       {"<think> a </think> <answer> 5 </answer>", true},

@@ -55,4 +55,21 @@ struct StepResult {
 StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len, int warmup, int steps,
                       double peak_gflops = 0);
 
+// Memory bandwidth as STREAM's copy counts it (bytes read + bytes written per second) of large buffers copied on
+// all threads: the ceiling of a decode step, which reads every weight it uses and the whole cache once.
+double copy_bandwidth(double min_seconds);
+
+struct DecodeResult {
+  double prefill_tokens_per_s = 0;  // prompts of `context` tokens appended in one batched pass
+  double step_ms = 0;               // median batched decode step (one token for each sequence)
+  double tokens_per_s = 0;          // batch / step
+  double bytes_per_step = 0;        // weights a step reads (expected distinct experts) + the latent cache
+  double gb_per_s = 0;              // bytes_per_step / step
+};
+
+// Random weights; `batch` sequences of `context` random tokens prefilled, then steps timed decode steps through
+// the MLA latent cache. Routed experts count as read when at least one sequence picks them, in expectation under
+// uniform routing: n * (1 - (1 - k/n)^batch) per layer.
+DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps);
+
 }  // namespace ds::bench

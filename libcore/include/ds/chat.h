@@ -8,6 +8,8 @@
 //            The Jinja chat_template our tokenizer_config.json carries renders the same text.
 //   r1-zero  the R1-Zero RL template (R1 paper, Table 1): BOS, a preamble asking for <think> reasoning and an
 //            <answer>, then "User: {prompt}. Assistant:"; system messages replace the preamble.
+//   plain    "User: {prompt} Assistant: {answer}", the frame of the builtin:arith corpus (arith::prompt_text), so a
+//            base pretrained on it is prompted as it learnt; turns are joined by spaces.
 //   none     BOS and the contents as they are.
 // Assistant turns end with EOS in every format. BOS and EOS are the tokenizer's (tokenizer_config.json's, where a
 // model directory has one).
@@ -27,8 +29,9 @@ struct ChatMessage {
   std::string content;
 };
 
-enum class ChatFormat { r1, r1_zero, none };
-ChatFormat parse_chat_format(std::string_view name);  // "r1", "r1-zero", "none"; throws ds::Error listing them
+enum class ChatFormat { r1, r1_zero, plain, none };
+// "r1", "r1-zero", "plain", "none"; throws ds::Error listing them.
+ChatFormat parse_chat_format(std::string_view name);
 
 class ChatTemplate {
  public:
@@ -42,6 +45,11 @@ class ChatTemplate {
   // encoded as plain text (so a user typing "<｜end▁of▁sentence｜>" cannot end a turn). Equals encoding render()
   // with special tokens parsed whenever the contents hold no special-token spellings.
   std::vector<uint32_t> encode(std::span<const ChatMessage> messages, bool add_generation_prompt) const;
+  // A single user turn with the generation prompt: how a task prompt is put to a model.
+  std::vector<uint32_t> encode_prompt(std::string_view prompt) const;
+  // What the generation prompt already opened of the reply ("<think>\n" for r1, else nothing): a completion is
+  // graded as opened_reply() + completion.
+  std::string_view opened_reply() const;
 
  private:
   // Calls emit(text, is_marker) for each piece of the rendered conversation in order.

@@ -29,6 +29,12 @@ struct LoadedModel {
 std::string resolve_model_dir(const std::string& path);
 LoadedModel load_model_dir(const std::string& path);
 
+// optimizer.safetensors: AdamW's exp_avg and exp_avg_sq (F32) over the whole flat parameter array, whatever the
+// number of ranks that trained it, so a run resumes on any number of ranks.
+void write_optimizer_state(const std::string& dir, const std::vector<float>& m, const std::vector<float>& v);
+// The same read back; throws naming the file when they do not have `size` values.
+std::pair<std::vector<float>, std::vector<float>> read_optimizer_state(const std::string& dir, size_t size);
+
 // A stable fingerprint of a model config, so a resume cannot silently continue a different architecture.
 std::string config_hash(const ModelConfig& config);
 

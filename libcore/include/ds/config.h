@@ -1,6 +1,7 @@
 #pragma once
 // ModelConfig: the DeepSeek-V3 architecture hyper-parameters, read from and written to a Hugging Face config.json
-// (DeepseekV3Config keys; V2's are accepted), plus the built-in presets `tiny`, `demo` and `small`.
+// (DeepseekV3Config keys; V2's are accepted), plus the built-in presets `tiny`, `demo`, `small` and the dense
+// (distillation student) presets `tiny-dense` and `demo-dense`.
 #include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
@@ -66,9 +67,10 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
 nlohmann::json config_to_json(const ModelConfig& config);
 ModelConfig load_config(const std::string& path);  // a config.json file
 
-// `tiny`, `demo`, `small`, or a path to a config.json. Throws ds::Error for an unknown name.
+// A preset name or a path to a config.json. Throws ds::Error for an unknown name.
 ModelConfig resolve_model_config(const std::string& name_or_path);
 const char* const* preset_names();  // null-terminated
+bool is_preset(const std::string& name);
 
 struct ParamCount {
   int64_t total = 0;   // main model (embeddings, all layers, final norm, head)

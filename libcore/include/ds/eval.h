@@ -3,25 +3,20 @@
 // pass@1 (the mean over samples), pass@k (the unbiased estimator), cons@k (majority vote), format compliance and
 // completion length; and perplexity / bits per byte of a model on text. ds-eval is a thin shell over this.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "ds/chat.h"
+#include "ds/engine.h"
 #include "ds/model.h"
+#include "ds/tasks.h"
 #include "ds/tokenizer.h"
 
 namespace ds::eval {
-
-// ---- prompts ----
-
-// How a task prompt becomes the model's input; each adds BOS and encodes the prompt without parsing special tokens.
-//   plain: "User: {prompt} Assistant:", the frame of the builtin:arith pretraining corpus (arith::prompt_text)
-//   none:  the prompt as it is
-enum class PromptTemplate { plain, none };
-PromptTemplate parse_template(std::string_view name);  // throws ds::Error listing the names
-std::vector<uint32_t> prompt_tokens(const Tokenizer& tokenizer, std::string_view prompt, PromptTemplate tmpl);
 
 // ---- sampled tasks ----
 
@@ -56,6 +51,33 @@ struct Summary {
 };
 // per_task[t]: task t's samples, the same number n >= k for every task.
 Summary summarize(const std::vector<std::vector<SampleScore>>& per_task, int64_t k);
+
+// k completions of every task, prompted through the chat template, decoded in batches and graded (a completion is
+// graded as the template's opened_reply() + its text). Completion f = t * k + j is sample j of task t and samples
+// with seed + f, so results do not depend on the batch size. `source` names the task set in errors.
+struct TaskRunOptions {
+  ChatFormat format = ChatFormat::plain;
+  int64_t k = 8;
+  int64_t batch = 16;  // completions decoded together
+  uint64_t seed = 0;
+  SamplingOptions sampling;
+};
+struct TaskSample {
+  size_t task = 0;    // index into the tasks
+  int64_t index = 0;  // j of k
+  Completion completion;
+  SampleScore score;
+};
+struct TaskRun {
+  std::vector<TaskSample> samples;  // task-major
+  Summary summary;
+  int64_t generated_tokens = 0;
+  double seconds = 0;
+};
+// progress(completions done, total, generated tokens per second) after each batch.
+using TaskProgress = std::function<void(size_t, size_t, double)>;
+TaskRun run_tasks(const Model<float>& model, const Tokenizer& tokenizer, std::span<const Task> tasks,
+                  const TaskRunOptions& options, const std::string& source, const TaskProgress& progress = {});
 
 // ---- text ----
 

@@ -15,6 +15,7 @@
 #include <functional>
 #include <string>
 
+#include "ds/comm.h"
 #include "ds/grpo.h"
 #include "ds/optim.h"
 #include "ds/sampler.h"
@@ -26,7 +27,7 @@ struct GrpoTrainOptions {
   bool resume = false;
   std::string model;                         // the base: a model or run directory (new runs; resume reads the state)
   std::string tasks = "builtin:arith:train"; // JSONL or builtin:* (ds/tasks.h)
-  std::string prompt_template = "r1-zero";   // r1, r1-zero, none (ds/chat.h) or plain ("User: ... Assistant:")
+  std::string prompt_template = "r1-zero";   // a ds/chat.h format: r1, r1-zero, plain, none
   int64_t group_size = 8;                    // G completions per prompt
   int64_t prompts_per_step = 8;              // P prompts per step
   int64_t steps = 100;                       // total steps of the run
@@ -52,6 +53,10 @@ struct GrpoTrainOptions {
   int keep = 0;
   int64_t log_every = 1;
   int64_t max_bad_steps = 10;
+  // Data parallel over comm's ranks (null: one process): each step's prompts are split over the ranks, each
+  // samples, scores and computes the advantages of its own groups, and the loss is normalised over the whole
+  // batch; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory, every rank appends its rollouts.
+  dist::Comm* comm = nullptr;
 };
 
 struct GrpoRecord {

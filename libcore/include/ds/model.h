@@ -12,6 +12,10 @@
 
 namespace ds {
 
+namespace dist {
+class Comm;
+}
+
 enum class ParamKind {
   Matrix,      // linear weights and embeddings: trained, weight-decayed
   Vector,      // norm weights: trained, not decayed
@@ -63,17 +67,24 @@ class Model {
   std::vector<std::pair<std::string, Tensor>> export_tensors() const;
 
   // Forward over B sequences of Tn tokens (inputs [B*Tn]). With targets ([B*Tn], -1 = no loss) it computes the
-  // losses and keeps activations for backward(); without, only logits(). Positions are 0..Tn-1 in each sequence.
+  // losses and keeps activations for backward(); without, only logits(), which backward(dlogits) can follow.
   // The main loss is the mean cross-entropy over targets, or with target_weights ([B*Tn]) the weighted sum
   // sum_t w_t * CE_t (a policy-gradient loss is such a sum with per-token weights).
+  // Positions are 0..Tn-1 in each sequence unless given ([B*Tn]): packed documents restart at 0, each row starts
+  // at 0 and every other position is 0 or one more than the one before. A token attends only to its own document,
+  // and MTP targets that lie in a later document carry no loss.
   ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                       const LossOptions& options = {}, const T* target_weights = nullptr);
+                       const LossOptions& options = {}, const T* target_weights = nullptr,
+                       const int32_t* positions = nullptr);
   // After a forward with targets: log p(target) at each position (0 where there is no target), and the entropy of
   // each position's next-token distribution.
   std::vector<double> target_logprobs() const;
   std::vector<double> entropies() const;
   // Gradients of the last forward's loss, added into grads().
   void backward();
+  // After a forward without targets: backpropagates dlogits ([B*Tn, vocab], the gradient of a loss the caller
+  // computed from logits(), such as a distillation loss), adding into grads().
+  void backward(const T* dlogits);
   // Logits [B*Tn, vocab] of the last forward (probabilities after a forward with targets).
   const T* logits() const;
 
@@ -84,6 +95,11 @@ class Model {
   // Emulate DeepSeek-V3's FP8 training GEMMs (e4m3, 1x128 activation and 128x128 weight tiles) in the linear layers
   // it runs in FP8; embeddings, attention, norms, the router and the head stay in full precision. Float models only.
   void set_fp8(bool on);
+  // Expert parallel: rank r of comm (null: none) runs routed experts [r E/R, (r+1) E/R) for the tokens of every
+  // rank in comm, which are dispatched to it and combined back with all-to-all exchanges in forward and backward.
+  // The other experts' gradients stay zero here; their owners' gradients reach every rank in the data-parallel
+  // reduction, which keeps the full parameter array identical across ranks.
+  void set_expert_parallel(dist::Comm* comm);
 
  private:
   struct Impl;

@@ -47,10 +47,12 @@ void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride
           const RopeTable& table, bool inverse);
 
 // Causal multi-head attention over B sequences of T tokens. q, k: [B*T, H, dk] (row stride H*dk), v: [B*T, H, dv];
-// out o: [B*T, H, dv]; p: the probabilities [B, H, T, T] kept for backward.
+// out o: [B*T, H, dv]; p: the probabilities [B, H, T, T] kept for backward (0 where masked, which is all the backward
+// needs to respect the mask). With pos ([B*T], optional), a sequence holds packed documents: each starts where its
+// position is 0, and a query attends only to keys of its own document.
 template <typename T>
 void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
-               int64_t dv, double scale);
+               int64_t dv, double scale, const int32_t* pos = nullptr);
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* p, int64_t B,
                         int64_t Tn, int64_t H, int64_t dkd, int64_t dvd, double scale);

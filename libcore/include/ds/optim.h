@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/comm.h"
 #include "ds/model.h"
 
 namespace ds {
@@ -13,25 +14,38 @@ struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
 
+// With a Comm of R > 1 ranks it is data parallel with ZeRO-1: rank r keeps the moments of only its contiguous part
+// of the flat array (dist::split_evenly), reduce_grads reduce-scatters the gradients onto those parts, and step
+// updates its part and all-gathers the parameters, so every rank ends the step with the same weights.
 class AdamW {
  public:
-  AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options);
+  AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm = nullptr);
+  // Averages grads over the ranks (only this rank's part of grads is valid afterwards), clips them to the global
+  // norm max_norm (when > 0) and returns the norm before clipping, the same on every rank.
+  double reduce_grads(std::vector<float>& grads, double max_norm);
   // One update at learning rate lr. Matrices are decayed; norm weights are not; router biases are left alone.
   void step(std::vector<float>& params, const std::vector<float>& grads, double lr);
   int64_t steps() const { return t_; }
-  // The moment estimates and step count, for checkpoints.
+  void set_steps(int64_t t) { t_ = t; }
+  // The moment estimates of the whole array (gathered from every rank: a collective), for checkpoints; and loading
+  // them back, each rank keeping its part, so a run resumes on any number of ranks.
+  std::pair<std::vector<float>, std::vector<float>> state() const;
+  void load_state(const std::vector<float>& m, const std::vector<float>& v);
+  // This rank's part of the moments (all of them in one process).
   std::vector<float>& m() { return m_; }
   std::vector<float>& v() { return v_; }
-  void set_steps(int64_t t) { t_ = t; }
 
  private:
   struct Range {
     int64_t begin, end;
     bool decay;
   };
-  std::vector<Range> ranges_;
+  std::vector<Range> ranges_;  // clipped to this rank's part
   AdamWOptions options_;
-  std::vector<float> m_, v_;
+  dist::Comm* comm_;
+  std::vector<int64_t> parts_;  // elements per rank
+  int64_t begin_ = 0, end_ = 0;  // this rank's part of the flat array
+  std::vector<float> m_, v_;     // [end_ - begin_]
   int64_t t_ = 0;
 };
 

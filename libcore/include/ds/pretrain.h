@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/comm.h"
 #include "ds/model.h"
 #include "ds/optim.h"
 
@@ -16,6 +17,7 @@ struct PretrainOptions {
   std::string run_dir;
   bool resume = false;              // continue run_dir from its latest checkpoint
   std::string model_config = "demo";  // preset or config.json (new runs only)
+  std::string tokenizer;      // tokenizer.json or a directory with one (new runs only); empty = byte-level
   std::vector<std::string> data;    // token shards; empty = builtin:arith
   int64_t batch = 8, seq_len = 128, grad_accum = 1;
   int64_t steps = 1000;       // total steps of the run, counted from its start
@@ -31,6 +33,11 @@ struct PretrainOptions {
   int keep = 0;               // checkpoints kept; 0 = all
   int64_t log_every = 10;
   int64_t max_bad_steps = 10; // consecutive non-finite steps tolerated (each is skipped) before failing
+  // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on its r-th
+  // contiguous share of the sequences one process would take, so R ranks follow the 1-rank run up to float
+  // rounding; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory.
+  dist::Comm* comm = nullptr;
+  int expert_parallel = 1;    // routed experts split over groups of this many consecutive ranks
 };
 
 struct StepRecord {
@@ -40,6 +47,7 @@ struct StepRecord {
   uint64_t tokens = 0;  // seen since the run started
   int64_t bad_steps = 0;
   bool skipped = false;
+  double comm_share = 0;  // share of the time since the last record spent in collectives (data parallel)
 };
 
 struct PretrainEvents {

@@ -3,13 +3,17 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <random>
 
+#include "ds/engine.h"
 #include "ds/error.h"
 #include "ds/flops.h"
 #include "ds/model.h"
 #include "ds/ops.h"
 #include "ds/optim.h"
+#include "ds/tokenizer.h"
 
 namespace ds::bench {
 
@@ -157,6 +161,78 @@ StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len,
   r.flops_per_token = model_flops(config, seq_len).training_per_token;
   r.gflops = r.flops_per_token * r.tokens_per_s * 1e-9;
   r.mfu = peak_gflops > 0 ? r.gflops / peak_gflops : 0;
+  return r;
+}
+
+double copy_bandwidth(double min_seconds) {
+  const int64_t bytes = int64_t(256) << 20;  // far past any cache
+  std::vector<char> from(static_cast<size_t>(bytes), 1), to(static_cast<size_t>(bytes), 0);
+  const int64_t chunks = 64, chunk = bytes / chunks;
+  const auto copy = [&] {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) std::memcpy(to.data() + c * chunk, from.data() + c * chunk, size_t(chunk));
+  };
+  copy();  // warm-up: page faults
+  double best = 1e30;
+  const auto start = Clock::now();
+  for (int i = 0; i < 3 || seconds_since(start) < min_seconds; ++i) {
+    const auto t0 = Clock::now();
+    copy();
+    best = std::min(best, seconds_since(t0));
+  }
+  return 2.0 * double(bytes) / best * 1e-9;
+}
+
+DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps) {
+  if (batch <= 0 || context <= 0 || steps <= 0) fail("decode benchmark needs positive batch, context and steps");
+  if (context + steps > config.max_position_embeddings)
+    fail("decode benchmark: context {} + {} steps exceeds max_position_embeddings {}", context, steps,
+         config.max_position_embeddings);
+  Model<float> model(config);
+  model.init_random(1234);
+  const Tokenizer tokenizer = Tokenizer::byte_level();
+  Engine engine(model, tokenizer);
+  std::mt19937_64 rng(1);
+  const auto random_tokens = [&](int64_t n) {
+    std::vector<uint32_t> ids(static_cast<size_t>(n));
+    for (uint32_t& id : ids) id = uint32_t(rng() % tokenizer.vocab_size());
+    return ids;
+  };
+
+  std::vector<std::pair<int64_t, std::vector<uint32_t>>> feed;
+  for (int64_t b = 0; b < batch; ++b) feed.emplace_back(engine.open(), random_tokens(context));
+  auto t0 = Clock::now();
+  engine.append(feed);
+  DecodeResult r;
+  r.prefill_tokens_per_s = double(batch * context) / seconds_since(t0);
+
+  std::vector<double> seconds;
+  for (int i = 0; i < steps; ++i) {
+    for (auto& [seq, ids] : feed) ids = random_tokens(1);
+    t0 = Clock::now();
+    engine.append(feed);
+    seconds.push_back(seconds_since(t0));
+  }
+  r.step_ms = median(seconds) * 1e3;
+  r.tokens_per_s = double(batch) / median(seconds);
+
+  // Weights: everything but the routed experts, plus the experts some sequence picks, and of an untied embedding
+  // only the rows looked up; the cache at its mid-run length.
+  const ParamCount count = count_params(config);
+  double weights = double(count.total);
+  if (!config.tie_word_embeddings)
+    weights -= double((config.vocab_size - std::min(batch, config.vocab_size)) * config.hidden_size);
+  if (config.n_routed_experts > 0) {
+    const double n = double(config.n_routed_experts), k = double(config.num_experts_per_tok);
+    const double expert = 3.0 * double(config.hidden_size * config.moe_intermediate_size);
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l) moe_layers += config.is_moe_layer(l);
+    const double unread = n * std::pow(1.0 - k / n, double(batch));
+    weights -= double(moe_layers) * unread * expert;
+  }
+  const double cached = double(batch) * (double(context) + 0.5 * double(steps));
+  r.bytes_per_step = 4.0 * weights + cached * double(engine.cache_bytes_per_token());
+  r.gb_per_s = r.bytes_per_step / median(seconds) * 1e-9;
   return r;
 }
 

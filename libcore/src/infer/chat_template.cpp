@@ -13,8 +13,11 @@ constexpr std::string_view kR1ZeroPreamble =
     "written inside <think> </think> tags and the answer inside <answer> </answer> tags, like this: "
     "<think> reasoning here </think> <answer> answer here </answer>.";
 
-constexpr std::array<std::pair<std::string_view, ChatFormat>, 3> kFormats = {
-    {{"r1", ChatFormat::r1}, {"r1-zero", ChatFormat::r1_zero}, {"none", ChatFormat::none}}};
+constexpr std::array<std::pair<std::string_view, ChatFormat>, 4> kFormats = {{{"r1", ChatFormat::r1},
+                                                                               {"r1-zero", ChatFormat::r1_zero},
+                                                                               {"plain", ChatFormat::plain},
+                                                                               {"none", ChatFormat::none}}};
+constexpr std::string_view kR1Opening = "<think>\n";
 
 // The text after the last </think>: what R1 keeps of an earlier assistant turn.
 std::string_view without_reasoning(std::string_view content) {
@@ -28,7 +31,7 @@ std::string_view without_reasoning(std::string_view content) {
 ChatFormat parse_chat_format(std::string_view name) {
   for (const auto& [known, format] : kFormats)
     if (name == known) return format;
-  fail("unknown chat format '{}' (formats: r1, r1-zero, none)", name);
+  fail("unknown chat format '{}' (formats: r1, r1-zero, plain, none)", name);
 }
 
 ChatTemplate::ChatTemplate(const Tokenizer& tokenizer, ChatFormat format) : tokenizer_(tokenizer), format_(format) {}
@@ -63,6 +66,11 @@ void ChatTemplate::pieces(std::span<const ChatMessage> messages, bool add_genera
         emit(m.content, false);
         if (user) emit(". Assistant:", false);
         break;
+      case ChatFormat::plain:
+        emit(user ? (i == 0 && !has_system ? "User: " : " User: ") : " ", false);
+        emit(m.content, false);
+        if (user) emit(" Assistant:", false);
+        break;
       case ChatFormat::none:
         emit(m.content, false);
         break;
@@ -71,8 +79,15 @@ void ChatTemplate::pieces(std::span<const ChatMessage> messages, bool add_genera
   }
   if (add_generation_prompt && format_ == ChatFormat::r1) {
     emit("<｜Assistant｜>", true);
-    emit("<think>\n", true);
+    emit(kR1Opening, true);
   }
+}
+
+std::string_view ChatTemplate::opened_reply() const { return format_ == ChatFormat::r1 ? kR1Opening : ""; }
+
+std::vector<uint32_t> ChatTemplate::encode_prompt(std::string_view prompt) const {
+  const ChatMessage user{"user", std::string(prompt)};
+  return encode(std::span(&user, 1), true);
 }
 
 std::string ChatTemplate::render(std::span<const ChatMessage> messages, bool add_generation_prompt) const {

@@ -157,8 +157,11 @@ struct Engine::Impl {
           float mx = -INFINITY;
           for (int64_t j = 0; j < n; ++j) {
             const float* kj = cache + j * width;
+            // simd: lets the sum reassociate into vector lanes; a serial chain of adds would bound decode.
             float s = 0;
+#pragma omp simd reduction(+ : s)
             for (int64_t e = 0; e < r; ++e) s += qn[e] * kj[e];
+#pragma omp simd reduction(+ : s)
             for (int64_t e = 0; e < dr; ++e) s += qp[e] * kj[r + e];
             p[size_t(j)] = s * scale;
             mx = std::max(mx, p[size_t(j)]);

@@ -1,31 +1,15 @@
 #include "ds/eval.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numbers>
 #include <unordered_map>
 
-#include "ds/arith.h"
 #include "ds/error.h"
 #include "ds/verify.h"
 
 namespace ds::eval {
-
-PromptTemplate parse_template(std::string_view name) {
-  if (name == "plain") return PromptTemplate::plain;
-  if (name == "none") return PromptTemplate::none;
-  fail("unknown prompt template '{}' (templates: plain, none)", name);
-}
-
-std::vector<uint32_t> prompt_tokens(const Tokenizer& tokenizer, std::string_view prompt, PromptTemplate tmpl) {
-  arith::Problem problem;
-  problem.prompt = prompt;
-  const std::string text = tmpl == PromptTemplate::plain ? arith::prompt_text(problem) : problem.prompt;
-  std::vector<uint32_t> ids = {tokenizer.bos_id()};
-  const std::vector<uint32_t> body = tokenizer.encode(text, false);
-  ids.insert(ids.end(), body.begin(), body.end());
-  return ids;
-}
 
 SampleScore score_sample(std::string_view completion, std::string_view reference, int64_t tokens) {
   SampleScore s;
@@ -98,6 +82,46 @@ TextScore& TextScore::operator+=(const TextScore& other) {
 
 double TextScore::perplexity() const { return std::exp(nll / double(tokens)); }
 double TextScore::bits_per_byte() const { return nll / std::numbers::ln2 / double(bytes); }
+
+TaskRun run_tasks(const Model<float>& model, const Tokenizer& tokenizer, std::span<const Task> tasks,
+                  const TaskRunOptions& o, const std::string& source, const TaskProgress& progress) {
+  if (o.k <= 0 || o.batch <= 0) fail("k and the batch must be positive");
+  const ChatTemplate chat(tokenizer, o.format);
+  const int64_t context = model.config().max_position_embeddings;
+  std::vector<std::vector<uint32_t>> prompts;
+  for (const Task& task : tasks) {
+    prompts.push_back(chat.encode_prompt(task.prompt));
+    if (int64_t(prompts.back().size()) >= context)
+      fail("{}: task '{}': the prompt is {} tokens, which leaves no room in the model's context of {}", source,
+           task.id, prompts.back().size(), context);
+  }
+
+  TaskRun run;
+  const size_t k = size_t(o.k), total = tasks.size() * k;
+  Engine engine(model, tokenizer);
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t first = 0; first < total; first += size_t(o.batch)) {
+    const size_t end = std::min(total, first + size_t(o.batch));
+    std::vector<std::vector<uint32_t>> batch;
+    for (size_t f = first; f < end; ++f) batch.push_back(prompts[f / k]);
+    std::vector<Completion> done = engine.generate(batch, o.sampling, o.seed + first);
+    for (size_t i = 0; i < done.size(); ++i) {
+      const size_t f = first + i;
+      TaskSample sample{f / k, int64_t(f % k), std::move(done[i]), {}};
+      const std::string graded = std::string(chat.opened_reply()) + sample.completion.text;
+      sample.score = score_sample(graded, tasks[f / k].answer, int64_t(sample.completion.tokens.size()));
+      run.generated_tokens += sample.score.tokens;
+      run.samples.push_back(std::move(sample));
+    }
+    run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (progress) progress(end, total, double(run.generated_tokens) / std::max(run.seconds, 1e-9));
+  }
+
+  std::vector<std::vector<SampleScore>> per_task(tasks.size());
+  for (const TaskSample& sample : run.samples) per_task[sample.task].push_back(sample.score);
+  run.summary = summarize(per_task, o.k);
+  return run;
+}
 
 TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::span<const uint32_t> ids, int64_t window,
                        int64_t batch) {

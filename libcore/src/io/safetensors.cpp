@@ -110,9 +110,12 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
 }
 
 struct Mapping {
+  Mapping(void* addr, size_t size) : addr(addr), size(size) {}
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { ::munmap(addr, size); }
   void* addr;
   size_t size;
-  ~Mapping() { ::munmap(addr, size); }
 };
 
 // Maps a whole regular file read-only.

@@ -80,6 +80,16 @@ ModelConfig preset(const std::string& name) {
     c.n_routed_experts = 8, c.num_experts_per_tok = 2, c.n_group = 2, c.topk_group = 1;
     c.q_lora_rank = 96, c.kv_lora_rank = 64, c.qk_nope_head_dim = 32, c.qk_rope_head_dim = 16, c.v_head_dim = 32;
     c.max_position_embeddings = 512;
+  } else if (name == "tiny-dense" || name == "demo-dense") {  // distillation students: dense, no MTP
+    c.n_routed_experts = 0, c.n_shared_experts = 0, c.num_nextn_predict_layers = 0;
+    c.vocab_size = 320, c.max_position_embeddings = name == "tiny-dense" ? 256 : 512;
+    if (name == "tiny-dense") {
+      c.hidden_size = 32, c.intermediate_size = 64, c.num_hidden_layers = 2, c.num_attention_heads = 2;
+      c.q_lora_rank = 0, c.kv_lora_rank = 16, c.qk_nope_head_dim = 8, c.qk_rope_head_dim = 4, c.v_head_dim = 8;
+    } else {  // about a quarter of demo's activated parameters
+      c.hidden_size = 128, c.intermediate_size = 160, c.num_hidden_layers = 3, c.num_attention_heads = 4;
+      c.q_lora_rank = 0, c.kv_lora_rank = 32, c.qk_nope_head_dim = 16, c.qk_rope_head_dim = 8, c.v_head_dim = 16;
+    }
   } else if (name == "small") {  // GPU scale: about 0.6B total, 0.2B active
     c.vocab_size = 32768, c.hidden_size = 1024, c.intermediate_size = 2816, c.moe_intermediate_size = 512;
     c.num_hidden_layers = 12, c.first_k_dense_replace = 1, c.num_attention_heads = 16;
@@ -87,7 +97,8 @@ ModelConfig preset(const std::string& name) {
     c.q_lora_rank = 384, c.kv_lora_rank = 256, c.qk_nope_head_dim = 64, c.qk_rope_head_dim = 32, c.v_head_dim = 64;
     c.max_position_embeddings = 4096;
   } else {
-    fail("unknown model config '{}' (presets: tiny, demo, small; or a config.json path)", name);
+    fail("unknown model config '{}' (presets: tiny, demo, small, tiny-dense, demo-dense; or a config.json path)",
+         name);
   }
   return c;
 }
@@ -161,7 +172,9 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
   c.n_group = 1, c.topk_group = 1, c.norm_topk_prob = false;
   bool has_scoring = false;
   try {
-    for (const auto& [key, value] : j.items()) {
+    for (const auto& item : j.items()) {
+      const std::string& key = item.key();
+      const nlohmann::json& value = item.value();
       auto i64 = [&] { return value.is_null() ? int64_t(0) : value.get<int64_t>(); };
       if (key == "vocab_size") c.vocab_size = i64();
       else if (key == "hidden_size") c.hidden_size = i64();
@@ -285,17 +298,22 @@ ModelConfig load_config(const std::string& path) {
 }
 
 const char* const* preset_names() {
-  static const char* const names[] = {"tiny", "demo", "small", nullptr};
+  static const char* const names[] = {"tiny", "demo", "small", "tiny-dense", "demo-dense", nullptr};
   return names;
 }
 
-ModelConfig resolve_model_config(const std::string& name_or_path) {
+bool is_preset(const std::string& name) {
   for (auto* n = preset_names(); *n; ++n)
-    if (name_or_path == *n) {
-      ModelConfig c = preset(name_or_path);
-      c.validate(name_or_path);
-      return c;
-    }
+    if (name == *n) return true;
+  return false;
+}
+
+ModelConfig resolve_model_config(const std::string& name_or_path) {
+  if (is_preset(name_or_path)) {
+    ModelConfig c = preset(name_or_path);
+    c.validate(name_or_path);
+    return c;
+  }
   if (name_or_path.find('/') == std::string::npos && name_or_path.find(".json") == std::string::npos)
     preset(name_or_path);  // unknown preset name: throws with the list of names
   return load_config(name_or_path);

@@ -57,7 +57,7 @@ void Mla<T>::forward(T* y, const T* x, int64_t B_, int64_t Tn_, const int32_t* p
       std::copy(src + dn, src + dn + dv, &v[size_t((n * H + h) * dv)]);
     }
   p.resize(size_t(B * H * Tn * Tn)), o.resize(size_t(N * H * dv));
-  ops::attention(o.data(), p.data(), q.data(), k.data(), v.data(), B, Tn, H, dq, dv, c.softmax_scale());
+  ops::attention(o.data(), p.data(), q.data(), k.data(), v.data(), B, Tn, H, dq, dv, c.softmax_scale(), pos);
   o_proj.forward(y, o.data(), N);
 }
 

@@ -83,6 +83,19 @@ struct Model<T>::Impl {
       for (int64_t i = 0; i < d; ++i) g[i] += dout[n * d + i];
     }
   }
+  // From the main head's logits down to the embeddings; dh holds what the MTP modules passed to the last hidden state.
+  void backward_main(const T* dlogits, std::vector<T> dh) {
+    const int64_t d = config.hidden_size, V = config.vocab_size;
+    std::vector<T> dx(size_t(N * d), T(0));
+    ops::linear_backward(dx.data(), store.g(head), dlogits, xf.data(), store.w(head), N, V, d);
+    final_norm.backward(dh.data(), dx.data());
+    for (size_t l = blocks.size(); l-- > 0;) {
+      std::fill(dx.begin(), dx.end(), T(0));
+      blocks[l].backward(dx.data(), dh.data());
+      dh.swap(dx);
+    }
+    embed_backward(dh.data(), inputs.data());
+  }
 };
 
 template <typename T>
@@ -122,6 +135,10 @@ template <typename T>
 void Model<T>::set_fp8(bool on) {
   if (on && !std::is_same_v<T, float>) fail("FP8 emulation runs in float models only");
   impl_->store.fp8 = on;
+}
+template <typename T>
+void Model<T>::set_expert_parallel(dist::Comm* comm) {
+  impl_->store.ep = comm;
 }
 
 template <typename T>
@@ -195,7 +212,7 @@ std::vector<std::pair<std::string, Tensor>> Model<T>::export_tensors() const {
 
 template <typename T>
 ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                               const LossOptions& options, const T* target_weights) {
+                               const LossOptions& options, const T* target_weights, const int32_t* positions) {
   Impl& m = *impl_;
   const ModelConfig& c = m.config;
   const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
@@ -207,7 +224,13 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
   for (int64_t n = 0; n < N; ++n)
     if (inputs[n] < 0 || inputs[n] >= V) fail("token id {} is outside the vocabulary of {}", inputs[n], V);
   m.pos.resize(size_t(N));
-  for (int64_t n = 0; n < N; ++n) m.pos[size_t(n)] = int32_t(n % Tn);
+  for (int64_t n = 0; n < N; ++n) {
+    const int32_t p = positions ? positions[n] : int32_t(n % Tn);
+    if (p != 0 && (n % Tn == 0 || p != m.pos[size_t(n - 1)] + 1))
+      fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
+           "or the previous one + 1", p, n % Tn, n / Tn);
+    m.pos[size_t(n)] = p;
+  }
 
   m.hidden.resize(size_t(L + 1));
   for (auto& h : m.hidden) h.resize(size_t(N * d));
@@ -254,7 +277,9 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
         const int64_t n = b * Tn + i, j = i + shift;
         if (j < Tn) {
           mt.tokens[size_t(n)] = inputs[b * Tn + j];
-          mt.targets[size_t(n)] = targets[b * Tn + j];
+          bool same_document = true;
+          for (int64_t s = i + 1; s <= j; ++s) same_document = same_document && m.pos[size_t(b * Tn + s)] != 0;
+          if (same_document) mt.targets[size_t(n)] = targets[b * Tn + j];
         } else if (j == Tn) {
           mt.tokens[size_t(n)] = std::max(targets[b * Tn + Tn - 1], 0);
         }
@@ -291,8 +316,8 @@ void Model<T>::backward() {
   Impl& m = *impl_;
   if (!m.with_loss) fail("backward() needs a forward with targets");
   const ModelConfig& c = m.config;
-  const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers, N = m.N;
-  std::vector<T> dlogits(size_t(N * V)), dx(size_t(N * d)), dh(size_t(N * d), T(0));
+  const int64_t d = c.hidden_size, V = c.vocab_size, N = m.N;
+  std::vector<T> dlogits(size_t(N * V)), dx(size_t(N * d));
 
   // MTP modules, last first: each passes a gradient to the hidden state it read.
   std::vector<T> dprev(size_t(N * d), T(0));
@@ -322,16 +347,14 @@ void Model<T>::backward() {
                                 1.0 / double(std::max<int64_t>(m.count, 1)));
   else
     ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V, 1.0, m.weights.data());
-  std::fill(dx.begin(), dx.end(), T(0));
-  ops::linear_backward(dx.data(), m.store.g(m.head), dlogits.data(), m.xf.data(), m.store.w(m.head), N, V, d);
-  dh = dprev;
-  m.final_norm.backward(dh.data(), dx.data());
-  for (int64_t l = L; l-- > 0;) {
-    std::vector<T> dh_in(size_t(N * d), T(0));
-    m.blocks[size_t(l)].backward(dh_in.data(), dh.data());
-    dh.swap(dh_in);
-  }
-  m.embed_backward(dh.data(), m.inputs.data());
+  m.backward_main(dlogits.data(), std::move(dprev));
+}
+
+template <typename T>
+void Model<T>::backward(const T* dlogits) {
+  Impl& m = *impl_;
+  if (m.with_loss || m.logits.empty()) fail("backward(dlogits) needs a forward without targets");
+  m.backward_main(dlogits, std::vector<T>(size_t(m.N * m.config.hidden_size), T(0)));
 }
 
 template <typename T>

@@ -90,7 +90,11 @@ struct Moe {
   std::vector<T> logits, scores, weights;     // [N, E], [N, E], [N, K]
   std::vector<int32_t> chosen;                // [N, K]
   std::vector<std::vector<int32_t>> rows_of;  // per expert: indices n*K+k routed to it
-  std::vector<std::vector<T>> xe, ye;         // per expert: gathered inputs and outputs
+  // Routed rows travel in dispatch order (expert by expert, rows_of order within one) to the experts' owners: this
+  // rank alone, or under expert parallelism (store->ep) the rank holding each expert.
+  std::vector<int64_t> recv_rows;             // [ranks * local experts]: rows each rank sent to each local expert
+  std::vector<std::vector<T>> xe, ye;         // per local expert: its input rows from every rank, and its outputs
+  std::vector<T> routed_y;                    // [N*K, d] expert outputs back in dispatch order
   std::vector<T> balance_f;                   // [B, E] f_i per sequence (constant in the gradient)
   std::vector<int64_t> load;                  // [E]
 
@@ -99,6 +103,14 @@ struct Moe {
   // Returns the balance loss (alpha-weighted, averaged over sequences); 0 when alpha is 0.
   double forward(T* y, const T* x, int64_t B, int64_t Tn, double balance_alpha);
   void backward(T* dx, const T* dy);
+
+ private:
+  int ranks() const;
+  int64_t first_local_expert() const;
+  void exchange_counts(std::vector<int64_t>& sent, std::vector<int64_t>& received) const;
+  // Rows in dispatch order [N*K, d] to per-local-expert rows (dispatch), and back (combine).
+  void dispatch(const std::vector<T>& rows, std::vector<std::vector<T>>& per_expert);
+  void combine(const std::vector<std::vector<T>>& per_expert, std::vector<T>& rows);
 };
 
 // A decoder block: h + Attn(norm(h)), then + FFN(norm(.)), FFN dense or MoE.

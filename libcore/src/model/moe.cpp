@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "ds/comm.h"
 #include "modules.h"
 #include "routing.h"
 
@@ -98,22 +99,34 @@ double Moe<T>::forward(T* y, const T* x_, int64_t B_, int64_t Tn_, double balanc
     shared.forward(y, x, N);
   else
     std::fill(y, y + N * d, T(0));
-  xe.resize(size_t(E)), ye.resize(size_t(E));
-  for (int64_t e = 0; e < E; ++e) {
-    const auto& rows = rows_of[size_t(e)];
-    if (rows.empty()) continue;
-    const int64_t ne = int64_t(rows.size());
-    xe[size_t(e)].resize(size_t(ne * d)), ye[size_t(e)].resize(size_t(ne * d));
-    for (int64_t r = 0; r < ne; ++r)
-      std::copy_n(x + (rows[size_t(r)] / K) * d, d, &xe[size_t(e)][size_t(r * d)]);
-    experts[size_t(e)].forward(ye[size_t(e)].data(), xe[size_t(e)].data(), ne);
-    for (int64_t r = 0; r < ne; ++r) {
-      const T w = weights[size_t(rows[size_t(r)])];
-      T* yr = y + (rows[size_t(r)] / K) * d;
-      const T* src = &ye[size_t(e)][size_t(r * d)];
-      for (int64_t i = 0; i < d; ++i) yr[i] += w * src[i];
-    }
+  std::vector<T> rows(size_t(N * K * d));
+  int64_t at = 0;
+  for (const auto& expert_rows : rows_of)
+    for (int32_t i : expert_rows) std::copy_n(x + (i / K) * d, d, &rows[size_t(at++ * d)]);
+  const int R = ranks();
+  const int64_t local = E / R, first = first_local_expert();
+  recv_rows = load;
+  if (R > 1) {  // how many rows each rank sends to each of this rank's experts
+    recv_rows.resize(size_t(R * local));
+    store->ep->all_to_all_v(load.data(), std::vector<int64_t>(size_t(R), local), recv_rows.data(),
+                            std::vector<int64_t>(size_t(R), local));
   }
+  dispatch(rows, xe);
+  ye.resize(size_t(local));
+  for (int64_t e = 0; e < local; ++e) {
+    const int64_t ne = int64_t(xe[size_t(e)].size()) / d;
+    ye[size_t(e)].assign(size_t(ne * d), T(0));
+    if (ne > 0) experts[size_t(first + e)].forward(ye[size_t(e)].data(), xe[size_t(e)].data(), ne);
+  }
+  combine(ye, routed_y);
+  at = 0;
+  for (const auto& expert_rows : rows_of)
+    for (int32_t i : expert_rows) {
+      const T w = weights[size_t(i)];
+      T* yr = y + (i / K) * d;
+      const T* src = &routed_y[size_t(at++ * d)];
+      for (int64_t j = 0; j < d; ++j) yr[j] += w * src[j];
+    }
 
   if (balance_alpha == 0) return 0;
   // L = alpha * sum_i f_i P_i per sequence, f_i = E/(K T) * (tokens choosing i), P_i = mean_t s_i / sum_j s_j.
@@ -140,29 +153,35 @@ void Moe<T>::backward(T* dx, const T* dy) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size;
   if (has_shared) shared.backward(dx, dy);
 
-  std::vector<T> dweights(size_t(N * K), T(0));
-  for (int64_t e = 0; e < E; ++e) {
-    const auto& rows = rows_of[size_t(e)];
-    if (rows.empty()) continue;
-    const int64_t ne = int64_t(rows.size());
-    std::vector<T> dye(static_cast<size_t>(ne * d)), dxe(size_t(ne * d), T(0));
-    for (int64_t r = 0; r < ne; ++r) {
-      const int64_t i = rows[size_t(r)];
+  std::vector<T> dweights(size_t(N * K), T(0)), drows(size_t(N * K * d));
+  int64_t at = 0;
+  for (const auto& expert_rows : rows_of)
+    for (int32_t i : expert_rows) {
       const T* g = dy + (i / K) * d;
-      const T* out = &ye[size_t(e)][size_t(r * d)];
+      const T* out = &routed_y[size_t(at * d)];
+      T* dr = &drows[size_t(at++ * d)];
       T dot = 0;
       for (int64_t j = 0; j < d; ++j) {
-        dye[size_t(r * d + j)] = weights[size_t(i)] * g[j];
+        dr[j] = weights[size_t(i)] * g[j];
         dot += g[j] * out[j];
       }
       dweights[size_t(i)] = dot;
     }
-    experts[size_t(e)].backward(dxe.data(), dye.data());
-    for (int64_t r = 0; r < ne; ++r) {
-      T* dst = dx + (rows[size_t(r)] / K) * d;
-      for (int64_t j = 0; j < d; ++j) dst[j] += dxe[size_t(r * d + j)];
-    }
+  std::vector<std::vector<T>> dye, dxe(ye.size());
+  dispatch(drows, dye);
+  const int64_t first = first_local_expert();
+  for (size_t e = 0; e < ye.size(); ++e) {
+    dxe[e].assign(dye[e].size(), T(0));
+    if (!dye[e].empty()) experts[size_t(first) + e].backward(dxe[e].data(), dye[e].data());
   }
+  combine(dxe, drows);
+  at = 0;
+  for (const auto& expert_rows : rows_of)
+    for (int32_t i : expert_rows) {
+      T* dst = dx + (i / K) * d;
+      const T* src = &drows[size_t(at++ * d)];
+      for (int64_t j = 0; j < d; ++j) dst[j] += src[j];
+    }
 
   // Back through w = scale * s / (sum of chosen s) to the scores, then through the score function to the logits.
   std::vector<T> dscores(size_t(N * E), T(0));
@@ -202,6 +221,75 @@ void Moe<T>::backward(T* dx, const T* dy) {
     }
   }
   gate.backward(dx, dscores.data());
+}
+
+template <typename T>
+int Moe<T>::ranks() const {
+  return store->ep ? store->ep->size() : 1;
+}
+
+template <typename T>
+int64_t Moe<T>::first_local_expert() const {
+  return store->ep ? store->ep->rank() * (config->n_routed_experts / ranks()) : 0;
+}
+
+// Values of the routed rows this rank sends to each rank (the experts' owners), and receives from each.
+template <typename T>
+void Moe<T>::exchange_counts(std::vector<int64_t>& sent, std::vector<int64_t>& received) const {
+  const int R = ranks();
+  const int64_t d = config->hidden_size, E = config->n_routed_experts, local = E / R;
+  sent.assign(size_t(R), 0), received.assign(size_t(R), 0);
+  for (int64_t e = 0; e < E; ++e) sent[size_t(e / local)] += load[size_t(e)] * d;
+  for (int q = 0; q < R; ++q)
+    for (int64_t e = 0; e < local; ++e) received[size_t(q)] += recv_rows[size_t(q * local + e)] * d;
+}
+
+// Received rows come rank by rank, each rank's expert by expert; an expert runs once over the rows of all ranks.
+template <typename T>
+void Moe<T>::dispatch(const std::vector<T>& rows, std::vector<std::vector<T>>& per_expert) {
+  const int R = ranks();
+  const int64_t d = config->hidden_size, local = config->n_routed_experts / R;
+  const std::vector<T>* received = &rows;
+  std::vector<T> buffer;
+  if (R > 1) {
+    std::vector<int64_t> send, recv;
+    exchange_counts(send, recv);
+    buffer.resize(size_t(std::accumulate(recv.begin(), recv.end(), int64_t(0))));
+    store->ep->all_to_all_v(rows.data(), send, buffer.data(), recv);
+    received = &buffer;
+  }
+  per_expert.assign(size_t(local), {});
+  size_t at = 0;
+  for (int q = 0; q < R; ++q)
+    for (int64_t e = 0; e < local; ++e) {
+      const size_t n = size_t(recv_rows[size_t(q * local + e)] * d);
+      per_expert[size_t(e)].insert(per_expert[size_t(e)].end(), received->begin() + long(at),
+                                   received->begin() + long(at + n));
+      at += n;
+    }
+}
+
+template <typename T>
+void Moe<T>::combine(const std::vector<std::vector<T>>& per_expert, std::vector<T>& rows) {
+  const int R = ranks();
+  const int64_t d = config->hidden_size, local = config->n_routed_experts / R;
+  std::vector<T> back;  // in the layout dispatch received
+  std::vector<size_t> taken(size_t(local), 0);
+  for (int q = 0; q < R; ++q)
+    for (int64_t e = 0; e < local; ++e) {
+      const size_t n = size_t(recv_rows[size_t(q * local + e)] * d);
+      const auto& src = per_expert[size_t(e)];
+      back.insert(back.end(), src.begin() + long(taken[size_t(e)]), src.begin() + long(taken[size_t(e)] + n));
+      taken[size_t(e)] += n;
+    }
+  if (R == 1) {
+    rows = std::move(back);
+    return;
+  }
+  std::vector<int64_t> send, recv;
+  exchange_counts(send, recv);
+  rows.resize(size_t(std::accumulate(send.begin(), send.end(), int64_t(0))));
+  store->ep->all_to_all_v(back.data(), recv, rows.data(), send);
 }
 
 template struct Moe<float>;

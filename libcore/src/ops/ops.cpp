@@ -141,8 +141,14 @@ void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride
 // thread (OpenBLAS built for OpenMP), so the small per-head GEMMs do not fight over cores.
 template <typename T>
 void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
-               int64_t dv, double scale) {
+               int64_t dv, double scale, const int32_t* pos) {
   const int64_t qs = H * dk, vs = H * dv;
+  // first[b*Tn + i]: the first key query i may see, the start of its document.
+  std::vector<int64_t> first(static_cast<size_t>(B * Tn), 0);
+  if (pos)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 1; i < Tn; ++i)
+        first[size_t(b * Tn + i)] = pos[b * Tn + i] == 0 ? i : first[size_t(b * Tn + i - 1)];
 #pragma omp parallel for schedule(static) collapse(2)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
@@ -152,11 +158,13 @@ void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_
       gemm<T>(false, true, Tn, Tn, dk, T(scale), qb, qs, kb, qs, T(0), pb, Tn);
       for (int64_t i = 0; i < Tn; ++i) {
         T* pi = pb + i * Tn;
-        const T mx = *std::max_element(pi, pi + i + 1);
+        const int64_t j0 = first[size_t(b * Tn + i)];
+        const T mx = *std::max_element(pi + j0, pi + i + 1);
         T sum = 0;
-        for (int64_t j = 0; j <= i; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
+        for (int64_t j = j0; j <= i; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
         const T inv = T(1) / sum;
-        for (int64_t j = 0; j <= i; ++j) pi[j] *= inv;
+        for (int64_t j = j0; j <= i; ++j) pi[j] *= inv;
+        std::fill(pi, pi + j0, T(0));
         std::fill(pi + i + 1, pi + Tn, T(0));
       }
       gemm<T>(false, false, Tn, dv, Tn, T(1), pb, Tn, v + b * Tn * vs + h * dv, vs, T(0), o + b * Tn * vs + h * dv,
@@ -262,7 +270,7 @@ void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, 
   template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);   \
   template void rope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, const RopeTable&, bool);         \
   template void attention<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,  \
-                             double);                                                                            \
+                             double, const int32_t*);                                                            \
   template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,     \
                                       int64_t, int64_t, int64_t, int64_t, double);                               \
   template void swiglu<T>(T*, const T*, const T*, int64_t);                                                      \

@@ -18,7 +18,6 @@
 #include "ds/checkpoint.h"
 #include "ds/engine.h"
 #include "ds/error.h"
-#include "ds/eval.h"
 #include "ds/fsutil.h"
 #include "ds/jsonl.h"
 #include "ds/ops.h"
@@ -66,31 +65,6 @@ class TaskStream {
   std::vector<size_t> order_;
 };
 
-// How a task prompt becomes tokens: a chat format (ds/chat.h) or "plain", the "User: ... Assistant:" frame of the
-// builtin:arith corpus (eval::PromptTemplate::plain), which a base pretrained on it continues with " <think>".
-class PromptFormat {
- public:
-  PromptFormat(const Tokenizer& tokenizer, const std::string& name) : tokenizer_(tokenizer), plain_(name == "plain") {
-    if (!plain_ && name != "r1" && name != "r1-zero" && name != "none")
-      fail("--template: '{}' is not one of r1, r1-zero, none, plain", name);
-    if (!plain_) chat_.emplace(tokenizer, parse_chat_format(name));
-    // R1's generation prompt opens the think block, so the completion is checked as "<think>\n" + completion.
-    if (name == "r1") opened_ = "<think>\n";
-  }
-  std::vector<uint32_t> encode(const std::string& prompt) const {
-    if (plain_) return eval::prompt_tokens(tokenizer_, prompt, eval::PromptTemplate::plain);
-    const ChatMessage user{"user", prompt};
-    return chat_->encode(std::span(&user, 1), true);
-  }
-  const std::string& opened() const { return opened_; }
-
- private:
-  const Tokenizer& tokenizer_;
-  bool plain_;
-  std::optional<ChatTemplate> chat_;
-  std::string opened_;
-};
-
 struct Rollout {
   const Task* task = nullptr;
   std::vector<uint32_t> prompt;
@@ -101,9 +75,9 @@ struct Rollout {
 };
 
 // The verifiers' weighted sum, or the reward command's replies (its "correct" when it gives one).
-void score(std::vector<Rollout>& rollouts, RewardCommand* command, double format_weight, const PromptFormat& format) {
+void score(std::vector<Rollout>& rollouts, RewardCommand* command, double format_weight, const ChatTemplate& chat) {
   for (Rollout& r : rollouts) {
-    r.verified = verify::reward(format.opened() + r.completion.text, r.task->answer);
+    r.verified = verify::reward(std::string(chat.opened_reply()) + r.completion.text, r.task->answer);
     r.correct = r.verified.accuracy > 0;
   }
   if (!command) {
@@ -185,7 +159,16 @@ struct Sampled {
   std::vector<Rollout> batch;  // the groups trained on
   double reward = 0, reward_sq = 0, accuracy = 0, format = 0;
   int64_t completions = 0, tokens = 0, max_tokens = 0, groups = 0, zero_variance_groups = 0;
+  int64_t trained = 0;  // completions trained on by all ranks (batch holds this rank's)
 };
+
+// The shape of ForwardStats::expert_load (one row per MoE layer, MTP included), all zero.
+std::vector<std::vector<int64_t>> no_load(const ModelConfig& c) {
+  std::vector<std::vector<int64_t>> loads;
+  for (int64_t l = 0; l < c.num_hidden_layers + c.num_nextn_predict_layers; ++l)
+    if (c.is_moe_layer(l)) loads.emplace_back(size_t(c.n_routed_experts), 0);
+  return loads;
+}
 
 class Trainer {
  public:
@@ -207,16 +190,19 @@ class Trainer {
   std::optional<LoadedModel> policy_;
   std::optional<Model<float>> reference_;  // frozen base, only when the KL term is on
   std::optional<TaskStream> tasks_;
-  std::optional<PromptFormat> frame_;
+  std::optional<ChatTemplate> chat_;
   std::unique_ptr<RewardCommand> command_;
   std::optional<AdamW> optimizer_;
   std::optional<Engine> engine_;  // reads the weights in place, so it samples from the policy as it is updated
+  dist::Comm* comm_ = nullptr;    // data parallel when set (more than one rank)
+  int rank_ = 0, ranks_ = 1;
   LossOptions no_aux_;            // RL trains the next-token policy only
 };
 
 Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), events_(events), run_(o.run_dir) {
   namespace fs = std::filesystem;
   validate(o);
+  if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
   if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
   if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
@@ -251,23 +237,18 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), e
   if (o.loss.beta > 0) reference_.emplace(std::move(load_model_dir(base_).model));
   tasks_.emplace(load_tasks(o.tasks), o.seed);
   if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
-  frame_.emplace(policy_->tokenizer, o.prompt_template);
+  chat_.emplace(policy_->tokenizer, parse_chat_format(o.prompt_template));
   if (!o.reward_cmd.empty()) command_ = std::make_unique<RewardCommand>(o.reward_cmd, o.reward_timeout);
-  run_.prepare();
+  if (rank_ == 0) run_.prepare();
 
   Model<float>& model = policy_->model;
-  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw);
+  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, comm_);
   if (o.resume) {
-    safetensors::File opt(*latest + "/optimizer.safetensors");
-    for (auto [name, target] : {std::pair{"exp_avg", &optimizer_->m()}, std::pair{"exp_avg_sq", &optimizer_->v()}}) {
-      const Tensor t = opt.get(name);
-      if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
-        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest, name);
-      std::copy_n(t.data<float>(), target->size(), target->data());
-    }
+    const auto [m, v] = read_optimizer_state(*latest, model.params().size());
+    optimizer_->load_state(m, v);
     optimizer_->set_steps(optimizer_steps);
-    if (events.info) events.info(fmt::format("resumed {} at step {}", *latest, step_));
-  } else if (events.info) {
+    if (events.info && rank_ == 0) events.info(fmt::format("resumed {} at step {}", *latest, step_));
+  } else if (events.info && rank_ == 0) {
     events.info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
                             o.prompts_per_step, o.group_size, o.tasks, tasks_->size(),
                             command_ ? fmt::format("command '{}'", o.reward_cmd)
@@ -279,7 +260,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), e
 
 void Trainer::run(const std::atomic<bool>& stop) {
   if (step_ >= o_.steps) {
-    if (events_.info) events_.info(fmt::format("the run is already at step {} of {}", step_, o_.steps));
+    if (events_.info && rank_ == 0) events_.info(fmt::format("the run is already at step {} of {}", step_, o_.steps));
     return;
   }
   ScheduleOptions schedule = o_.schedule;
@@ -298,11 +279,13 @@ void Trainer::run(const std::atomic<bool>& stop) {
     r.rollout_tokens_per_s = double(s.tokens) / seconds_since(rollout_start);
 
     r.lr = learning_rate(schedule, step_);
-    r.skipped = s.batch.empty();
-    if (!s.batch.empty()) update(s.batch, r);
+    r.skipped = s.trained == 0;
+    if (!r.skipped) update(s.batch, r);
     ++step_;
     r.step = step_, r.bad_steps = bad_total_, r.elapsed_s = seconds_since(start);
-    const bool last = step_ == o_.steps || stop || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
+    double stopping = stop ? 1 : 0;  // any rank asked to stop: all stop at this step
+    if (comm_) comm_->all_reduce(&stopping, 1);
+    const bool last = step_ == o_.steps || stopping > 0 || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
     if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last) log(r);
     if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
     if (last) break;
@@ -315,25 +298,36 @@ Sampled Trainer::sample() {
   const size_t G = size_t(o_.group_size);
   const int64_t context = policy_->config.max_position_embeddings;
   Sampled s;
+  // This rank's share of the prompts; each round the ranks take consecutive runs of the task stream, in rank order.
+  const int64_t share = dist::split_evenly(o_.prompts_per_step, ranks_)[size_t(rank_)];
   for (int64_t round = 0; round < (o_.dynamic_sampling ? o_.max_sampling_rounds : 1); ++round) {
-    const size_t want = size_t(o_.prompts_per_step) - s.batch.size() / G;
-    if (want == 0) break;
+    const size_t want = size_t(share) - s.batch.size() / G;
+    std::vector<int64_t> wants(size_t(ranks_), 0);
+    wants[size_t(rank_)] = int64_t(want);
+    if (comm_) comm_->all_gather(wants.data(), std::vector<int64_t>(size_t(ranks_), 1));
+    const int64_t before = std::accumulate(wants.begin(), wants.begin() + rank_, int64_t(0));
+    const int64_t all = std::accumulate(wants.begin(), wants.end(), int64_t(0));
+    if (all == 0) break;
+    uint64_t at = cursor_ + uint64_t(before);
+    cursor_ += uint64_t(all);
+    if (want == 0) continue;
     std::vector<Rollout> rollouts(want * G);
     std::vector<std::vector<uint32_t>> prompts;
     for (size_t p = 0; p < want; ++p) {
-      const Task& task = tasks_->at(cursor_++);
-      const std::vector<uint32_t> ids = frame_->encode(task.prompt);
+      const Task& task = tasks_->at(at++);
+      const std::vector<uint32_t> ids = chat_->encode_prompt(task.prompt);
       if (int64_t(ids.size()) >= context)
         fail("task '{}': the prompt is {} tokens with --template {}, leaving no room in the model's context of {}",
              task.id, ids.size(), o_.prompt_template, context);
       for (size_t g = 0; g < G; ++g) rollouts[p * G + g].task = &task, rollouts[p * G + g].prompt = ids;
       prompts.insert(prompts.end(), G, ids);
     }
-    const uint64_t seed = mix(mix(o_.seed) + uint64_t(step_) * 1024 + uint64_t(round));
+    // Completion i of the round samples with seed + i, counted over all ranks, as one process would.
+    const uint64_t seed = mix(mix(o_.seed) + uint64_t(step_) * 1024 + uint64_t(round)) + uint64_t(before) * G;
     std::vector<Completion> completions = engine_->generate(prompts, o_.sampling, seed);
     for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].completion = std::move(completions[i]);
     try {
-      score(rollouts, command_.get(), o_.format_weight, *frame_);
+      score(rollouts, command_.get(), o_.format_weight, *chat_);
     } catch (const Error&) {
       append_rollouts(o_.rollouts, rollouts, step_ + 1);  // keep what was sampled, unscored
       throw;
@@ -357,6 +351,20 @@ Sampled Trainer::sample() {
     }
     s.completions += int64_t(rollouts.size());
   }
+  s.trained = int64_t(s.batch.size());
+  if (comm_) {  // the step's metrics cover every rank's rollouts
+    std::vector<double> x = {s.reward,         s.reward_sq,       s.accuracy,      s.format,
+                             double(s.completions), double(s.tokens), double(s.groups), double(s.zero_variance_groups),
+                             double(s.trained)};
+    comm_->all_reduce(x.data(), int64_t(x.size()));
+    s.reward = x[0], s.reward_sq = x[1], s.accuracy = x[2], s.format = x[3], s.completions = int64_t(x[4]);
+    s.tokens = int64_t(x[5]), s.groups = int64_t(x[6]), s.zero_variance_groups = int64_t(x[7]);
+    s.trained = int64_t(x[8]);
+    std::vector<int64_t> longest(size_t(ranks_), 0);
+    longest[size_t(rank_)] = s.max_tokens;
+    comm_->all_gather(longest.data(), std::vector<int64_t>(size_t(ranks_), 1));
+    s.max_tokens = *std::max_element(longest.begin(), longest.end());
+  }
   return s;
 }
 
@@ -377,7 +385,15 @@ void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   }
   const std::vector<double> adv = grpo::advantages(rewards, o_.group_size, o_.scale_rewards);
   for (size_t i = 0; i < batch.size(); ++i) advantage.insert(advantage.end(), size_t(lengths[i]), adv[i]);
-  const std::vector<double> scale = grpo::token_scales(lengths, o_.aggregation, o_.sampling.max_new_tokens);
+  std::vector<double> scale = grpo::token_scales(lengths, o_.aggregation, o_.sampling.max_new_tokens);
+  if (comm_) {
+    // Normalise over the whole batch, not this rank's part (times the ranks, as reduce_grads averages over them).
+    double counts[2] = {double(batch.size()), double(scale.size())};
+    comm_->all_reduce(counts, 2);
+    const double mine = o_.aggregation == grpo::Aggregation::dapo ? double(scale.size()) / counts[1]
+                                                                  : double(batch.size()) / counts[0];
+    for (double& x : scale) x *= double(ranks_) * mine;
+  }
 
   std::vector<MicroBatch> micro;
   const size_t per = o_.micro_batch > 0 ? size_t(o_.micro_batch) : batch.size();
@@ -400,7 +416,7 @@ void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   double loss_sum = 0, entropy_sum = 0;
   for (int64_t k = 0; k < o_.iterations; ++k) {
     model.zero_grads();
-    std::vector<std::vector<int64_t>> loads;
+    std::vector<std::vector<int64_t>> loads = no_load(policy_->config);
     double loss = 0;
     for (const MicroBatch& mb : micro) {
       const grpo::Packed& p = mb.packed;
@@ -431,25 +447,37 @@ void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
         f = forward(weights.data());
       }
       model.backward();
-      if (loads.empty()) loads = f.expert_load;
-      else
-        for (size_t l = 0; l < loads.size(); ++l)
-          for (size_t e = 0; e < loads[l].size(); ++e) loads[l][e] += f.expert_load[l][e];
+      for (size_t l = 0; l < loads.size(); ++l)
+        for (size_t e = 0; e < loads[l].size(); ++e) loads[l][e] += f.expert_load[l][e];
       loss += res.loss;
       stats += res.stats;
     }
+    if (comm_) {
+      comm_->all_reduce(&loss, 1);
+      loss /= double(ranks_);
+    }
     loss_sum += loss;
-    r.grad_norm = clip_grad_norm(model.grads(), o_.clip);
+    r.grad_norm = optimizer_->reduce_grads(model.grads(), o_.clip);
     r.skipped = !std::isfinite(loss) || !std::isfinite(r.grad_norm);
     if (r.skipped) break;
     optimizer_->step(model.params(), model.grads(), r.lr);
+    if (comm_ && o_.bias_gamma != 0)
+      for (auto& layer : loads) comm_->all_reduce(layer.data(), int64_t(layer.size()));
     model.update_router_bias(loads, o_.bias_gamma);
+  }
+  double token_count = double(scale.size());
+  if (comm_) {
+    std::vector<double> x = {double(stats.tokens), double(stats.clipped_low), double(stats.clipped_high), stats.kl,
+                             entropy_sum, token_count, double(batch_tokens)};
+    comm_->all_reduce(x.data(), int64_t(x.size()));
+    stats.tokens = int64_t(x[0]), stats.clipped_low = int64_t(x[1]), stats.clipped_high = int64_t(x[2]);
+    stats.kl = x[3], entropy_sum = x[4], token_count = x[5], batch_tokens = int64_t(x[6]);
   }
   const double tokens = double(std::max<int64_t>(stats.tokens, 1));
   r.loss = loss_sum / double(o_.iterations);
   r.kl = stats.kl / tokens;
   r.clip_fraction = double(stats.clipped_low + stats.clipped_high) / tokens;
-  r.entropy = entropy_sum / double(scale.size());
+  r.entropy = entropy_sum / std::max(token_count, 1.0);
   r.update_tokens_per_s = double(batch_tokens * o_.iterations) / seconds_since(start);
   if (!r.skipped) {
     bad_in_a_row_ = 0;
@@ -459,6 +487,7 @@ void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
 }
 
 void Trainer::log(const GrpoRecord& r) {
+  if (rank_ != 0) return;
   nlohmann::json record = {{"step", r.step},
                            {"loss", r.loss},
                            {"lr", r.lr},
@@ -484,11 +513,11 @@ void Trainer::log(const GrpoRecord& r) {
 }
 
 void Trainer::save() {
+  const auto moments = optimizer_->state();  // gathered from every rank; rank 0 writes
+  if (rank_ != 0) return;
   const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
     write_model_dir(tmp, policy_->model, policy_->tokenizer);
-    Tensor m = Tensor::from_f32(optimizer_->m(), {int64_t(optimizer_->m().size())});
-    Tensor v = Tensor::from_f32(optimizer_->v(), {int64_t(optimizer_->v().size())});
-    safetensors::save(tmp + "/optimizer.safetensors", {{"exp_avg", m}, {"exp_avg_sq", v}});
+    write_optimizer_state(tmp, moments.first, moments.second);
     const nlohmann::json state = {{"step", step_},
                                   {"task_cursor", cursor_},
                                   {"optimizer_steps", optimizer_->steps()},

@@ -135,6 +135,8 @@ std::vector<RewardReply> RewardCommand::score(const std::vector<RewardSample>& s
       fail_and_stop(fmt::format("{} after {} reply lines (the reply to sample '{}' was expected)", describe_exit(),
                                 lines_, samples[replies.size()].id));
     buffer_.append(chunk, size_t(k));
+    if (buffer_.size() > kMaxJsonlLineBytes && buffer_.find('\n') == std::string::npos)
+      fail_and_stop(fmt::format("line {}: longer than the limit of {} bytes", lines_ + 1, kMaxJsonlLineBytes));
     for (size_t eol; replies.size() < samples.size() && (eol = buffer_.find('\n')) != std::string::npos;) {
       std::string line = buffer_.substr(0, eol);
       buffer_.erase(0, eol + 1);

@@ -7,6 +7,7 @@
 #include "ds/arith.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/jsonl.h"
 #include "ds/verify.h"
 
 namespace ds {
@@ -81,6 +82,8 @@ std::vector<Task> parse_tasks(std::string_view jsonl, const std::string& name) {
     ++line_number;
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
     const std::string where = fmt::format("{}:{}", name, line_number);
+    if (line.size() > kMaxJsonlLineBytes)
+      fail("{}: the line is {} bytes, more than the limit of {}", where, line.size(), kMaxJsonlLineBytes);
     Task task = parse_task(line, where);
     if (task.id.empty()) task.id = std::to_string(line_number);
     if (const auto [it, fresh] = id_lines.emplace(task.id, line_number); !fresh)

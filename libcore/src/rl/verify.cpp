@@ -356,14 +356,12 @@ std::optional<std::string> extract_answer(std::string_view completion) {
 }
 
 std::string normalize(std::string_view answer) {
-  std::string s = unwrap_text(replace_all(answer, "\u2212", "-"));
-  // Real answers nest a few wrappers ("$\boxed{50\%}$"); the bound keeps hostile nesting linear.
-  for (int layer = 0; layer < 8; ++layer) {
-    const std::string_view peeled = peel(s);
-    if (peeled == s) break;
-    s = std::string(peeled);
-  }
-  s = collapse_whitespace(s);
+  const std::string unwrapped = unwrap_text(replace_all(answer, "\u2212", "-"));
+  // Wrappers nest ("$\boxed{50\%}$"): peel them all, so a normalised answer is its own normal form. Each layer
+  // shortens the view, and only a \boxed{} layer scans (for its closing brace), so this stays fast on real answers.
+  std::string_view view = unwrapped;
+  for (std::string_view peeled = peel(view); peeled.size() != view.size(); peeled = peel(view)) view = peeled;
+  std::string s = collapse_whitespace(view);
   if (auto number = numeric(s)) return *number;
   return s;
 }

@@ -254,7 +254,8 @@ Tokenizer::Impl::Impl(tok::Spec spec_in, const std::string& origin)
       });
 
   for (uint32_t rank = 0; rank < spec.merges.size(); ++rank) {
-    const auto& [a, b] = spec.merges[rank];
+    const std::string& a = spec.merges[rank].first;
+    const std::string& b = spec.merges[rank].second;
     const auto model_id = [&](const std::string& token) {
       const auto it = ids.find(token);
       if (it == ids.end() || it->second >= spec.model_vocab)

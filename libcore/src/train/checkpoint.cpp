@@ -41,8 +41,9 @@ std::string resolve_model_dir(const std::string& path) {
 LoadedModel load_model_dir(const std::string& path) {
   const std::string dir = resolve_model_dir(path);
   ModelConfig config = load_config(dir + "/config.json");
-  Tokenizer tokenizer = fs::exists(dir + "/tokenizer.json") ? Tokenizer::load(dir + "/tokenizer.json")
-                                                             : Tokenizer::byte_level();
+  // Falling back to another tokenizer would give garbage silently, so a model directory must carry its own.
+  if (!fs::exists(dir + "/tokenizer.json")) fail("{}: no tokenizer.json in the model directory", dir);
+  Tokenizer tokenizer = Tokenizer::load(dir + "/tokenizer.json");
   if (tokenizer.vocab_size() > size_t(config.vocab_size))
     fail("{}: tokenizer has {} tokens, more than vocab_size {}", dir, tokenizer.vocab_size(), config.vocab_size);
   Model<float> model(config);
@@ -50,6 +51,22 @@ LoadedModel load_model_dir(const std::string& path) {
   // FP8 checkpoints (ds-quantize, DeepSeek's releases) load dequantized with their weight_scale_inv.
   model.load([&](const std::string& name) { return quant::read_dequantized(files, name, dir); }, dir);
   return {dir, config, std::move(model), std::move(tokenizer)};
+}
+
+void write_optimizer_state(const std::string& dir, const std::vector<float>& m, const std::vector<float>& v) {
+  safetensors::save(dir + "/optimizer.safetensors", {{"exp_avg", Tensor::from_f32(m, {int64_t(m.size())})},
+                                                     {"exp_avg_sq", Tensor::from_f32(v, {int64_t(v.size())})}});
+}
+
+std::pair<std::vector<float>, std::vector<float>> read_optimizer_state(const std::string& dir, size_t size) {
+  safetensors::File file(dir + "/optimizer.safetensors");
+  auto read = [&](const char* name) {
+    const Tensor t = file.get(name);
+    if (t.dtype() != DType::F32 || size_t(t.numel()) != size)
+      fail("{}/optimizer.safetensors: '{}' does not match the model", dir, name);
+    return std::vector<float>(t.data<float>(), t.data<float>() + size);
+  };
+  return {read("exp_avg"), read("exp_avg_sq")};
 }
 
 std::string config_hash(const ModelConfig& config) {

@@ -2,16 +2,53 @@
 
 #include <cmath>
 #include <numbers>
+#include <numeric>
 
 #include "ds/error.h"
 
 namespace ds {
 
-AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options)
-    : options_(options), m_(size_t(size), 0.0f), v_(size_t(size), 0.0f) {
-  for (const auto& p : params)
-    if (p.kind != ParamKind::RouterBias)
-      ranges_.push_back({p.offset, p.offset + shape_numel(p.shape), p.kind == ParamKind::Matrix});
+namespace {
+double sum_squares(const float* x, int64_t n) {
+  double sum = 0;
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
+  return sum;
+}
+void clip_to(float* x, int64_t n, double norm, double max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return;
+  const float scale = float(max_norm / (norm + 1e-6));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+}  // namespace
+
+AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm)
+    : options_(options), comm_(comm && comm->size() > 1 ? comm : nullptr) {
+  parts_ = dist::split_evenly(size, comm_ ? comm_->size() : 1);
+  const int rank = comm_ ? comm_->rank() : 0;
+  for (int r = 0; r < rank; ++r) begin_ += parts_[size_t(r)];
+  end_ = begin_ + parts_[size_t(rank)];
+  m_.assign(size_t(end_ - begin_), 0.0f), v_.assign(size_t(end_ - begin_), 0.0f);
+  for (const auto& p : params) {
+    const int64_t b = std::max(p.offset, begin_), e = std::min(p.offset + shape_numel(p.shape), end_);
+    if (p.kind != ParamKind::RouterBias && b < e) ranges_.push_back({b, e, p.kind == ParamKind::Matrix});
+  }
+}
+
+double AdamW::reduce_grads(std::vector<float>& grads, double max_norm) {
+  if (!comm_) return clip_grad_norm(grads, max_norm);
+  comm_->reduce_scatter(grads.data(), parts_);
+  float* part = grads.data() + begin_;
+  const int64_t n = end_ - begin_;
+  const float inv = 1.0f / float(comm_->size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) part[i] *= inv;
+  double sum = sum_squares(part, n);
+  comm_->all_reduce(&sum, 1);
+  const double norm = std::sqrt(sum);
+  clip_to(part, n, norm, max_norm);
+  return norm;
 }
 
 void AdamW::step(std::vector<float>& params, const std::vector<float>& grads, double lr) {
@@ -23,26 +60,34 @@ void AdamW::step(std::vector<float>& params, const std::vector<float>& grads, do
 #pragma omp parallel for schedule(static)
     for (int64_t i = r.begin; i < r.end; ++i) {
       const float g = grads[size_t(i)];
-      float& m = m_[size_t(i)];
-      float& v = v_[size_t(i)];
+      float& m = m_[size_t(i - begin_)];
+      float& v = v_[size_t(i - begin_)];
       m = b1 * m + (1 - b1) * g;
       v = b2 * v + (1 - b2) * g * g;
       const double update = (double(m) / bc1) / (std::sqrt(double(v) / bc2) + options_.eps);
       params[size_t(i)] -= float(lr * update) + decay * params[size_t(i)];
     }
   }
+  if (comm_) comm_->all_gather(params.data(), parts_);
+}
+
+std::pair<std::vector<float>, std::vector<float>> AdamW::state() const {
+  const int64_t total = std::accumulate(parts_.begin(), parts_.end(), int64_t(0));
+  std::vector<float> m(static_cast<size_t>(total), 0.0f), v(static_cast<size_t>(total), 0.0f);
+  std::copy(m_.begin(), m_.end(), m.begin() + begin_);
+  std::copy(v_.begin(), v_.end(), v.begin() + begin_);
+  if (comm_) comm_->all_gather(m.data(), parts_), comm_->all_gather(v.data(), parts_);
+  return {std::move(m), std::move(v)};
+}
+
+void AdamW::load_state(const std::vector<float>& m, const std::vector<float>& v) {
+  std::copy_n(m.begin() + begin_, m_.size(), m_.begin());
+  std::copy_n(v.begin() + begin_, v_.size(), v_.begin());
 }
 
 double clip_grad_norm(std::vector<float>& grads, double max_norm) {
-  double sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-  for (size_t i = 0; i < grads.size(); ++i) sum += double(grads[i]) * double(grads[i]);
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0 && norm > max_norm) {
-    const float scale = float(max_norm / (norm + 1e-6));
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < grads.size(); ++i) grads[i] *= scale;
-  }
+  const double norm = std::sqrt(sum_squares(grads.data(), int64_t(grads.size())));
+  clip_to(grads.data(), int64_t(grads.size()), norm, max_norm);
   return norm;
 }
 

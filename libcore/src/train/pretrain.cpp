@@ -41,27 +41,67 @@ void add_into(std::vector<std::vector<int64_t>>& total, const std::vector<std::v
     for (size_t e = 0; e < total[l].size(); ++e) total[l][e] += part[l][e];
 }
 
+// A preset's vocabulary grows to fit the tokenizer (rounded up to a multiple of 128, as DeepSeek's 129,280); a
+// config file is taken as written and checked below.
+ModelConfig new_model_config(const std::string& name_or_path, const Tokenizer& tokenizer) {
+  ModelConfig config = resolve_model_config(name_or_path);
+  const auto needed = int64_t(tokenizer.vocab_size());
+  if (is_preset(name_or_path) && needed > config.vocab_size) config.vocab_size = (needed + 127) / 128 * 128;
+  return config;
+}
+
+double comm_seconds(const dist::Comm* comm, const dist::Comm* ep_comm) {
+  return (comm ? comm->seconds() : 0.0) + (ep_comm ? ep_comm->seconds() : 0.0);
+}
+
+// One all-reduce per step for what every rank must agree on: the losses (each rank's is the mean over its equal
+// share of the tokens, so their mean is the global mean), the expert loads the router biases follow, and whether
+// any rank was asked to stop (so all stop at the same step).
+void average_over_ranks(dist::Comm& comm, ForwardStats& s, std::vector<std::vector<int64_t>>& loads, bool& stop) {
+  std::vector<double> x = {s.loss, s.main_loss, s.mtp_loss, s.balance_loss, stop ? 1.0 : 0.0};
+  for (const auto& layer : loads) x.insert(x.end(), layer.begin(), layer.end());
+  comm.all_reduce(x.data(), int64_t(x.size()));
+  const double R = comm.size();
+  s.loss = x[0] / R, s.main_loss = x[1] / R, s.mtp_loss = x[2] / R, s.balance_loss = x[3] / R, stop = x[4] > 0;
+  size_t i = 5;
+  for (auto& layer : loads)
+    for (int64_t& n : layer) n = int64_t(x[i++]);
+}
+
 }  // namespace
 
 void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const PretrainEvents& events) {
   namespace fs = std::filesystem;
   if (o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("batch, seq-len and grad-accum must be positive");
   if (o.steps <= 0) fail("--steps must be positive");
+  const int ranks = o.comm ? o.comm->size() : 1, rank = o.comm ? o.comm->rank() : 0;
+  if (o.batch % ranks != 0)
+    fail("--batch {} is the global batch: it must be a multiple of the {} ranks", o.batch, ranks);
+  const int64_t local_batch = o.batch / ranks;
   RunDir run(o.run_dir);
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
   if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
   if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
-  run.prepare();
+  if (rank == 0) run.prepare();
+  auto info = [&](const std::string& line) {
+    if (rank == 0 && events.info) events.info(line);
+  };
 
   int64_t step = 0;
   uint64_t tokens_seen = 0, cursor = 0;
   std::optional<LoadedModel> loaded;
   if (o.resume) loaded.emplace(load_model_dir(*latest));
-  const ModelConfig config = loaded ? loaded->config : resolve_model_config(o.model_config);
+  if (loaded && !o.tokenizer.empty()) fail("{}: a resumed run keeps its own tokenizer; drop --tokenizer", o.run_dir);
+  Tokenizer tokenizer = loaded              ? std::move(loaded->tokenizer)
+                        : o.tokenizer.empty() ? Tokenizer::byte_level()
+                                              : Tokenizer::load(o.tokenizer);
+  const ModelConfig config = loaded ? loaded->config : new_model_config(o.model_config, tokenizer);
   Model<float> model = loaded ? std::move(loaded->model) : Model<float>(config);
-  Tokenizer tokenizer = loaded ? std::move(loaded->tokenizer) : Tokenizer::byte_level();
   if (!loaded) model.init_random(o.seed);
   model.set_fp8(o.fp8);
+  const std::unique_ptr<dist::Comm> ep_comm =
+      dist::expert_parallel_comm(o.comm, o.expert_parallel, config.n_routed_experts);
+  if (ep_comm) model.set_expert_parallel(ep_comm.get());
   if (o.seq_len > config.max_position_embeddings)
     fail("--seq-len {} exceeds the model's max_position_embeddings {}", o.seq_len, config.max_position_embeddings);
   if (tokenizer.vocab_size() > size_t(config.vocab_size))
@@ -69,7 +109,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
 
   TokenSource data = o.data.empty() ? TokenSource::builtin_arith(tokenizer, o.seed)
                                     : TokenSource::from_shards(o.data, uint32_t(config.vocab_size));
-  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw);
+  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.comm);
 
   if (o.resume) {
     const std::string state_path = *latest + "/trainer_state.json";
@@ -88,34 +128,32 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     } catch (const nlohmann::json::exception& e) {
       fail("{}: bad trainer state: {}", state_path, e.what());
     }
-    safetensors::File opt(*latest + "/optimizer.safetensors");
-    for (auto [name, target] : {std::pair{"exp_avg", &optimizer.m()}, std::pair{"exp_avg_sq", &optimizer.v()}}) {
-      const Tensor t = opt.get(name);
-      if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
-        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest, name);
-      std::copy_n(t.data<float>(), target->size(), target->data());
-    }
+    const auto [m, v] = read_optimizer_state(*latest, model.params().size());
+    optimizer.load_state(m, v);
     optimizer.set_steps(step);
     data.seek(cursor);
-    if (events.info) events.info(fmt::format("resumed {} at step {} ({} tokens seen)", *latest, step, tokens_seen));
-  } else if (events.info) {
+    info(fmt::format("resumed {} at step {} ({} tokens seen)", *latest, step, tokens_seen));
+  } else {
     const ParamCount pc = count_params(config);
-    events.info(fmt::format("model {}: {} parameters ({} active per token, {} in MTP), data {}", o.model_config,
-                            pc.total, pc.active, pc.mtp, data.description()));
+    info(fmt::format("model {}: {} parameters ({} active per token, {} in MTP), data {}", o.model_config, pc.total,
+                     pc.active, pc.mtp, data.description()));
   }
+  if (ranks > 1)
+    info(fmt::format("data parallel over {} ranks ({}), {} sequences each{}", ranks, o.comm->backend(), local_batch,
+                     ep_comm ? fmt::format(", experts split over {} ranks", ep_comm->size()) : ""));
   if (step >= o.steps) {
-    if (events.info) events.info(fmt::format("the run is already at step {} of {}", step, o.steps));
+    info(fmt::format("the run is already at step {} of {}", step, o.steps));
     return;
   }
 
   ScheduleOptions schedule = o.schedule;
   schedule.total = o.steps;
   auto save = [&] {
+    const auto moments = optimizer.state();  // gathered from every rank; rank 0 writes
+    if (rank != 0) return;
     const std::string dir = run.save(step, o.keep, [&](const std::string& tmp) {
       write_model_dir(tmp, model, tokenizer);
-      Tensor m = Tensor::from_f32(optimizer.m(), {int64_t(optimizer.m().size())});
-      Tensor v = Tensor::from_f32(optimizer.v(), {int64_t(optimizer.v().size())});
-      safetensors::save(tmp + "/optimizer.safetensors", {{"exp_avg", m}, {"exp_avg_sq", v}});
+      write_optimizer_state(tmp, moments.first, moments.second);
       const nlohmann::json state = {{"step", step},
                                     {"tokens_seen", tokens_seen},
                                     {"data_cursor", data.cursor()},
@@ -123,7 +161,8 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
                                     {"options", options_json(o, data.description())},
                                     {"schedule", {{"lr", schedule.lr}, {"warmup", schedule.warmup},
                                                   {"total", schedule.total}}},
-                                    {"threads", get_threads()}};
+                                    {"threads", get_threads()},
+                                    {"ranks", ranks}};
       write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     });
     if (events.checkpoint) events.checkpoint(dir);
@@ -134,13 +173,16 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   const auto start = std::chrono::steady_clock::now();
   auto interval_start = start;
   uint64_t interval_tokens = 0;
+  double interval_comm = comm_seconds(o.comm, ep_comm.get());
   while (step < o.steps) {
     model.zero_grads();
     ForwardStats sum;
     std::vector<std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
-      data.next_batch(o.batch, o.seq_len, inputs, targets);
-      const ForwardStats s = model.forward(inputs.data(), targets.data(), o.batch, o.seq_len, o.loss);
+      data.next_batch(o.batch, o.seq_len, inputs, targets);  // the global batch; this rank takes its rows
+      const int64_t first = rank * local_batch * o.seq_len;
+      const ForwardStats s =
+          model.forward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
       model.backward();
       sum.loss += s.loss / double(o.grad_accum);
       sum.main_loss += s.main_loss / double(o.grad_accum);
@@ -148,11 +190,13 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       sum.balance_loss += s.balance_loss / double(o.grad_accum);
       add_into(loads, s.expert_load);
     }
+    bool stopping = stop;
+    if (ranks > 1) average_over_ranks(*o.comm, sum, loads, stopping);
     std::vector<float>& grads = model.grads();
     if (o.grad_accum > 1)
       for (float& g : grads) g /= float(o.grad_accum);
     const double lr = learning_rate(schedule, step);
-    const double norm = clip_grad_norm(grads, o.clip);
+    const double norm = optimizer.reduce_grads(grads, o.clip);
     StepRecord r;
     r.skipped = !std::isfinite(sum.loss) || !std::isfinite(norm);
     if (r.skipped) {
@@ -169,7 +213,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     tokens_seen += step_tokens;
     interval_tokens += step_tokens;
 
-    const bool last = step == o.steps || stop || (o.stop_after > 0 && steps_this_run >= o.stop_after);
+    const bool last = step == o.steps || stopping || (o.stop_after > 0 && steps_this_run >= o.stop_after);
     if (step % std::max<int64_t>(o.log_every, 1) == 0 || last) {
       const auto now = std::chrono::steady_clock::now();
       r.step = step, r.loss = sum.loss, r.main_loss = sum.main_loss, r.mtp_loss = sum.mtp_loss;
@@ -178,15 +222,18 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       r.load_imbalance = load_imbalance(loads);
       r.elapsed_s = std::chrono::duration<double>(now - start).count();
       r.bad_steps = bad_total;
-      interval_start = now, interval_tokens = 0;
+      const double comm_now = comm_seconds(o.comm, ep_comm.get());
+      r.comm_share = (comm_now - interval_comm) / std::chrono::duration<double>(now - interval_start).count();
+      interval_start = now, interval_tokens = 0, interval_comm = comm_now;
       nlohmann::json record = {{"step", r.step}, {"loss", r.loss}, {"main_loss", r.main_loss}, {"lr", r.lr},
                                {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s}, {"tokens", r.tokens},
                                {"bad_steps", r.bad_steps}, {"elapsed_s", r.elapsed_s}};
       if (config.num_nextn_predict_layers > 0) record["mtp_loss"] = r.mtp_loss;
       if (o.loss.balance_alpha > 0) record["balance_loss"] = r.balance_loss;
       if (config.n_routed_experts > 0) record["load_imbalance"] = r.load_imbalance;
-      run.append_metrics(record);
-      if (events.log) events.log(r);
+      if (ranks > 1) record["comm_share"] = r.comm_share;
+      if (rank == 0) run.append_metrics(record);
+      if (rank == 0 && events.log) events.log(r);
     }
     if (last || (o.save_every > 0 && step % o.save_every == 0)) save();
     if (last) break;

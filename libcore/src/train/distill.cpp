@@ -1,0 +1,576 @@
+// Distillation: SFT records, packing, teacher sampling with rejection, and the training loop.
+#include "ds/distill.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <random>
+
+#include "ds/checkpoint.h"
+#include "ds/engine.h"
+#include "ds/error.h"
+#include "ds/eval.h"
+#include "ds/fsutil.h"
+#include "ds/jsonl.h"
+#include "ds/ops.h"
+#include "ds/safetensors.h"
+
+namespace ds::distill {
+
+using json = nlohmann::json;
+
+// ---- data ----
+
+Example render(const json& record, const ChatTemplate& chat, const Tokenizer& tokenizer, const std::string& where) {
+  if (!record.is_object()) fail("{}: not a JSON object", where);
+  auto text = [&](const json& value, std::string_view field) {
+    if (!value.is_string()) fail("{}: \"{}\" must be a string", where, field);
+    return value.get<std::string>();
+  };
+  std::vector<ChatMessage> messages;
+  const bool has_messages = record.contains("messages");
+  if (has_messages == (record.contains("prompt") || record.contains("completion")))
+    fail("{}: a record needs either \"prompt\" and \"completion\" or \"messages\"", where);
+  if (has_messages) {
+    const json& list = record["messages"];
+    if (!list.is_array() || list.empty()) fail("{}: \"messages\" must be a non-empty array", where);
+    for (const json& m : list) {
+      if (!m.is_object() || !m.contains("role") || !m.contains("content"))
+        fail("{}: each message needs \"role\" and \"content\"", where);
+      messages.push_back({text(m["role"], "role"), text(m["content"], "content")});
+    }
+    if (messages.back().role != "assistant") fail("{}: the last message must be the assistant's", where);
+  } else {
+    if (!record.contains("prompt") || !record.contains("completion"))
+      fail("{}: a record needs both \"prompt\" and \"completion\"", where);
+    messages.push_back({"user", text(record["prompt"], "prompt")});
+    messages.push_back({"assistant", text(record["completion"], "completion")});
+  }
+  if (messages.back().content.empty()) fail("{}: the completion is empty", where);
+  Example e;
+  if (!has_messages) {
+    e.tokens = chat.encode_prompt(messages[0].content);
+    e.prompt_len = e.tokens.size();
+    std::string_view completion = messages[1].content;
+    if (completion.starts_with(chat.opened_reply())) completion.remove_prefix(chat.opened_reply().size());
+    const std::vector<uint32_t> ids = tokenizer.encode(completion, false);
+    e.tokens.insert(e.tokens.end(), ids.begin(), ids.end());
+    e.tokens.push_back(tokenizer.eos_id());
+    return e;
+  }
+  try {
+    e.tokens = chat.encode(messages, false);
+    const std::vector<uint32_t> prompt = chat.encode(std::span(messages).first(messages.size() - 1), true);
+    e.prompt_len = size_t(std::mismatch(prompt.begin(), prompt.end(), e.tokens.begin(), e.tokens.end()).first -
+                          prompt.begin());
+  } catch (const Error& err) {
+    fail("{}: {}", where, err.what());
+  }
+  if (e.prompt_len >= e.tokens.size()) fail("{}: the completion renders to no tokens", where);
+  e.prompt_len = std::max<size_t>(e.prompt_len, 1);  // the first token is never predicted
+  return e;
+}
+
+std::vector<Example> parse_records(std::string_view jsonl, const ChatTemplate& chat, const Tokenizer& tokenizer,
+                                   const std::string& name) {
+  std::vector<Example> out;
+  size_t line_no = 0;
+  for (size_t begin = 0; begin < jsonl.size();) {
+    size_t end = jsonl.find('\n', begin);
+    if (end == std::string_view::npos) end = jsonl.size();
+    const std::string_view line = jsonl.substr(begin, end - begin);
+    begin = end + 1, ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    const std::string where = fmt::format("{}:{}", name, line_no);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::parse_error& e) {
+      fail("{}: invalid JSON at byte {}", where, e.byte);
+    }
+    out.push_back(render(j, chat, tokenizer, where));
+  }
+  return out;
+}
+
+std::vector<std::vector<size_t>> pack_rows(const std::vector<Example>& examples, std::span<const size_t> order,
+                                           int64_t Tn) {
+  std::vector<std::vector<size_t>> rows;
+  std::vector<size_t> row;
+  int64_t used = 0;
+  for (size_t i : order) {
+    const int64_t need = int64_t(examples[i].tokens.size()) - 1;
+    if (need > Tn) fail("pack_rows: an example of {} tokens does not fit {} positions", need + 1, Tn);
+    if (used + need > Tn) rows.push_back(std::move(row)), row.clear(), used = 0;
+    row.push_back(i), used += need;
+  }
+  if (!row.empty()) rows.push_back(std::move(row));
+  return rows;
+}
+
+Batch make_batch(const std::vector<Example>& examples, std::span<const std::vector<size_t>> rows, int64_t Tn,
+                 int32_t pad) {
+  Batch b;
+  b.B = int64_t(rows.size()), b.Tn = Tn;
+  b.inputs.assign(size_t(b.B * Tn), pad);
+  b.targets.assign(b.inputs.size(), -1);
+  b.positions.assign(b.inputs.size(), 0);
+  for (int64_t r = 0; r < b.B; ++r) {
+    int64_t at = r * Tn;
+    for (size_t i : rows[size_t(r)]) {
+      const Example& e = examples[i];
+      for (size_t t = 0; t + 1 < e.tokens.size(); ++t, ++at) {
+        b.inputs[size_t(at)] = int32_t(e.tokens[t]);
+        b.positions[size_t(at)] = int32_t(t);
+        if (t + 1 >= e.prompt_len) b.targets[size_t(at)] = int32_t(e.tokens[t + 1]), ++b.loss_tokens;
+        ++b.tokens;
+      }
+    }
+    for (int32_t p = 0; at < (r + 1) * Tn; ++at) b.positions[size_t(at)] = p++;  // the padding: one more document
+  }
+  return b;
+}
+
+void check_same_tokenizer(const Tokenizer& teacher, const ModelConfig& teacher_config, const Tokenizer& student,
+                          const ModelConfig& student_config, const std::string& teacher_name,
+                          const std::string& student_name) {
+  if (!(teacher == student))
+    fail("the teacher {} and the student {} have different tokenizers (vocabulary, merges or special tokens); "
+         "distillation needs the same one", teacher_name, student_name);
+  if (teacher_config.vocab_size != student_config.vocab_size)
+    fail("the teacher {} has vocab_size {} and the student {} {}; distillation needs the same", teacher_name,
+         teacher_config.vocab_size, student_name, student_config.vocab_size);
+}
+
+// ---- teacher sampling ----
+
+SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
+                            const std::vector<Task>& tasks, const SampleOptions& o,
+                            const std::function<void(int64_t, int64_t, int64_t)>& progress) {
+  if (o.k < 1 || o.batch < 1) fail("samples per prompt and the sampling batch must be positive");
+  // R1's generation prompt opens the think block: the completion as verified and recorded starts with it.
+  const std::string opened(chat.opened_reply());
+  const int64_t context = teacher.config().max_position_embeddings;
+  std::vector<std::vector<uint32_t>> prompts;
+  for (const Task& task : tasks) {
+    prompts.push_back(chat.encode_prompt(task.prompt));
+    if (int64_t(prompts.back().size()) >= context)
+      fail("task '{}': the prompt is {} tokens, leaving no room in the teacher's context of {}", task.id,
+           prompts.back().size(), context);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  SampleResult r;
+  Engine engine(teacher, tokenizer);
+  const size_t k = size_t(o.k), total = tasks.size() * k;
+  for (size_t first = 0; first < total; first += size_t(o.batch)) {
+    const size_t end = std::min(total, first + size_t(o.batch));
+    std::vector<std::vector<uint32_t>> batch;
+    for (size_t f = first; f < end; ++f) batch.push_back(prompts[f / k]);
+    const std::vector<Completion> done = engine.generate(batch, o.sampling, o.seed + first);
+    for (size_t f = first; f < end; ++f) {
+      const Task& task = tasks[f / k];
+      const Completion& c = done[f - first];
+      const std::string completion = opened + c.text;
+      r.tokens += int64_t(c.tokens.size());
+      if (eval::score_sample(completion, task.answer, int64_t(c.tokens.size())).correct)
+        r.accepted.push_back({{"id", task.id}, {"prompt", task.prompt}, {"completion", completion},
+                              {"answer", task.answer}});
+    }
+    r.samples = int64_t(end);
+    if (progress) progress(r.samples, int64_t(total), int64_t(r.accepted.size()));
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+// ---- training ----
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string data_hash(const std::vector<Example>& examples) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over (prompt_len, tokens...) of every example
+  auto add = [&](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
+  for (const Example& e : examples) {
+    add(e.prompt_len), add(e.tokens.size());
+    for (uint32_t t : e.tokens) add(t);
+  }
+  return fmt::format("{:016x}", h);
+}
+
+// 0..n-1 shuffled by a seeded Fisher-Yates (mt19937_64 is the same everywhere; std::shuffle is not).
+std::vector<size_t> shuffled(size_t n, uint64_t seed) {
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::mt19937_64 rng(seed);
+  for (size_t i = n; i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  return order;
+}
+
+// The training rows, epoch after epoch, each epoch packed from its own seeded order of the examples. A cursor (rows
+// consumed) is all resume needs.
+class RowStream {
+ public:
+  RowStream(const std::vector<Example>& examples, uint64_t seed, int64_t Tn)
+      : examples_(examples), seed_(seed), Tn_(Tn) {}
+  // Rows of the first `epochs` epochs.
+  uint64_t rows_in(int64_t epochs) {
+    while (int64_t(starts_.size()) <= epochs) extend();
+    return starts_[size_t(epochs)];
+  }
+  const std::vector<size_t>& row(uint64_t cursor) {
+    size_t e = 0;
+    while (rows_in(int64_t(e) + 1) <= cursor) ++e;
+    if (e != epoch_) rows_ = plan(e), epoch_ = e;
+    return rows_[cursor - starts_[e]];
+  }
+  double epoch_of(uint64_t cursor) {
+    size_t e = 0;
+    while (rows_in(int64_t(e) + 1) <= cursor) ++e;
+    return double(e) + double(cursor - starts_[e]) / double(starts_[e + 1] - starts_[e]);
+  }
+
+ private:
+  std::vector<std::vector<size_t>> plan(size_t epoch) const {
+    const std::vector<size_t> order = shuffled(examples_.size(), seed_ ^ (0x9e3779b97f4a7c15ull * (epoch + 1)));
+    return pack_rows(examples_, order, Tn_);
+  }
+  void extend() {
+    if (starts_.empty()) starts_.push_back(0);
+    starts_.push_back(starts_.back() + plan(starts_.size() - 1).size());
+  }
+  const std::vector<Example>& examples_;
+  uint64_t seed_;
+  int64_t Tn_;
+  std::vector<uint64_t> starts_;  // starts_[e]: the cursor at which epoch e begins
+  size_t epoch_ = SIZE_MAX;
+  std::vector<std::vector<size_t>> rows_;
+};
+
+json options_json(const DistillOptions& o) {
+  return {{"data", o.data.empty() ? "samples.jsonl" : o.data},
+          {"template", o.prompt_template},
+          {"teacher", o.teacher},
+          {"prompts", o.prompts},
+          {"limit", o.limit},
+          {"samples_per_prompt", o.sample.k},
+          {"val_fraction", o.val_fraction},
+          {"alpha", o.alpha},
+          {"divergence", int(o.kd.divergence)},
+          {"beta", o.kd.beta},
+          {"temperature", o.kd.temperature},
+          {"top_k", o.kd.top_k},
+          {"batch", o.batch},
+          {"seq_len", o.seq_len},
+          {"seed", o.seed}};
+}
+
+void validate(const DistillOptions& o) {
+  if (o.batch < 1 || o.seq_len < 1 || o.epochs < 1 || o.steps < 0 || o.stop_after < 0)
+    fail("--batch, --seq-len and --epochs must be positive, --steps and --stop-after not negative");
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1)) fail("--val-fraction must lie in [0, 1)");
+  if (!(o.alpha >= 0 && o.alpha <= 1)) fail("--alpha must lie in [0, 1]");
+  kd::validate(o.kd);
+  if (o.data.empty() && (o.teacher.empty() || o.prompts.empty()))
+    fail("no training data: give --data, or --teacher with --prompts to sample it");
+  if (!o.data.empty() && !o.prompts.empty()) fail("--prompts samples the teacher for data; it excludes --data");
+  if (o.alpha > 0 && o.teacher.empty()) fail("--alpha {} needs a --teacher", o.alpha);
+  if (!o.emit.empty() && !o.data.empty()) fail("--emit writes the teacher's samples; there are none with --data");
+  if (!o.student.empty() && !o.tokenizer.empty()) fail("--tokenizer is for new students; --student has its own");
+}
+
+class Trainer {
+ public:
+  Trainer(const DistillOptions& o, const DistillEvents& events);
+  void run(const std::atomic<bool>& stop);
+
+ private:
+  void load_data(const std::string& hash);
+  kd::Loss step(const Batch& b);
+  double validation_loss();
+  void save();
+
+  const DistillOptions& o_;
+  const DistillEvents& events_;
+  RunDir run_;
+  int64_t step_ = 0, total_steps_ = 0;
+  uint64_t cursor_ = 0, tokens_seen_ = 0;
+  std::optional<LoadedModel> teacher_;
+  ModelConfig config_;
+  Tokenizer tokenizer_ = Tokenizer::byte_level();
+  std::optional<Model<float>> student_;
+  std::vector<Example> train_, val_;
+  std::string data_hash_;
+  std::optional<RowStream> stream_;
+  std::optional<AdamW> optimizer_;
+  std::vector<float> grad_;  // dL/dlogits of the student
+  LossOptions next_token_only_;  // distillation trains the next-token head only
+};
+
+Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), events_(events), run_(o.run_dir) {
+  namespace fs = std::filesystem;
+  validate(o);
+  const std::optional<std::string> latest = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
+  if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
+  if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
+
+  std::string saved_hash, saved_data_hash;
+  int64_t optimizer_steps = 0;
+  const std::string state_path = o.resume ? *latest + "/trainer_state.json" : "";
+  if (o.resume) {
+    try {
+      const json state = json::parse(read_file(state_path));
+      step_ = state.at("step").get<int64_t>();
+      cursor_ = state.at("row_cursor").get<uint64_t>();
+      tokens_seen_ = state.at("tokens_seen").get<uint64_t>();
+      optimizer_steps = state.at("optimizer_steps").get<int64_t>();
+      saved_hash = state.at("config_hash").get<std::string>();
+      saved_data_hash = state.at("data_hash").get<std::string>();
+      const json now = options_json(o);
+      for (const auto& [key, value] : state.at("options").items())
+        if (now.at(key) != value)
+          fail("{}: the run was trained with {} = {}, not {}; resume with the same value", state_path, key,
+               value.dump(), now.at(key).dump());
+    } catch (const json::exception& e) {
+      fail("{}: bad trainer state: {}", state_path, e.what());
+    }
+  }
+
+  // The teacher: for logit distillation, or to sample the data of a new run.
+  if (!o.teacher.empty() && (o.alpha > 0 || (o.data.empty() && !o.resume))) teacher_.emplace(load_model_dir(o.teacher));
+  if (o.resume || !o.student.empty()) {
+    LoadedModel s = load_model_dir(o.resume ? *latest : o.student);
+    config_ = s.config, tokenizer_ = std::move(s.tokenizer), student_.emplace(std::move(s.model));
+  } else {
+    tokenizer_ = !o.tokenizer.empty() ? Tokenizer::load(o.tokenizer) : teacher_ ? teacher_->tokenizer
+                                                                                : Tokenizer::byte_level();
+    config_ = resolve_model_config(o.student_config);
+    // A preset student takes the teacher's vocabulary size (KD compares whole distributions), or grows to fit the
+    // tokenizer as ds-pretrain's presets do.
+    if (is_preset(o.student_config)) {
+      const int64_t needed = int64_t(tokenizer_.vocab_size());
+      if (teacher_) config_.vocab_size = teacher_->config.vocab_size;
+      else if (needed > config_.vocab_size) config_.vocab_size = (needed + 127) / 128 * 128;
+    }
+    if (tokenizer_.vocab_size() > size_t(config_.vocab_size))
+      fail("the tokenizer has {} tokens but the student config only {}", tokenizer_.vocab_size(), config_.vocab_size);
+    student_.emplace(config_);
+    student_->init_random(o.seed);
+  }
+  if (o.resume && saved_hash != config_hash(config_)) fail("{}: config hash does not match config.json", state_path);
+  const std::string student_name = o.student.empty() ? "(new " + o.student_config + ")" : o.student;
+  if (teacher_)
+    check_same_tokenizer(teacher_->tokenizer, teacher_->config, tokenizer_, config_, teacher_->dir, student_name);
+  if (o.seq_len > config_.max_position_embeddings ||
+      (teacher_ && o.seq_len > teacher_->config.max_position_embeddings))
+    fail("--seq-len {} exceeds the model's max_position_embeddings", o.seq_len);
+  run_.prepare();
+  load_data(saved_data_hash);
+
+  optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw);
+  if (o.resume) {
+    safetensors::File opt(*latest + "/optimizer.safetensors");
+    for (auto [name, target] : {std::pair{"exp_avg", &optimizer_->m()}, std::pair{"exp_avg_sq", &optimizer_->v()}}) {
+      const Tensor t = opt.get(name);
+      if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
+        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest, name);
+      std::copy_n(t.data<float>(), target->size(), target->data());
+    }
+    optimizer_->set_steps(optimizer_steps);
+  }
+  next_token_only_.mtp_weight = 0, next_token_only_.balance_alpha = 0;
+  stream_.emplace(train_, o.seed, o.seq_len);
+  const uint64_t rows = stream_->rows_in(o.epochs);
+  total_steps_ = o.steps > 0 ? o.steps : int64_t((rows + uint64_t(o.batch) - 1) / uint64_t(o.batch));
+  if (events_.info) {
+    const ParamCount pc = count_params(config_);
+    events_.info(o.resume ? fmt::format("resumed {} at step {} of {}", *latest, step_, total_steps_)
+                          : fmt::format("student {}: {} parameters ({} active per token); teacher {}; {} steps",
+                                        student_name, pc.total, pc.active,
+                                        teacher_ ? teacher_->dir : std::string("none"), total_steps_));
+  }
+}
+
+// The examples: read from --data, sampled from the teacher (new runs), or the run's own samples.jsonl (resumed
+// sampled runs); then split into training and validation, and checked against the resumed run's.
+void Trainer::load_data(const std::string& hash) {
+  const ChatTemplate chat(tokenizer_, parse_chat_format(o_.prompt_template));
+  const std::string samples_path = run_.path() + "/samples.jsonl";
+  std::string text, name = o_.data;
+  if (!o_.data.empty()) {
+    text = read_file(o_.data);
+    if (o_.data == "-") name = "<stdin>";
+  } else if (o_.resume) {
+    text = read_file(samples_path), name = samples_path;
+  } else {
+    std::vector<Task> tasks = load_tasks(o_.prompts);
+    if (o_.limit > 0 && size_t(o_.limit) < tasks.size()) tasks.resize(size_t(o_.limit));
+    if (events_.info)
+      events_.info(fmt::format("sampling {} completions of each of {} prompts from the teacher", o_.sample.k,
+                               tasks.size()));
+    const SampleResult r = sample_teacher(teacher_->model, teacher_->tokenizer, chat, tasks, o_.sample,
+                                          [&](int64_t done, int64_t total, int64_t accepted) {
+                                            if (events_.info && (done == total || done % (16 * o_.sample.batch) == 0))
+                                              events_.info(fmt::format("sampled {}/{}, accepted {}", done, total,
+                                                                       accepted));
+                                          });
+    for (const json& record : r.accepted) text += to_jsonl(record) + "\n";
+    if (events_.info)
+      events_.info(fmt::format("accepted {} of {} samples ({:.1f}%) in {:.0f} s, {:.0f} tokens/s", r.accepted.size(),
+                               r.samples, 100.0 * double(r.accepted.size()) / double(std::max<int64_t>(r.samples, 1)),
+                               r.seconds, double(r.tokens) / std::max(r.seconds, 1e-9)));
+    write_file_atomic(samples_path, text);
+    if (!o_.emit.empty()) {
+      AtomicFile emit(o_.emit);
+      emit.write(text);
+      emit.commit();
+    }
+    name = samples_path;
+  }
+  std::vector<Example> all = parse_records(text, chat, tokenizer_, name);
+  data_hash_ = data_hash(all);
+  if (o_.resume && data_hash_ != hash)
+    fail("{}: the data differs from what the run was trained on (hash {} vs {})", name, data_hash_, hash);
+
+  const std::vector<size_t> order = shuffled(all.size(), o_.seed);
+  const size_t n_val = size_t(o_.val_fraction * double(all.size()));
+  size_t dropped = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    Example& e = all[order[i]];
+    if (int64_t(e.tokens.size()) > o_.seq_len + 1) {
+      ++dropped;
+      continue;
+    }
+    (i < n_val ? val_ : train_).push_back(std::move(e));
+  }
+  if (train_.empty()) fail("{}: no training examples of at most --seq-len + 1 = {} tokens", name, o_.seq_len + 1);
+  if (events_.info)
+    events_.info(fmt::format("data {}: {} training and {} validation examples{}", name, train_.size(), val_.size(),
+                             dropped ? fmt::format(", {} longer than --seq-len + 1 dropped", dropped) : ""));
+}
+
+kd::Loss Trainer::step(const Batch& b) {
+  Model<float>& s = *student_;
+  kd::Loss L;
+  if (o_.alpha > 0) {
+    teacher_->model.forward(b.inputs.data(), nullptr, b.B, b.Tn, {}, nullptr, b.positions.data());
+    s.forward(b.inputs.data(), nullptr, b.B, b.Tn, {}, nullptr, b.positions.data());
+    grad_.resize(size_t(b.B * b.Tn * config_.vocab_size));
+    L = kd::distill_loss(s.logits(), teacher_->model.logits(), b.targets.data(), b.B * b.Tn, config_.vocab_size,
+                         o_.kd, o_.alpha, grad_.data());
+    s.backward(grad_.data());
+  } else {
+    const ForwardStats f =
+        s.forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
+    s.backward();
+    L.total = L.ce = f.main_loss, L.tokens = f.tokens;
+  }
+  return L;
+}
+
+double Trainer::validation_loss() {
+  std::vector<size_t> order(val_.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  const std::vector<std::vector<size_t>> rows = pack_rows(val_, order, o_.seq_len);
+  double nll = 0;
+  int64_t tokens = 0;
+  for (size_t r = 0; r < rows.size(); r += size_t(o_.batch)) {
+    const size_t n = std::min(rows.size() - r, size_t(o_.batch));
+    const Batch b = make_batch(val_, std::span(rows).subspan(r, n), o_.seq_len, int32_t(tokenizer_.pad_id()));
+    const ForwardStats f =
+        student_->forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
+    nll += f.main_loss * double(f.tokens), tokens += f.tokens;
+  }
+  return nll / double(std::max<int64_t>(tokens, 1));
+}
+
+void Trainer::run(const std::atomic<bool>& stop) {
+  if (step_ >= total_steps_) {
+    if (events_.info) events_.info(fmt::format("the run is already at step {} of {}", step_, total_steps_));
+    return;
+  }
+  ScheduleOptions schedule = o_.schedule;
+  schedule.total = total_steps_;
+  int64_t bad_in_a_row = 0, bad_total = 0;
+  const auto start = Clock::now();
+  auto interval_start = start;
+  uint64_t interval_tokens = 0;
+  for (int64_t steps_this_run = 1; step_ < total_steps_; ++steps_this_run) {
+    std::vector<std::vector<size_t>> rows;
+    for (int64_t r = 0; r < o_.batch; ++r) rows.push_back(stream_->row(cursor_ + uint64_t(r)));
+    const Batch b = make_batch(train_, rows, o_.seq_len, int32_t(tokenizer_.pad_id()));
+    student_->zero_grads();
+    const kd::Loss L = step(b);
+    DistillRecord r;
+    r.lr = learning_rate(schedule, step_);
+    r.grad_norm = clip_grad_norm(student_->grads(), o_.clip);
+    r.skipped = !std::isfinite(L.total) || !std::isfinite(r.grad_norm);
+    if (r.skipped) {
+      ++bad_total;
+      if (++bad_in_a_row > o_.max_bad_steps)
+        fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row);
+    } else {
+      bad_in_a_row = 0;
+      optimizer_->step(student_->params(), student_->grads(), r.lr);
+    }
+    ++step_;
+    cursor_ += uint64_t(o_.batch);
+    tokens_seen_ += uint64_t(b.tokens), interval_tokens += uint64_t(b.tokens);
+
+    const bool last = step_ == total_steps_ || stop || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
+    if (!val_.empty() && (last || (o_.eval_every > 0 && step_ % o_.eval_every == 0))) r.val_loss = validation_loss();
+    if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last || r.val_loss) {
+      r.step = step_, r.total_steps = total_steps_, r.loss = L.total, r.ce = L.ce, r.kd = L.kd;
+      r.tokens = tokens_seen_, r.bad_steps = bad_total;
+      r.epoch = stream_->epoch_of(cursor_);
+      r.tokens_per_s = double(interval_tokens) / seconds_since(interval_start);
+      r.elapsed_s = seconds_since(start);
+      interval_start = Clock::now(), interval_tokens = 0;
+      json record = {{"step", r.step},         {"loss", r.loss},   {"ce_loss", r.ce},
+                     {"lr", r.lr},             {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+                     {"tokens", r.tokens},     {"epoch", r.epoch}, {"bad_steps", r.bad_steps},
+                     {"elapsed_s", r.elapsed_s}};
+      if (o_.alpha > 0) record["kd_loss"] = r.kd;
+      if (r.val_loss) record["val_loss"] = *r.val_loss;
+      run_.append_metrics(record);
+      if (events_.log) events_.log(r);
+    }
+    if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
+    if (last) break;
+  }
+}
+
+void Trainer::save() {
+  const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
+    write_model_dir(tmp, *student_, tokenizer_);
+    Tensor m = Tensor::from_f32(optimizer_->m(), {int64_t(optimizer_->m().size())});
+    Tensor v = Tensor::from_f32(optimizer_->v(), {int64_t(optimizer_->v().size())});
+    safetensors::save(tmp + "/optimizer.safetensors", {{"exp_avg", m}, {"exp_avg_sq", v}});
+    const json state = {{"step", step_},
+                        {"row_cursor", cursor_},
+                        {"tokens_seen", tokens_seen_},
+                        {"optimizer_steps", optimizer_->steps()},
+                        {"config_hash", config_hash(config_)},
+                        {"data_hash", data_hash_},
+                        {"options", options_json(o_)},
+                        {"threads", get_threads()}};
+    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+  });
+  if (events_.checkpoint) events_.checkpoint(dir);
+}
+
+}  // namespace
+
+void distill(const DistillOptions& options, const std::atomic<bool>& stop, const DistillEvents& events) {
+  Trainer(options, events).run(stop);
+}
+
+}  // namespace ds::distill
