@@ -456,7 +456,11 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     fail("{}: {}", file, e.what());
   }
   read_tokenizer_config(json_path.parent_path() / "tokenizer_config.json", spec);
-  return Tokenizer(std::make_shared<const Impl>(std::move(spec), file));
+  try {  // the pre-tokenizer reads its own part of the file
+    return Tokenizer(std::make_shared<const Impl>(std::move(spec), file));
+  } catch (const Json::exception& e) {
+    fail("{}: {}", file, e.what());
+  }
 }
 
 void Tokenizer::save(const std::filesystem::path& dir) const {
