@@ -219,7 +219,9 @@ int main(int argc, char** argv) {
           out["decode"].push_back({{"config", model_config}, {"batch", decode_batches[i]}, {"context", context},
                                    {"prefill_tokens_per_s", d.prefill_tokens_per_s}, {"step_ms", d.step_ms},
                                    {"tokens_per_s", d.tokens_per_s}, {"bytes_per_step", d.bytes_per_step},
-                                   {"gb_per_s", d.gb_per_s}, {"of_copy", d.gb_per_s / bandwidth}});
+                                   {"gb_per_s", d.gb_per_s}, {"of_copy", d.gb_per_s / bandwidth},
+                                   {"cache_bytes_per_token", d.cache_bytes_per_token},
+                                   {"naive_cache_bytes_per_token", d.naive_cache_bytes_per_token}});
         }
       }
       fmt::print("{}\n", out.dump());
@@ -245,13 +247,14 @@ int main(int argc, char** argv) {
     if (run_decode) {
       fmt::print("\ncopy bandwidth {:.1f} GB/s ({} threads)\n\n", bandwidth, threads);
       std::vector<Row> rows = {
-          {"decode", "batch", "context", "prefill tok/s", "step ms", "tokens/s", "GB/s", "of copy"}};
+          {"decode", "batch", "context", "prefill tok/s", "step ms", "tokens/s", "GB/s", "of copy", "cache B/token"}};
       for (size_t i = 0; i < decodes.size(); ++i) {
         const ds::bench::DecodeResult& d = decodes[i];
         rows.push_back({model_config, std::to_string(decode_batches[i]), std::to_string(context),
                         fmt::format("{:.0f}", d.prefill_tokens_per_s), fmt::format("{:.2f}", d.step_ms),
                         fmt::format("{:.0f}", d.tokens_per_s), fmt::format("{:.2f}", d.gb_per_s),
-                        percent(d.gb_per_s / bandwidth)});
+                        percent(d.gb_per_s / bandwidth),
+                        fmt::format("{} (naive {})", d.cache_bytes_per_token, d.naive_cache_bytes_per_token)});
       }
       print_table(rows);
     }

@@ -27,7 +27,8 @@ grep -q '"device":"cpu"' "$T/out.json" || fail "no device"
 grep -q '"name":"64x64x64"' "$T/out.json" || fail "first shape missing"
 grep -q '"name":"32x48x16"' "$T/out.json" || fail "second shape missing"
 grep -q '"config":"tiny"' "$T/out.json" || fail "no step config"
-for key in batch context prefill_tokens_per_s step_ms tokens_per_s bytes_per_step gb_per_s of_copy; do
+for key in batch context prefill_tokens_per_s step_ms tokens_per_s bytes_per_step gb_per_s of_copy \
+  cache_bytes_per_token naive_cache_bytes_per_token; do
   positive "$decode" $key
 done
 echo "$decode" | grep -q '"batch":3,' || fail "no batch-3 decode: $decode"

@@ -65,6 +65,7 @@ struct DecodeResult {
   double tokens_per_s = 0;          // batch / step
   double bytes_per_step = 0;        // weights a step reads (expected distinct experts) + the latent cache
   double gb_per_s = 0;              // bytes_per_step / step
+  int64_t cache_bytes_per_token = 0, naive_cache_bytes_per_token = 0;  // latent vs per-head K/V, all layers, F32
 };
 
 // Random weights; `batch` sequences of `context` random tokens prefilled, then steps timed decode steps through

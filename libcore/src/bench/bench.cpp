@@ -233,6 +233,8 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
   const double cached = double(batch) * (double(context) + 0.5 * double(steps));
   r.bytes_per_step = 4.0 * weights + cached * double(engine.cache_bytes_per_token());
   r.gb_per_s = r.bytes_per_step / median(seconds) * 1e-9;
+  r.cache_bytes_per_token = engine.cache_bytes_per_token();
+  r.naive_cache_bytes_per_token = engine.naive_cache_bytes_per_token();
   return r;
 }
 
