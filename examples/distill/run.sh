@@ -83,4 +83,4 @@ for m in teacher base distill grpo; do
   printf '| %s | %s | %s | %s | %s |\n' "$m" "$(field pass@1 "$RUN/$m.json")" "$(field pass@k "$RUN/$m.json")" \
     "$(field cons@k "$RUN/$m.json")" "$(field format "$RUN/$m.json")"
 done
-echo "CPU seconds: distillation $(cat "$RUN/distill.cpu_s") (teacher sampling included), GRPO $(cat "$RUN/grpo.cpu_s")" >&2
+echo "CPU seconds: distillation $(cat "$RUN/distill.cpu_s") (sampling included), GRPO $(cat "$RUN/grpo.cpu_s")" >&2

@@ -2,6 +2,8 @@
 // match of the extracted answer, and normalising must be idempotent (a normalised answer is its own canonical form).
 #include "ds/verify.h"
 
+#include <fmt/format.h>
+
 #include "ds/error.h"
 #include "fuzz.h"
 
@@ -13,7 +15,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const ds::verify::Reward r = ds::verify::reward(completion, reference);
     if (const auto answer = ds::verify::extract_answer(completion)) {
       const std::string key = ds::verify::normalize(*answer);
-      if (ds::verify::normalize(key) != key) __builtin_trap();
+      if (const std::string again = ds::verify::normalize(key); again != key) {
+        fmt::print(stderr, "normalize is not idempotent: {:?} -> {:?} -> {:?}\n", *answer, key, again);
+        __builtin_trap();
+      }
       if (ds::verify::answers_match(*answer, reference) != (r.accuracy > 0)) __builtin_trap();
     }
     ds::verify::format_ok(completion);

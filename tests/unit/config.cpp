@@ -87,7 +87,13 @@ TEST_CASE("bad configs are refused with the file name and the problem") {
   refuses(j, "even");
   j = v3_671b();
   j["hidden_size"] = "big";
+  refuses(j, "'hidden_size' must be an integer");
+  j = v3_671b();
+  j["routed_scaling_factor"] = "big";
   refuses(j, "bad value");
+  j = v3_671b();
+  j["hidden_size"] = 1.1e27;  // found by fuzzing: converting it to an integer was undefined behaviour
+  refuses(j, "'hidden_size' must be an integer");
   j = v3_671b();
   j["topk_method"] = "magic";
   refuses(j, "magic");

@@ -174,6 +174,14 @@ TEST_CASE("load rejects corrupt or unsupported tokenizer.json with the file name
   write(j.dump());
   expect_error("WordPiece");
   j = good;
+  j["model"]["vocab"]["a"] = 1e88;  // found by fuzzing: a float id was converted with undefined behaviour
+  write(j.dump());
+  expect_error("token id 1e+88 is not an integer");
+  j = good;
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "a"}}}};  // found by fuzzing: no "behavior"
+  write(j.dump());
+  expect_error("behavior");
+  j = good;
   j["model"]["vocab"].erase("Ā");
   j["model"]["vocab"]["XY"] = 7;  // byte 0x00's id, spelled as something else
   write(j.dump());

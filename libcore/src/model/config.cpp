@@ -43,6 +43,8 @@ void parse_rope(ModelConfig& c, const nlohmann::json& rope, const std::string& s
     } else if (key == "factor") {
       c.rope_scaling.factor = value.get<double>();
     } else if (key == "original_max_position_embeddings") {
+      if (!value.is_number_integer())
+        fail("{}: rope_scaling.original_max_position_embeddings must be an integer", source);
       c.rope_scaling.original_max_position_embeddings = value.get<int64_t>();
     } else if (key == "beta_fast") {
       c.rope_scaling.beta_fast = value.get<double>();
@@ -175,7 +177,11 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
     for (const auto& item : j.items()) {
       const std::string& key = item.key();
       const nlohmann::json& value = item.value();
-      auto i64 = [&] { return value.is_null() ? int64_t(0) : value.get<int64_t>(); };
+      // get<int64_t>() would convert a float such as 1e27 with undefined behaviour.
+      auto i64 = [&] {
+        if (!value.is_null() && !value.is_number_integer()) fail("{}: '{}' must be an integer", source, key);
+        return value.is_null() ? int64_t(0) : value.get<int64_t>();
+      };
       if (key == "vocab_size") c.vocab_size = i64();
       else if (key == "hidden_size") c.hidden_size = i64();
       else if (key == "intermediate_size") c.intermediate_size = i64();

@@ -356,7 +356,8 @@ std::optional<std::string> extract_answer(std::string_view completion) {
 }
 
 std::string normalize(std::string_view answer) {
-  const std::string unwrapped = unwrap_text(replace_all(answer, "\u2212", "-"));
+  // Unwrapping first: removing a \text{ can join the bytes of a U+2212 around it.
+  const std::string unwrapped = replace_all(unwrap_text(answer), "\u2212", "-");
   // Wrappers nest ("$\boxed{50\%}$"): peel them all, so a normalised answer is its own normal form. Each layer
   // shortens the view, and only a \boxed{} layer scans (for its closing brace), so this stays fast on real answers.
   std::string_view view = unwrapped;

@@ -125,19 +125,27 @@ void write_json(const std::filesystem::path& path, const OrderedJson& json) {
   write_file_atomic(path.string(), json.dump(2) + "\n");
 }
 
+// A token id: an integer in uint32's range (get<uint32_t>() would convert a float such as 1e88 with undefined
+// behaviour).
+uint32_t token_id(const Json& value, const std::string& file) {
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > int64_t(UINT32_MAX))
+    fail("{}: token id {} is not an integer from 0 to 2^32 - 1", file, value.dump());
+  return uint32_t(value.get<int64_t>());
+}
+
 // The id of the special token a TemplateProcessing post-processor puts first, if it does.
-std::optional<uint32_t> template_bos(const Json& post) {
+std::optional<uint32_t> template_bos(const Json& post, const std::string& file) {
   if (post.is_null()) return std::nullopt;
   if (post.at("type") == "Sequence") {
     for (const Json& p : post.at("processors"))
-      if (auto id = template_bos(p)) return id;
+      if (auto id = template_bos(p, file)) return id;
     return std::nullopt;
   }
   if (post.at("type") != "TemplateProcessing" || post.at("single").empty()) return std::nullopt;
   const Json& first = post.at("single").front();
   if (!first.contains("SpecialToken")) return std::nullopt;
   const std::string name = first.at("SpecialToken").at("id").get<std::string>();
-  return post.at("special_tokens").at(name).at("ids").at(0).get<uint32_t>();
+  return token_id(post.at("special_tokens").at(name).at("ids").at(0), file);
 }
 
 Json byte_level_json() {
@@ -270,7 +278,7 @@ Tokenizer::Impl::Impl(tok::Spec spec_in, const std::string& origin)
     if (it == ids.end()) fail("{}: the {} token {:?} is not in the vocabulary", origin, what, token);
     return it->second;
   };
-  const std::optional<uint32_t> post_bos = template_bos(spec.post_processor);
+  const std::optional<uint32_t> post_bos = template_bos(spec.post_processor, origin);
   if (post_bos) check_id(*post_bos, tokens.size());
   adds_bos = post_bos.has_value();
   bos = spec.bos ? required("BOS", *spec.bos) : post_bos ? *post_bos : required("BOS", kBos);
@@ -418,13 +426,13 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     spec.tokens.resize(vocab.size());
     std::vector<bool> seen(vocab.size(), false);
     for (const auto& [token, id_json] : vocab.items()) {
-      const auto id = id_json.get<uint32_t>();
+      const uint32_t id = token_id(id_json, file);
       if (id >= vocab.size() || seen[id]) fail("{}: vocabulary ids are not 0..{} each once", file, vocab.size() - 1);
       spec.tokens[id] = token;
       seen[id] = true;
     }
     for (const Json& t : json.at("added_tokens")) {
-      AddedToken a{.id = t.at("id").get<uint32_t>(),
+      AddedToken a{.id = token_id(t.at("id"), file),
                    .content = t.at("content").get<std::string>(),
                    .special = t.at("special").get<bool>(),
                    .lstrip = t.value("lstrip", false),
