@@ -147,3 +147,31 @@ TEST_CASE("gradients: a distillation loss on the logits through backward(dlogits
   const std::vector<int32_t> positions = {0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 0};
   check_gradients(resolve_model_config("tiny-dense"), {0.0, 0.0}, false, positions.data(), Head::distill);
 }
+
+TEST_CASE("an MTP weight of 0 skips the MTP modules: same main loss, no MTP gradient or load") {
+  const ModelConfig config = resolve_model_config("tiny");
+  REQUIRE(config.num_nextn_predict_layers > 0);
+  Model<double> model(config);
+  randomize(model, 3);
+  const int64_t B = 2, Tn = 6, N = B * Tn;
+  std::vector<int32_t> inputs(N), targets(N);
+  for (int64_t n = 0; n < N; ++n) inputs[n] = int32_t(n * 7 % 50), targets[n] = int32_t(n * 11 % 50);
+  LossOptions with, without;
+  with.mtp_weight = 0.3;
+  without.mtp_weight = 0;
+  const ForwardStats full = model.forward(inputs.data(), targets.data(), B, Tn, with);
+  model.zero_grads();
+  const ForwardStats main = model.forward(inputs.data(), targets.data(), B, Tn, without);
+  model.backward();
+  CHECK(main.main_loss == full.main_loss);
+  CHECK(main.loss == main.main_loss + main.balance_loss);
+  CHECK(main.mtp_loss == 0);
+  CHECK(full.mtp_loss > 0);
+  CHECK(main.expert_load.size() < full.expert_load.size());
+  for (const ParamInfo& p : model.param_infos()) {
+    if (p.name.find("layers." + std::to_string(config.num_hidden_layers) + ".") == std::string::npos) continue;
+    for (int64_t i = 0; i < shape_numel(p.shape); ++i) CHECK(model.grads()[size_t(p.offset + i)] == 0.0);
+  }
+  model.update_router_bias(main.expert_load, 0.001);  // the main layers' loads alone are accepted
+  model.update_router_bias(full.expert_load, 0.001);
+}

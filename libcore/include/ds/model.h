@@ -30,7 +30,7 @@ struct ParamInfo {
 };
 
 struct LossOptions {
-  double mtp_weight = 0.3;       // lambda: L = L_main + lambda/D * sum_k L_mtp_k
+  double mtp_weight = 0.3;       // lambda: L = L_main + lambda/D * sum_k L_mtp_k; 0 skips the MTP modules
   double balance_alpha = 0.0;    // sequence-wise balance loss weight
 };
 

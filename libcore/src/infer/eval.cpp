@@ -144,7 +144,9 @@ TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::spa
         inputs[size_t(b * Tn + t)] = int32_t(ids[at]);
         targets[size_t(b * Tn + t)] = int32_t(ids[at + 1]);
       }
-    const ForwardStats stats = model.forward(inputs.data(), targets.data(), B, Tn);
+    LossOptions next_token_only;  // perplexity is the main head's: the MTP modules need not run
+    next_token_only.mtp_weight = 0;
+    const ForwardStats stats = model.forward(inputs.data(), targets.data(), B, Tn, next_token_only);
     score.nll += stats.main_loss * double(stats.tokens);
     score.tokens += stats.tokens;
   };

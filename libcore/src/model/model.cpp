@@ -54,6 +54,7 @@ struct Model<T>::Impl {
   int64_t B = 0, Tn = 0, N = 0, count = 0;
   bool with_loss = false;
   LossOptions options;
+  size_t mtp_depths = 0;  // MTP modules the last forward ran: none when their loss weight is 0
   std::vector<int32_t> inputs, targets, pos;
   std::vector<T> weights;              // per-position loss weights; empty = mean over targets
   std::vector<std::vector<T>> hidden;  // hidden[l] is the input of block l; hidden[L] the last block's output
@@ -268,7 +269,8 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
 
   // MTP depth k at position i sees token t_{i+k} and predicts t_{i+k+1}: shift the inputs and targets by k.
   const T* prev = m.hidden[size_t(L)].data();
-  for (size_t k = 0; k < m.mtp.size(); ++k) {
+  m.mtp_depths = options.mtp_weight != 0 ? m.mtp.size() : 0;
+  for (size_t k = 0; k < m.mtp_depths; ++k) {
     MtpModule<T>& mt = m.mtp[k];
     const int64_t shift = int64_t(k) + 1;
     mt.tokens.assign(size_t(N), 0), mt.targets.assign(size_t(N), -1);
@@ -306,7 +308,7 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
         ops::cross_entropy(mt.logits.data(), mt.targets.data(), N, V) / double(std::max<int64_t>(mt.count, 1));
     prev = mt.h_out.data();
   }
-  if (!m.mtp.empty()) stats.mtp_loss /= double(m.mtp.size());
+  if (m.mtp_depths > 0) stats.mtp_loss /= double(m.mtp_depths);
   stats.loss = stats.main_loss + options.mtp_weight * stats.mtp_loss + stats.balance_loss;
   return stats;
 }
@@ -321,9 +323,9 @@ void Model<T>::backward() {
 
   // MTP modules, last first: each passes a gradient to the hidden state it read.
   std::vector<T> dprev(size_t(N * d), T(0));
-  for (size_t k = m.mtp.size(); k-- > 0;) {
+  for (size_t k = m.mtp_depths; k-- > 0;) {
     MtpModule<T>& mt = m.mtp[k];
-    const double scale = m.options.mtp_weight / double(m.mtp.size()) / double(std::max<int64_t>(mt.count, 1));
+    const double scale = m.options.mtp_weight / double(m.mtp_depths) / double(std::max<int64_t>(mt.count, 1));
     ops::cross_entropy_backward(dlogits.data(), mt.logits.data(), mt.targets.data(), N, V, scale);
     std::fill(dx.begin(), dx.end(), T(0));
     ops::linear_backward(dx.data(), m.store.g(m.head), dlogits.data(), mt.xf.data(), m.store.w(m.head), N, V, d);
@@ -388,8 +390,9 @@ void Model<T>::update_router_bias(const std::vector<std::vector<int64_t>>& exper
   std::vector<Moe<T>*> moes;
   for (auto& b : m.blocks)
     if (b.is_moe) moes.push_back(&b.moe);
-  for (auto& mt : m.mtp)
-    if (mt.block.is_moe) moes.push_back(&mt.block.moe);
+  if (expert_load.size() > moes.size())  // the forward ran the MTP modules too
+    for (auto& mt : m.mtp)
+      if (mt.block.is_moe) moes.push_back(&mt.block.moe);
   if (expert_load.size() != moes.size()) fail("expert load has {} layers, the model {}", expert_load.size(), moes.size());
   for (size_t i = 0; i < moes.size(); ++i) {
     if (moes[i]->bias < 0) continue;
