@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <type_traits>
 
 namespace ds {
 
@@ -37,6 +38,11 @@ void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alph
 
 template <typename T>
 void linear(T* y, const T* x, const T* w, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  // One token (batch-1 decode) is a matrix-vector product, which streams W at memory speed where sgemm packs it.
+  if constexpr (std::is_same_v<T, float>)
+    if (M == 1 && N > 0 && K > 0)
+      return cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(N), blasint(K), 1.0f, w, blasint(K), x, 1,
+                         accumulate ? 1.0f : 0.0f, y, 1);
   gemm<T>(false, true, M, N, K, T(1), x, K, w, K, accumulate ? T(1) : T(0), y, N);
 }
 
