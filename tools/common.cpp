@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <map>
 
 #include "ds/chat.h"
 #include "ds/error.h"
@@ -121,6 +122,22 @@ void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& 
   app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
   app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
       ->capture_default_str();
+}
+
+void add_bad_step_options(CLI::App& app, BadStepOptions& o) {
+  const std::map<std::string, OnBadSteps> actions = {{"stop", OnBadSteps::Stop}, {"reload", OnBadSteps::Reload}};
+  app.add_option("--on-bad-steps", o.action,
+                 "after --max-bad-steps: stop with an error, or reload the last checkpoint at a lower learning rate")
+      ->transform(CLI::CheckedTransformer(actions))
+      ->default_str("stop");
+  app.add_option("--bad-lr-factor", o.lr_factor, "reload: multiply the learning rate by this at each reload")
+      ->capture_default_str();
+  app.add_option("--max-reloads", o.max_reloads, "reload: stop with an error instead after this many reloads")
+      ->capture_default_str();
+}
+
+void add_fp8_flag(CLI::App& app, bool& fp8) {
+  app.add_flag("--fp8", fp8, "emulate DeepSeek-V3's FP8 training GEMMs (e4m3, 1x128 / 128x128 tiles)");
 }
 
 namespace {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "ds/bad_steps.h"
 #include "ds/comm.h"
 #include "ds/cuda.h"
 #include "ds/optim.h"
@@ -68,6 +69,10 @@ TrainingOptions training_options(Options& o) {
 }
 void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,
                           const std::string& seed_help);
+// --on-bad-steps, --bad-lr-factor and --max-reloads: what ds-pretrain and ds-grpo do after --max-bad-steps.
+void add_bad_step_options(CLI::App& app, BadStepOptions& o);
+// --fp8: the trainers' FP8 training emulation (Model::set_fp8).
+void add_fp8_flag(CLI::App& app, bool& fp8);
 
 // Checks a --template value: one of ds/chat.h's formats.
 CLI::Validator chat_format_validator();

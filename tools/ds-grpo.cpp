@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   app.add_option("--prompts-per-step", o.prompts_per_step, "prompts per step (P)")->capture_default_str();
   ds::tool::add_training_options(app, ds::tool::training_options(o), schedule, "total steps of the run",
                                  "seed of the task order and the sampler");
+  ds::tool::add_bad_step_options(app, o.bad_steps);
   app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "completion length limit (also dr_grpo's constant)")
       ->capture_default_str();
   app.add_option("--temperature", o.sampling.temperature, "sampling temperature")->capture_default_str();
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
   app.add_option("--rollouts", o.rollouts, "append every rollout to this JSONL file (- = stdout)");
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed (0 = frozen)")
       ->capture_default_str();
+  ds::tool::add_fp8_flag(app, o.fp8);
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
   ds::tool::add_dist_options(app, dist, false);
@@ -89,6 +91,7 @@ int main(int argc, char** argv) {
       if (o.loss.beta > 0) fmt::print(stderr, " kl {:.4f}", r.kl);
       fmt::print(stderr, " clip {:.3f} ent {:.3f} flat {}/{} rollout {:.0f} tok/s update {:.0f} tok/s", r.clip_fraction,
                  r.entropy, r.zero_variance_groups, r.groups, r.rollout_tokens_per_s, r.update_tokens_per_s);
+      if (r.reloads > 0) fmt::print(stderr, " reloads {}", r.reloads);
       if (r.skipped) fmt::print(stderr, " (no update)");
       fmt::print(stderr, "\n");
     };

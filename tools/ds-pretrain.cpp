@@ -32,10 +32,11 @@ int main(int argc, char** argv) {
   app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
   ds::tool::add_training_options(app, ds::tool::training_options(o), schedule, "total optimizer steps of the run",
                                  "seed of the initial weights and the built-in corpus");
+  ds::tool::add_bad_step_options(app, o.bad_steps);
   app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")->capture_default_str();
   app.add_option("--balance-alpha", o.loss.balance_alpha, "sequence-wise balance loss weight")->capture_default_str();
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")->capture_default_str();
-  app.add_flag("--fp8", o.fp8, "emulate DeepSeek-V3's FP8 training GEMMs (e4m3, 1x128 / 128x128 tiles)");
+  ds::tool::add_fp8_flag(app, o.fp8);
   app.add_option("--samples", samples, "after training, print N greedy completions of held-out builtin:arith "
                                        "problems as JSONL on stdout");
   ds::tool::add_compute_options(app, compute);
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
       if (r.load_imbalance > 0) fmt::print(stderr, " imbalance {:.2f}", r.load_imbalance);
       if (r.comm_share > 0) fmt::print(stderr, " comm {:.0f}%", 100 * r.comm_share);
       if (r.bad_steps > 0) fmt::print(stderr, " bad {}", r.bad_steps);
+      if (r.reloads > 0) fmt::print(stderr, " reloads {}", r.reloads);
       fmt::print(stderr, "\n");
     };
     events.checkpoint = [](const std::string& dir) { fmt::print(stderr, "saved {}\n", dir); };

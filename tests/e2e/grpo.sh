@@ -1,6 +1,7 @@
 #!/bin/sh
 # ds-grpo end to end on the tiny model: metrics and rollouts are written, resume is bit-exact, a failing reward command
-# stops the run with a clear message and keeps its rollouts, and reward rises on a trivially learnable task.
+# stops the run with a clear message and keeps its rollouts, --fp8 trains and is kept by the run, and reward rises on
+# a trivially learnable task.
 set -eu
 BIN=${DS_BIN:?}
 T=$(mktemp -d)
@@ -51,6 +52,18 @@ cmp "$T/full/latest/optimizer.safetensors" "$T/split/latest/optimizer.safetensor
 grep -q '"kl":' "$T/full/metrics.jsonl" || fail "no kl metric with --beta"
 awk -F'"clip_fraction":' '{ split($2, v, ","); if (v[1] > 0) found = 1 } END { exit !found }' \
   "$T/full/metrics.jsonl" || fail "the second iteration never clipped"
+
+# FP8 emulation: step 1 samples what run a sampled (sampling stays f32) but its gradient went through e4m3 GEMMs, so
+# its norm is near a's and not equal to it; the run records --fp8 and a resume must keep it.
+grpo "$T/f8" $COMMON --steps 2 --fp8 2>"$T/err" || fail "--fp8 training failed: $(cat "$T/err")"
+grep -q '"fp8": true' "$T/f8/latest/trainer_state.json" || fail "trainer state lacks fp8"
+g() { sed -n "1s/.*\"grad_norm\":\([^,]*\).*/\1/p" "$1"; }
+awk -v a="$(g "$T/a/metrics.jsonl")" -v f="$(g "$T/f8/metrics.jsonl")" 'BEGIN {
+  if (!(f != a && f > 0.8 * a && f < 1.25 * a)) { print "fp8 grad norm " f " vs full precision " a; exit 1 } }' ||
+  fail "--fp8 gradient"
+if grpo --resume "$T/f8" $COMMON --steps 3 2>"$T/err"; then fail "resumed an --fp8 run without --fp8"; fi
+grep -q "fp8 = true, not false" "$T/err" || fail "fp8 resume message: $(cat "$T/err")"
+grpo --resume "$T/f8" $COMMON --steps 3 --fp8 2>/dev/null || fail "--fp8 resume"
 
 # SIGTERM finishes the step, saves a checkpoint and exits 0; the run resumes from it.
 (eval "exec $BIN/ds-grpo $T/sig $COMMON --steps 100000") 2>/dev/null &  # exec: $! is ds-grpo itself

@@ -15,6 +15,7 @@
 #include <functional>
 #include <string>
 
+#include "ds/bad_steps.h"
 #include "ds/comm.h"
 #include "ds/grpo.h"
 #include "ds/optim.h"
@@ -48,11 +49,13 @@ struct GrpoTrainOptions {
   AdamWOptions adamw;
   double clip = 1.0;
   double bias_gamma = 0.0;                   // aux-loss-free router bias updates; 0 keeps the base's routing bias
+  bool fp8 = false;                          // FP8 training GEMMs in the updates (Model::set_fp8); sampling stays f32
   uint64_t seed = 1234;
   int64_t save_every = 0;
   int keep = 0;
   int64_t log_every = 1;
-  int64_t max_bad_steps = 10;
+  int64_t max_bad_steps = 10;                // non-finite steps in a row tolerated before bad_steps acts
+  BadStepOptions bad_steps;                  // then stop, or reload the last checkpoint (the base at step 0)
   // Data parallel over comm's ranks (null: one process): each step's prompts are split over the ranks, each
   // samples, scores and computes the advantages of its own groups, and the loss is normalised over the whole
   // batch; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory, every rank appends its rollouts.
@@ -70,7 +73,8 @@ struct GrpoRecord {
   double rollout_tokens_per_s = 0;                // completion tokens generated per second
   double update_tokens_per_s = 0;                 // prompt + completion tokens per second, counted once per update
   double elapsed_s = 0;
-  int64_t bad_steps = 0;
+  int64_t bad_steps = 0;  // non-finite steps of this invocation
+  int64_t reloads = 0;    // returns to the last checkpoint after too many bad steps in a row (ds/bad_steps.h)
   bool skipped = false;  // no update: a non-finite loss or gradient, or nothing left to train on
 };
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ds/bad_steps.h"
 #include "ds/comm.h"
 #include "ds/model.h"
 #include "ds/optim.h"
@@ -32,7 +33,8 @@ struct PretrainOptions {
   int64_t save_every = 0;     // 0: only at the end
   int keep = 0;               // checkpoints kept; 0 = all
   int64_t log_every = 10;
-  int64_t max_bad_steps = 10; // consecutive non-finite steps tolerated (each is skipped) before failing
+  int64_t max_bad_steps = 10; // consecutive non-finite steps tolerated (each is skipped) before bad_steps acts
+  BadStepOptions bad_steps;   // then stop, or reload the last checkpoint at a lower learning rate
   // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on its r-th
   // contiguous share of the sequences one process would take, so R ranks follow the 1-rank run up to float
   // rounding; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory.
@@ -45,7 +47,8 @@ struct StepRecord {
   double loss = 0, main_loss = 0, mtp_loss = 0, balance_loss = 0, lr = 0, grad_norm = 0;
   double tokens_per_s = 0, load_imbalance = 0, elapsed_s = 0;
   uint64_t tokens = 0;  // seen since the run started
-  int64_t bad_steps = 0;
+  int64_t bad_steps = 0;  // skipped steps of this invocation
+  int64_t reloads = 0;    // returns to the last checkpoint after too many bad steps in a row (ds/bad_steps.h)
   bool skipped = false;
   double comm_share = 0;  // share of the time since the last record spent in collectives (data parallel)
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <unordered_set>
 
@@ -27,6 +28,9 @@ uint32_t Sampler::sample(std::span<float> logits, const SamplingOptions& o, std:
       if (t < logits.size()) logits[t] = logits[t] > 0 ? logits[t] / p : logits[t] * p;
   }
   if (o.temperature <= 0) return uint32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  // A diverged model's NaN logits would break the sort's ordering (undefined behaviour); they rank last instead.
+  for (float& x : logits)
+    if (std::isnan(x)) x = -std::numeric_limits<float>::infinity();
 
   std::vector<uint32_t> order(logits.size());
   std::iota(order.begin(), order.end(), 0u);

@@ -124,10 +124,39 @@ void append_rollouts(const std::string& path, const std::vector<Rollout>& rollou
   if (fd != STDOUT_FILENO) close(fd);
 }
 
-// What a resume must not change: it would silently alter the task stream or the batch.
+// What a resume must not change: it would silently alter the task stream, the batch or the numerics.
 nlohmann::json options_json(const GrpoTrainOptions& o) {
   return {{"tasks", o.tasks},           {"template", o.prompt_template}, {"seed", o.seed},
-          {"group_size", o.group_size}, {"prompts_per_step", o.prompts_per_step}};
+          {"group_size", o.group_size}, {"prompts_per_step", o.prompts_per_step}, {"fp8", o.fp8}};
+}
+
+// A checkpoint's trainer state, checked against the options a resume must not change.
+struct SavedState {
+  int64_t step = 0, optimizer_steps = 0;
+  uint64_t cursor = 0;
+  std::string base, config_hash;
+  nlohmann::json json;
+};
+
+SavedState read_state(const std::string& dir, const GrpoTrainOptions& o) {
+  const std::string path = dir + "/trainer_state.json";
+  SavedState s;
+  try {
+    s.json = nlohmann::json::parse(read_file(path));
+    s.step = s.json.at("step").get<int64_t>();
+    s.cursor = s.json.at("task_cursor").get<uint64_t>();
+    s.optimizer_steps = s.json.at("optimizer_steps").get<int64_t>();
+    s.base = s.json.at("base_model").get<std::string>();
+    s.config_hash = s.json.at("config_hash").get<std::string>();
+    const nlohmann::json now = options_json(o);
+    for (const auto& [key, value] : s.json.at("options").items())
+      if (now.at(key) != value)
+        fail("{}: the run was trained with {} = {}, not {}; resume with the same value", path, key, value.dump(),
+             now.at(key).dump());
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: bad trainer state: {}", path, e.what());
+  }
+  return s;
 }
 
 void validate(const GrpoTrainOptions& o) {
@@ -177,14 +206,17 @@ class Trainer {
 
  private:
   Sampled sample();
-  void update(const std::vector<Rollout>& batch, GrpoRecord& r);
+  bool update(const std::vector<Rollout>& batch, GrpoRecord& r);  // false: a non-finite loss or gradient
+  void reload();
+  void load_optimizer(const std::string& dir, int64_t steps);
   void save();
   void log(const GrpoRecord& r);
 
   const GrpoTrainOptions& o_;
   const GrpoEvents& events_;
   RunDir run_;
-  int64_t step_ = 0, bad_in_a_row_ = 0, bad_total_ = 0;
+  BadStepGuard guard_;
+  int64_t step_ = 0;
   uint64_t cursor_ = 0;  // tasks consumed
   std::string base_;     // the base model directory: the reference, and the record of where the run started
   std::optional<LoadedModel> policy_;
@@ -199,7 +231,8 @@ class Trainer {
   LossOptions no_aux_;            // RL trains the next-token policy only
 };
 
-Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), events_(events), run_(o.run_dir) {
+Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
+    : o_(o), events_(events), run_(o.run_dir), guard_(o.max_bad_steps, o.bad_steps) {
   namespace fs = std::filesystem;
   validate(o);
   if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
@@ -209,32 +242,22 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), e
   if (!o.resume && o.model.empty()) fail("--model: the base model to start from is required");
 
   // Everything that can be refused is checked before the run directory is created.
-  const std::string state_path = o.resume ? *latest + "/trainer_state.json" : "";
-  std::string saved_hash;
-  int64_t optimizer_steps = 0;
+  SavedState saved;
   if (o.resume) {
-    try {
-      const nlohmann::json state = nlohmann::json::parse(read_file(state_path));
-      step_ = state.at("step").get<int64_t>();
-      cursor_ = state.at("task_cursor").get<uint64_t>();
-      optimizer_steps = state.at("optimizer_steps").get<int64_t>();
-      base_ = state.at("base_model").get<std::string>();
-      saved_hash = state.at("config_hash").get<std::string>();
-      const nlohmann::json now = options_json(o);
-      for (const auto& [key, value] : state.at("options").items())
-        if (now.at(key) != value)
-          fail("{}: the run was trained with {} = {}, not {}; resume with the same value", state_path, key,
-               value.dump(), now.at(key).dump());
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: bad trainer state: {}", state_path, e.what());
-    }
+    saved = read_state(*latest, o);
+    step_ = saved.step, cursor_ = saved.cursor, base_ = saved.base;
+    guard_.load(saved.json, *latest + "/trainer_state.json");
   } else {
     base_ = resolve_model_dir(o.model);
   }
   policy_.emplace(load_model_dir(o.resume ? *latest : base_));
-  if (o.resume && saved_hash != config_hash(policy_->config))
-    fail("{}: config hash does not match config.json", state_path);
-  if (o.loss.beta > 0) reference_.emplace(std::move(load_model_dir(base_).model));
+  if (o.resume && saved.config_hash != config_hash(policy_->config))
+    fail("{}/trainer_state.json: config hash does not match config.json", *latest);
+  policy_->model.set_fp8(o.fp8);
+  if (o.loss.beta > 0) {
+    reference_.emplace(std::move(load_model_dir(base_).model));
+    reference_->set_fp8(o.fp8);  // the same numerics as the policy, so the KL starts at zero
+  }
   tasks_.emplace(load_tasks(o.tasks), o.seed);
   if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
   chat_.emplace(policy_->tokenizer, parse_chat_format(o.prompt_template));
@@ -244,9 +267,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events) : o_(o), e
   Model<float>& model = policy_->model;
   optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, comm_);
   if (o.resume) {
-    const auto [m, v] = read_optimizer_state(*latest, model.params().size());
-    optimizer_->load_state(m, v);
-    optimizer_->set_steps(optimizer_steps);
+    load_optimizer(*latest, saved.optimizer_steps);
     if (events.info && rank_ == 0) events.info(fmt::format("resumed {} at step {}", *latest, step_));
   } else if (events.info && rank_ == 0) {
     events.info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
@@ -278,11 +299,17 @@ void Trainer::run(const std::atomic<bool>& stop) {
     r.groups = s.groups, r.zero_variance_groups = s.zero_variance_groups;
     r.rollout_tokens_per_s = double(s.tokens) / seconds_since(rollout_start);
 
-    r.lr = learning_rate(schedule, step_);
+    r.lr = learning_rate(schedule, step_) * guard_.lr_scale();
     r.skipped = s.trained == 0;
-    if (!r.skipped) update(s.batch, r);
+    // The loss and the norm are the same on every rank (all-reduced), so every rank takes the same decision. A step
+    // with nothing to train on neither counts as bad nor ends a run of bad ones.
+    if (!r.skipped && guard_.count(!update(s.batch, r))) {
+      reload();
+      continue;
+    }
     ++step_;
-    r.step = step_, r.bad_steps = bad_total_, r.elapsed_s = seconds_since(start);
+    r.step = step_, r.bad_steps = guard_.bad_total(), r.reloads = guard_.reloads();
+    r.elapsed_s = seconds_since(start);
     double stopping = stop ? 1 : 0;  // any rank asked to stop: all stop at this step
     if (comm_) comm_->all_reduce(&stopping, 1);
     const bool last = step_ == o_.steps || stopping > 0 || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
@@ -370,7 +397,7 @@ Sampled Trainer::sample() {
 
 // mu AdamW steps over the batch. The log-probabilities the policy had when it sampled come from the first update's
 // forward, where the policy is still that policy.
-void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
+bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   const auto start = Clock::now();
   Model<float>& model = policy_->model;
   std::vector<double> rewards, advantage;  // advantage: per completion token
@@ -479,11 +506,38 @@ void Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   r.clip_fraction = double(stats.clipped_low + stats.clipped_high) / tokens;
   r.entropy = entropy_sum / std::max(token_count, 1.0);
   r.update_tokens_per_s = double(batch_tokens * o_.iterations) / seconds_since(start);
-  if (!r.skipped) {
-    bad_in_a_row_ = 0;
-  } else if (++bad_total_, ++bad_in_a_row_ > o_.max_bad_steps) {
-    fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row_);
+  return !r.skipped;
+}
+
+// Back to the last checkpoint (weights, AdamW state, step, task cursor), or to the base model at step 0 when the run
+// has none; the weights are copied in place, where the engine reads them.
+void Trainer::reload() {
+  const std::optional<std::string> dir = run_.latest();
+  const LoadedModel saved = load_model_dir(dir ? *dir : base_);
+  std::vector<float>& params = policy_->model.params();
+  if (saved.model.params().size() != params.size()) fail("{}: the model changed shape during the run", saved.dir);
+  std::copy(saved.model.params().begin(), saved.model.params().end(), params.begin());
+  if (dir) {
+    const SavedState s = read_state(*dir, o_);
+    step_ = s.step, cursor_ = s.cursor;
+    load_optimizer(*dir, s.optimizer_steps);
+  } else {
+    step_ = 0, cursor_ = 0;
+    const std::vector<float> zeros(params.size(), 0.0f);
+    optimizer_->load_state(zeros, zeros);
+    optimizer_->set_steps(0);
   }
+  if (events_.info && rank_ == 0)
+    events_.info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the "
+                             "learning rate scaled by {:g} (reload {} of at most {})",
+                             o_.max_bad_steps + 1, dir ? *dir : base_, step_, guard_.lr_scale(), guard_.reloads(),
+                             o_.bad_steps.max_reloads));
+}
+
+void Trainer::load_optimizer(const std::string& dir, int64_t steps) {
+  const auto [m, v] = read_optimizer_state(dir, policy_->model.params().size());
+  optimizer_->load_state(m, v);
+  optimizer_->set_steps(steps);
 }
 
 void Trainer::log(const GrpoRecord& r) {
@@ -505,6 +559,7 @@ void Trainer::log(const GrpoRecord& r) {
                            {"rollout_tokens_per_s", r.rollout_tokens_per_s},
                            {"update_tokens_per_s", r.update_tokens_per_s},
                            {"bad_steps", r.bad_steps},
+                           {"reloads", r.reloads},
                            {"skipped", r.skipped},
                            {"elapsed_s", r.elapsed_s}};
   if (reference_) record["kl"] = r.kl;
@@ -518,13 +573,14 @@ void Trainer::save() {
   const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
     write_model_dir(tmp, policy_->model, policy_->tokenizer);
     write_optimizer_state(tmp, moments.first, moments.second);
-    const nlohmann::json state = {{"step", step_},
-                                  {"task_cursor", cursor_},
-                                  {"optimizer_steps", optimizer_->steps()},
-                                  {"base_model", base_},
-                                  {"config_hash", config_hash(policy_->config)},
-                                  {"options", options_json(o_)},
-                                  {"threads", get_threads()}};
+    nlohmann::json state = {{"step", step_},
+                            {"task_cursor", cursor_},
+                            {"optimizer_steps", optimizer_->steps()},
+                            {"base_model", base_},
+                            {"config_hash", config_hash(policy_->config)},
+                            {"options", options_json(o_)},
+                            {"threads", get_threads()}};
+    guard_.save(state);
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
   });
   if (events_.checkpoint) events_.checkpoint(dir);

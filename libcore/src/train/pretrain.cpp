@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -88,7 +89,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   };
 
   int64_t step = 0;
-  uint64_t tokens_seen = 0, cursor = 0;
+  uint64_t tokens_seen = 0;
   std::optional<LoadedModel> loaded;
   if (o.resume) loaded.emplace(load_model_dir(*latest));
   if (loaded && !o.tokenizer.empty()) fail("{}: a resumed run keeps its own tokenizer; drop --tokenizer", o.run_dir);
@@ -110,10 +111,22 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   TokenSource data = o.data.empty() ? TokenSource::builtin_arith(tokenizer, o.seed)
                                     : TokenSource::from_shards(o.data, uint32_t(config.vocab_size));
   AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.comm);
+  BadStepGuard guard(o.max_bad_steps, o.bad_steps);
 
-  if (o.resume) {
-    const std::string state_path = *latest + "/trainer_state.json";
+  // The step, tokens seen, data position and AdamW state of checkpoint dir (the weights are loaded apart), or of the
+  // start of the run when there is none. Returns the checkpoint's trainer state.
+  auto restore = [&](const std::optional<std::string>& dir) {
     nlohmann::json state;
+    if (!dir) {
+      step = 0, tokens_seen = 0;
+      data.seek(0);
+      const std::vector<float> zeros(model.params().size(), 0.0f);
+      optimizer.load_state(zeros, zeros);
+      optimizer.set_steps(0);
+      return state;
+    }
+    const std::string state_path = *dir + "/trainer_state.json";
+    uint64_t cursor = 0;
     try {
       state = nlohmann::json::parse(read_file(state_path));
       step = state.at("step").get<int64_t>();
@@ -128,10 +141,15 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     } catch (const nlohmann::json::exception& e) {
       fail("{}: bad trainer state: {}", state_path, e.what());
     }
-    const auto [m, v] = read_optimizer_state(*latest, model.params().size());
+    const auto [m, v] = read_optimizer_state(*dir, model.params().size());
     optimizer.load_state(m, v);
     optimizer.set_steps(step);
     data.seek(cursor);
+    return state;
+  };
+
+  if (o.resume) {
+    guard.load(restore(latest), *latest + "/trainer_state.json");
     info(fmt::format("resumed {} at step {} ({} tokens seen)", *latest, step, tokens_seen));
   } else {
     const ParamCount pc = count_params(config);
@@ -154,22 +172,23 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     const std::string dir = run.save(step, o.keep, [&](const std::string& tmp) {
       write_model_dir(tmp, model, tokenizer);
       write_optimizer_state(tmp, moments.first, moments.second);
-      const nlohmann::json state = {{"step", step},
-                                    {"tokens_seen", tokens_seen},
-                                    {"data_cursor", data.cursor()},
-                                    {"config_hash", config_hash(config)},
-                                    {"options", options_json(o, data.description())},
-                                    {"schedule", {{"lr", schedule.lr}, {"warmup", schedule.warmup},
-                                                  {"total", schedule.total}}},
-                                    {"threads", get_threads()},
-                                    {"ranks", ranks}};
+      nlohmann::json state = {{"step", step},
+                              {"tokens_seen", tokens_seen},
+                              {"data_cursor", data.cursor()},
+                              {"config_hash", config_hash(config)},
+                              {"options", options_json(o, data.description())},
+                              {"schedule", {{"lr", schedule.lr}, {"warmup", schedule.warmup},
+                                            {"total", schedule.total}}},
+                              {"threads", get_threads()},
+                              {"ranks", ranks}};
+      guard.save(state);
       write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     });
     if (events.checkpoint) events.checkpoint(dir);
   };
 
   std::vector<int32_t> inputs, targets;
-  int64_t bad_in_a_row = 0, bad_total = 0, steps_this_run = 0;
+  int64_t steps_this_run = 0;
   const auto start = std::chrono::steady_clock::now();
   auto interval_start = start;
   uint64_t interval_tokens = 0;
@@ -195,16 +214,27 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     std::vector<float>& grads = model.grads();
     if (o.grad_accum > 1)
       for (float& g : grads) g /= float(o.grad_accum);
-    const double lr = learning_rate(schedule, step);
+    const double lr = learning_rate(schedule, step) * guard.lr_scale();
     const double norm = optimizer.reduce_grads(grads, o.clip);
     StepRecord r;
+    // The loss and the norm are the same on every rank (all-reduced), so every rank takes the same decision.
     r.skipped = !std::isfinite(sum.loss) || !std::isfinite(norm);
-    if (r.skipped) {
-      ++bad_total;
-      if (++bad_in_a_row > o.max_bad_steps)
-        fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row);
-    } else {
-      bad_in_a_row = 0;
+    if (guard.count(r.skipped)) {
+      const std::optional<std::string> dir = run.latest();
+      restore(dir);
+      if (dir) {
+        const LoadedModel saved = load_model_dir(*dir);
+        std::copy(saved.model.params().begin(), saved.model.params().end(), model.params().begin());
+      } else {
+        model.init_random(o.seed);
+      }
+      info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning "
+                       "rate scaled by {:g} (reload {} of at most {})",
+                       o.max_bad_steps + 1, dir ? *dir : "the start of the run", step, guard.lr_scale(),
+                       guard.reloads(), o.bad_steps.max_reloads));
+      continue;
+    }
+    if (!r.skipped) {
       optimizer.step(model.params(), grads, lr);
       model.update_router_bias(loads, o.bias_gamma);
     }
@@ -221,13 +251,13 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       r.tokens_per_s = double(interval_tokens) / std::chrono::duration<double>(now - interval_start).count();
       r.load_imbalance = load_imbalance(loads);
       r.elapsed_s = std::chrono::duration<double>(now - start).count();
-      r.bad_steps = bad_total;
+      r.bad_steps = guard.bad_total(), r.reloads = guard.reloads();
       const double comm_now = comm_seconds(o.comm, ep_comm.get());
       r.comm_share = (comm_now - interval_comm) / std::chrono::duration<double>(now - interval_start).count();
       interval_start = now, interval_tokens = 0, interval_comm = comm_now;
       nlohmann::json record = {{"step", r.step}, {"loss", r.loss}, {"main_loss", r.main_loss}, {"lr", r.lr},
                                {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s}, {"tokens", r.tokens},
-                               {"bad_steps", r.bad_steps}, {"elapsed_s", r.elapsed_s}};
+                               {"bad_steps", r.bad_steps}, {"reloads", r.reloads}, {"elapsed_s", r.elapsed_s}};
       if (config.num_nextn_predict_layers > 0) record["mtp_loss"] = r.mtp_loss;
       if (o.loss.balance_alpha > 0) record["balance_loss"] = r.balance_loss;
       if (config.n_routed_experts > 0) record["load_imbalance"] = r.load_imbalance;
