@@ -57,14 +57,12 @@ grep -q "<answer> 7 </answer>" "$T/emit.jsonl" || fail "emitted: $(cat "$T/emit.
 cmp "$T/emit.jsonl" "$T/samp/samples.jsonl" || fail "the run keeps other samples than it emits"
 grep -q "accepted $n of 12 samples" "$T/log" || fail "summary: $(cat "$T/log")"
 
-# ds-eval samples, filtered with jq, through a pipe.
-if command -v jq >/dev/null; then
-  $BIN/ds-eval --model "$T/teacher" --tasks "$T/tasks.jsonl" -k 2 --template plain --max-new-tokens 48 \
-    --samples "$T/eval.jsonl" --threads 1 >/dev/null 2>&1
-  jq -c 'select(.correct) | {prompt, completion}' "$T/eval.jsonl" |
-    $BIN/ds-distill "$T/jq" --data - --student-config tiny-dense $COMMON --steps 2 --val-fraction 0 2>/dev/null ||
-    fail "training from a pipe"
-fi
+# ds-eval samples, filtered with jq (the README's one-liner), through a pipe.
+$BIN/ds-eval --model "$T/teacher" --tasks "$T/tasks.jsonl" -k 2 --template plain --max-new-tokens 48 \
+  --samples "$T/eval.jsonl" --threads 1 >/dev/null 2>&1
+jq -c 'select(.correct) | {prompt, completion}' "$T/eval.jsonl" |
+  $BIN/ds-distill "$T/jq" --data - --student-config tiny-dense $COMMON --steps 2 --val-fraction 0 2>/dev/null ||
+  fail "training from a pipe"
 
 # Refusals: a teacher with another tokenizer; bad records; usage errors.
 $BIN/ds-tokenize train "${DS_FIXTURES:?}/tokenizer/corpus.txt" --vocab-size 300 -o "$T/tok" 2>/dev/null

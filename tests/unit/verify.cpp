@@ -150,8 +150,9 @@ TEST_CASE("normalize spells numbers canonically") {
 TEST_CASE("normalize peels every wrapper: a normal form normalises to itself") {
   CHECK(normalize("5" + std::string(40, '%')) == "5");
   CHECK(normalize("$\\boxed{$\\boxed{\\boxed{7\\%}}$}$ %") == "7");
+  CHECK(normalize("\\text\\text{{12}}") == "12");  // unwrapping joins "\text" and "{": unwrap again
   const std::vector<std::string> answers = {"in>" + std::string(60, '%'), "$x$%$%$%$%$%$%$%$%$%$%$%",
-                                            "\\boxed{\\boxed{a}} b%"};
+                                            "\\boxed{\\boxed{a}} b%", "\\text\\text\\text{{{x}}} y"};
   for (const std::string& x : answers) CHECK(normalize(normalize(x)) == normalize(x));
 }
 

@@ -191,10 +191,10 @@ struct Sampled {
   int64_t trained = 0;  // completions trained on by all ranks (batch holds this rank's)
 };
 
-// The shape of ForwardStats::expert_load (one row per MoE layer, MTP included), all zero.
+// The shape of ForwardStats::expert_load without MTP (RL's forward skips the MTP modules), all zero.
 std::vector<std::vector<int64_t>> no_load(const ModelConfig& c) {
   std::vector<std::vector<int64_t>> loads;
-  for (int64_t l = 0; l < c.num_hidden_layers + c.num_nextn_predict_layers; ++l)
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.is_moe_layer(l)) loads.emplace_back(size_t(c.n_routed_experts), 0);
   return loads;
 }

@@ -356,8 +356,11 @@ std::optional<std::string> extract_answer(std::string_view completion) {
 }
 
 std::string normalize(std::string_view answer) {
-  // Unwrapping first: removing a \text{ can join the bytes of a U+2212 around it.
-  const std::string unwrapped = replace_all(unwrap_text(answer), "\u2212", "-");
+  // Unwrapping first, to a fixed point: removing a \text{ can join "\text" and "{" or the bytes of a U+2212 around
+  // it. Each round that changes anything removes a wrapper, so real answers take one or two.
+  std::string text(answer);
+  for (std::string next = unwrap_text(text); next != text; next = unwrap_text(text)) text = std::move(next);
+  const std::string unwrapped = replace_all(text, "\u2212", "-");
   // Wrappers nest ("$\boxed{50\%}$"): peel them all, so a normalised answer is its own normal form. Each layer
   // shortens the view, and only a \boxed{} layer scans (for its closing brace), so this stays fast on real answers.
   std::string_view view = unwrapped;
