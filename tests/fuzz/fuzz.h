@@ -23,7 +23,8 @@ inline std::string scratch_file(const uint8_t* data, size_t size, std::string_vi
   const char* dir = std::getenv("TMPDIR");
   const std::string path =
       std::string(dir && *dir ? dir : "/tmp") + "/ds-fuzz-" + std::to_string(::getpid()) + std::string(suffix);
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(data), std::streamsize(size));
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(reinterpret_cast<const char*>(data), std::streamsize(size));
   return path;
 }
 
