@@ -400,32 +400,40 @@ Sampled Trainer::sample() {
 bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   const auto start = Clock::now();
   Model<float>& model = policy_->model;
-  std::vector<double> rewards, advantage;  // advantage: per completion token
+  std::vector<double> rewards;
   std::vector<int64_t> lengths;
-  std::vector<grpo::Sequence> sequences;
-  int64_t batch_tokens = 0;
   for (const Rollout& x : batch) {
     rewards.push_back(*x.reward);
     lengths.push_back(int64_t(x.completion.tokens.size()));
-    sequences.push_back({x.prompt, x.completion.tokens});
-    batch_tokens += int64_t(x.prompt.size() + x.completion.tokens.size());
   }
   const std::vector<double> adv = grpo::advantages(rewards, o_.group_size, o_.scale_rewards);
-  for (size_t i = 0; i < batch.size(); ++i) advantage.insert(advantage.end(), size_t(lengths[i]), adv[i]);
-  std::vector<double> scale = grpo::token_scales(lengths, o_.aggregation, o_.sampling.max_new_tokens);
+  std::vector<double> all_scales = grpo::token_scales(lengths, o_.aggregation, o_.sampling.max_new_tokens);
   if (comm_) {
     // Normalise over the whole batch, not this rank's part (times the ranks, as reduce_grads averages over them).
-    double counts[2] = {double(batch.size()), double(scale.size())};
+    double counts[2] = {double(batch.size()), double(all_scales.size())};
     comm_->all_reduce(counts, 2);
-    const double mine = o_.aggregation == grpo::Aggregation::dapo ? double(scale.size()) / counts[1]
+    const double mine = o_.aggregation == grpo::Aggregation::dapo ? double(all_scales.size()) / counts[1]
                                                                   : double(batch.size()) / counts[0];
-    for (double& x : scale) x *= double(ranks_) * mine;
+    for (double& x : all_scales) x *= double(ranks_) * mine;
+  }
+  // Without a KL term a completion whose advantage is 0 (every completion of a group with equal rewards) has zero
+  // loss and gradient at every iteration, so only the others go through the model. The scales above still count
+  // every completion, so the update is the one of the whole batch.
+  std::vector<double> advantage, scale;  // per completion token of the updated completions
+  std::vector<grpo::Sequence> sequences;
+  int64_t batch_tokens = 0;
+  for (size_t i = 0, first = 0; i < batch.size(); first += size_t(lengths[i]), ++i) {
+    if (!reference_ && adv[i] == 0.0) continue;
+    sequences.push_back({batch[i].prompt, batch[i].completion.tokens});
+    batch_tokens += int64_t(batch[i].prompt.size()) + lengths[i];
+    advantage.insert(advantage.end(), size_t(lengths[i]), adv[i]);
+    scale.insert(scale.end(), all_scales.begin() + long(first), all_scales.begin() + long(first) + lengths[i]);
   }
 
   std::vector<MicroBatch> micro;
-  const size_t per = o_.micro_batch > 0 ? size_t(o_.micro_batch) : batch.size();
-  for (size_t b = 0, first = 0; b < batch.size(); b += per) {
-    MicroBatch mb{b, std::min(batch.size(), b + per), first, {}};
+  const size_t per = o_.micro_batch > 0 ? size_t(o_.micro_batch) : sequences.size();
+  for (size_t b = 0, first = 0; b < sequences.size(); b += per) {
+    MicroBatch mb{b, std::min(sequences.size(), b + per), first, {}};
     mb.packed = grpo::pack(std::span(sequences).subspan(b, mb.end - b), int32_t(policy_->tokenizer.pad_id()));
     first += mb.packed.rows.size();
     micro.push_back(std::move(mb));
