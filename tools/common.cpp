@@ -91,6 +91,10 @@ void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel)
   app.add_option("--comm-timeout", options.timeout_s, "seconds a collective may wait for the other ranks")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--bucket-mb", options.bucket_mb,
+                 "reduce the gradients in buckets of this many MiB while the backward runs (0: all after it)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   if (!expert_parallel) return;
   app.add_option("--ep", options.expert_parallel, "split the routed experts over groups of N ranks (expert parallel)")
       ->capture_default_str()

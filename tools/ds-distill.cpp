@@ -52,12 +52,15 @@ int main(int argc, char** argv) {
   app.add_option("--max-new-tokens", o.sample.sampling.max_new_tokens, "teacher completion length limit")
       ->capture_default_str();
   app.add_option("--emit", o.emit, "also write the accepted samples to this JSONL file (- = stdout)");
-  app.add_option("--batch", o.batch, "rows per step")->capture_default_str();
+  app.add_option("--batch", o.batch, "rows per step, over all ranks")->capture_default_str();
   app.add_option("--seq-len", o.seq_len, "positions per row (short examples are packed)")->capture_default_str();
   ds::tool::add_training_options(app, ds::tool::training_options(o), schedule,
                                  "total steps of the run (0 = --epochs passes over the data)",
                                  "seed of a new student's weights, the data order and the validation split");
+  ds::tool::add_fp8_flag(app, o.fp8);
   ds::tool::add_compute_options(app, compute);
+  ds::tool::DistOptions dist;
+  ds::tool::add_dist_options(app, dist, false);
 
   return ds::tool::run(app, argc, argv, [&] {
     if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
@@ -73,6 +76,9 @@ int main(int argc, char** argv) {
     o.kd.divergence = ds::kd::parse_divergence(divergence);
     o.sample.seed = o.seed;
     ds::tool::apply_compute_options(compute);
+    const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
+    o.comm = comm.get();
+    o.bucket_mb = dist.bucket_mb;
 
     const auto& stop = ds::tool::install_stop_signals();
     ds::distill::DistillEvents events;
@@ -83,6 +89,7 @@ int main(int argc, char** argv) {
       if (r.val_loss) fmt::print(stderr, " val {:.4f}", *r.val_loss);
       fmt::print(stderr, " lr {:.2e} gnorm {:.3f} tok/s {:.0f} epoch {:.2f}", r.lr, r.grad_norm, r.tokens_per_s,
                  r.epoch);
+      if (r.comm_share > 0) fmt::print(stderr, " comm {:.0f}%", 100 * r.comm_share);
       if (r.bad_steps > 0) fmt::print(stderr, " bad {}", r.bad_steps);
       fmt::print(stderr, "\n");
     };

@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
     o.scale_rewards = ds::grpo::parse_scale_rewards(scale_rewards);
     ds::tool::apply_compute_options(compute);
     const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
-    o.comm = comm.get();
+    o.comm = comm.get(), o.bucket_mb = dist.bucket_mb;
 
     const auto& stop = ds::tool::install_stop_signals();
     ds::GrpoEvents events;

@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     if (o.data.size() == 1 && o.data[0] == "builtin:arith") o.data.clear();
     ds::tool::apply_compute_options(compute);
     const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
-    o.comm = comm.get(), o.expert_parallel = dist.expert_parallel;
+    o.comm = comm.get(), o.expert_parallel = dist.expert_parallel, o.bucket_mb = dist.bucket_mb;
 
     const auto& stop = ds::tool::install_stop_signals();
     ds::PretrainEvents events;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # ds-distill end to end on tiny models: SFT learns a fixed reply, metrics and validation loss are written, resume is
-# bit-exact with a teacher's logits in the loss, the teacher's verified samples become the data (and --emit writes
-# them), ds-eval samples filtered by jq train through a pipe, and a teacher with another tokenizer is refused.
+# bit-exact with a teacher's logits in the loss, --fp8 trains otherwise, the teacher's verified samples become the
+# data (and --emit writes them), ds-eval samples filtered by jq train through a pipe, and a teacher with another
+# tokenizer is refused.
 set -eu
 BIN=${DS_BIN:?}
 T=$(mktemp -d)
@@ -45,6 +46,17 @@ cmp "$T/full/latest/optimizer.safetensors" "$T/split/latest/optimizer.safetensor
 grep -q '"kd_loss":' "$T/full/metrics.jsonl" || fail "no kd_loss metric"
 $BIN/ds-distill --resume "$T/split" $KD --seed 9 2>"$T/err" && fail "resume with another seed"
 grep -q "trained with seed = 1234, not 9" "$T/err" || fail "seed change: $(cat "$T/err")"
+
+# --fp8: the student's GEMMs and the teacher's forward through e4m3 tiles. The loss is finite at every step and
+# falls, but not as the f32 run's does; a resume keeps the setting.
+$BIN/ds-distill "$T/fp8" $KD --fp8 --log-every 1 2>/dev/null || fail "--fp8 run"
+last_f32=$(tail -1 "$T/full/metrics.jsonl" | sed 's/.*"loss":\([^,}]*\).*/\1/')
+awk -F'"loss":' -v f32="$last_f32" '{ split($2, v, ","); l[NR] = v[1]; if (v[1] !~ /^[0-9]/) bad = 1 }
+  END { if (bad || NR != 6 || !(l[NR] < l[1]) || l[NR] == f32) bad = 1; print "fp8 " l[1] " -> " l[NR] ", f32 " f32
+        exit bad }' "$T/fp8/metrics.jsonl" || fail "--fp8 loss"
+cmp -s "$T/full/latest/model.safetensors" "$T/fp8/latest/model.safetensors" && fail "--fp8 changed nothing"
+$BIN/ds-distill --resume "$T/fp8" $KD 2>"$T/err" && fail "resume of an --fp8 run without --fp8"
+grep -q "trained with fp8 = true, not false" "$T/err" || fail "fp8 change: $(cat "$T/err")"
 
 # Rejection sampling: the teacher's correct samples are kept (none of task "eight"), emitted and trained on.
 $BIN/ds-distill "$T/samp" --teacher "$T/teacher" --prompts "$T/tasks.jsonl" -k 3 --max-new-tokens 48 \

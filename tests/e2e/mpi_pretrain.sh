@@ -1,7 +1,7 @@
 #!/bin/sh
 # ds-pretrain under mpirun -np 2: data parallel follows one process on the same global batch (losses within 1e-4
-# relative: ranks sum in another order), with and without --ep; a run resumes on another number of ranks; bad
-# splits are refused.
+# relative: ranks sum in another order), with and without --ep; gradient buckets change nothing; a run resumes on
+# another number of ranks; bad splits are refused.
 set -eu
 . "$(dirname "$0")/mpi.inc"
 BIN=$DS_BIN/ds-pretrain
@@ -28,6 +28,21 @@ grep -q '"comm_share"' "$T/two/metrics.jsonl" || fail "no comm_share in metrics"
 $MPIRUN -np 2 "$BIN" "$T/ep" $COMMON --batch 4 --steps 6 --ep 2 2>"$T/ep.log" || fail "--ep 2: $(cat "$T/ep.log")"
 grep -q "experts split over 2 ranks" "$T/ep.log" || fail "no expert-parallel line"
 same_losses "$T/one" "$T/ep" "--ep 2"
+
+# Gradients reduced in buckets during the backward (tiny's in several at --bucket-mb 0.02) give the weights and
+# AdamW state of one reduction after it (--bucket-mb 0) bitwise: on 2 ranks each sum is one addition either way.
+n=0
+for extra in "" "--grad-accum 2" "--ep 2"; do
+  n=$((n + 1))
+  for mb in 0 0.02; do
+    $MPIRUN -np 2 "$BIN" "$T/b$n-$mb" $COMMON --batch 4 --steps 4 $extra --bucket-mb $mb 2>"$T/b.log" ||
+      fail "--bucket-mb $mb $extra: $(cat "$T/b.log")"
+  done
+  for f in model optimizer; do
+    cmp -s "$T/b$n-0/checkpoints/step-00000004/$f.safetensors" "$T/b$n-0.02/checkpoints/step-00000004/$f.safetensors" ||
+      fail "--bucket-mb 0.02 $extra: $f.safetensors differs from --bucket-mb 0"
+  done
+done
 
 # Resume on another number of ranks: the 2-rank run on 1, the 1-rank run on 2; both continue to step 9 alike.
 $BIN --resume "$T/two" $COMMON --batch 4 --steps 9 2>"$T/r1.log" || fail "resume on 1: $(cat "$T/r1.log")"

@@ -107,6 +107,29 @@ TEST_CASE("collectives match their definitions on every rank") {
     for (int64_t j = 0; j < counts[size_t(r)]; ++j)
       CHECK(g[size_t(mine + j)] == float(R * (mine + j) + R * (R - 1) / 2));
   }
+  SUBCASE("ireduce_scatter equals reduce_scatter, several in flight, zero counts included") {
+    // As AdamW's gradient buckets: the array's ZeRO parts, reduced in two pieces started before either is waited
+    // for; the first piece lies within rank 0's part, so every other rank has nothing of it.
+    const int64_t n = 5 * R + 2;
+    const std::vector<int64_t> parts = split_evenly(n, R);
+    std::vector<float> whole(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) whole[size_t(i)] = float(i * (r + 1) + 7 * r);
+    std::vector<float> pieces = whole;
+    comm->reduce_scatter(whole.data(), parts);
+
+    const int64_t cut = parts[0] / 2;
+    std::vector<int64_t> low(static_cast<size_t>(R), 0), high = parts;
+    low[0] = cut, high[0] -= cut;
+    const auto first = comm->ireduce_scatter(pieces.data(), low);
+    const auto second = comm->ireduce_scatter(pieces.data() + cut, high);
+    first->test();  // either answer is right; it only lets the collectives progress
+    second->wait();
+    first->wait();
+    CHECK(first->test());
+    CHECK(second->test());
+    const int64_t mine = offset_of(parts, r);
+    for (int64_t j = 0; j < parts[size_t(r)]; ++j) CHECK(pieces[size_t(mine + j)] == whole[size_t(mine + j)]);
+  }
   SUBCASE("all_to_all_v sends each rank its own count") {
     // Rank r sends q+1 values 1000 r + q to rank q, so it receives r+1 values 1000 q + r from each q.
     std::vector<int64_t> send_counts(static_cast<size_t>(R)), recv_counts(static_cast<size_t>(R), r + 1);

@@ -13,6 +13,7 @@
 #include "ds/config.h"
 #include "ds/distill.h"
 #include "ds/error.h"
+#include "ds/kd.h"
 #include "ds/model.h"
 #include "ds/tokenizer.h"
 
@@ -174,4 +175,33 @@ TEST_CASE("a teacher with another tokenizer or vocabulary size is refused") {
   }
   CHECK_THROWS_WITH_AS(check_same_tokenizer(bytes, wider, bytes, c, "T", "S"),
                        "the teacher T has vocab_size 384 and the student S 320; distillation needs the same", Error);
+}
+
+TEST_CASE("data-parallel shares: losses over the global count average to the whole batch's, gradients too") {
+  // Two ranks' rows with 3 and 1 targets: each divides by the global count over the ranks, so the mean of their
+  // losses, and of their gradients as AdamW averages them, is the whole batch's (one process's).
+  const int64_t N = 6, V = 9, half = N / 2;
+  std::vector<double> student(static_cast<size_t>(N * V)), teacher(student.size());
+  for (size_t i = 0; i < student.size(); ++i) student[i] = std::sin(double(i)) * 3, teacher[i] = std::cos(double(i));
+  const std::vector<int32_t> targets = {4, 0, 8, -1, 2, -1};
+  kd::Options o;
+  o.divergence = kd::Divergence::jsd, o.top_k = 4;
+  std::vector<double> whole_grad(student.size()), grad(student.size());
+  const kd::Loss whole =
+      kd::distill_loss(student.data(), teacher.data(), targets.data(), N, V, o, 0.4, whole_grad.data());
+  kd::Loss mean, alone;
+  for (int64_t r = 0; r < 2; ++r) {
+    const size_t at = size_t(r * half * V);
+    const kd::Loss L = kd::distill_loss(student.data() + at, teacher.data() + at, targets.data() + r * half, half, V,
+                                        o, 0.4, grad.data() + at, double(whole.tokens) / 2);
+    mean.total += L.total / 2, mean.kd += L.kd / 2, mean.ce += L.ce / 2;
+    alone.total += kd::distill_loss(student.data() + at, teacher.data() + at, targets.data() + r * half, half, V, o,
+                                    0.4, std::vector<double>(static_cast<size_t>(half * V)).data()).total / 2;
+  }
+  CHECK(mean.total == doctest::Approx(whole.total).epsilon(1e-12));
+  CHECK(mean.kd == doctest::Approx(whole.kd).epsilon(1e-12));
+  CHECK(mean.ce == doctest::Approx(whole.ce).epsilon(1e-12));
+  for (size_t i = 0; i < grad.size(); ++i) CHECK(grad[i] / 2 == doctest::Approx(whole_grad[i]).epsilon(1e-12));
+  // Each share's own mean would weigh the lone target of the second rank as much as the first rank's three.
+  CHECK(alone.total != doctest::Approx(whole.total).epsilon(1e-3));
 }

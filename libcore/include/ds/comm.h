@@ -32,6 +32,19 @@ constexpr Scalar scalar_of<int64_t>() {
 }
 size_t scalar_bytes(Scalar type);
 
+// A nonblocking collective in flight (Comm::ireduce_scatter). Its buffer must stay untouched until it is complete,
+// and it must be waited for before its Comm goes away; one destroyed unfinished is abandoned (only after an error,
+// when the process is about to exit).
+class Request {
+ public:
+  virtual ~Request() = default;
+  // Lets the collective progress without blocking (MPI moves only inside its calls); true once it is complete.
+  virtual bool test() = 0;
+  // Blocks until it is complete, under the Comm's deadline (a dead peer gives the same timeout error as a blocking
+  // collective); the time waited counts in Comm::seconds().
+  virtual void wait() = 0;
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
@@ -46,8 +59,13 @@ class Comm {
   // In place over data [sum(counts)]: rank r's part, counts[r] values at offset sum(counts[<r]), goes to all ranks.
   virtual void all_gather(void* data, const std::vector<int64_t>& counts, Scalar type) = 0;
   // In place over data [sum(counts)]: afterwards rank r's part (same layout as all_gather) holds the sum over ranks
-  // of that part; the rest of data is unspecified.
-  virtual void reduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) = 0;
+  // of that part; the rest of data is unspecified. Counts may be zero.
+  void reduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) {
+    ireduce_scatter(data, counts, type)->wait();
+  }
+  // The same started in the background: the result is in place once the request is complete. Collectives on one
+  // Comm, blocking or not, must start in the same order on every rank.
+  virtual std::unique_ptr<Request> ireduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) = 0;
   // send holds send_counts[q] values for each rank q in rank order; recv gets recv_counts[q] values from each q.
   virtual void all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
                             const std::vector<int64_t>& recv_counts, Scalar type) = 0;
@@ -68,12 +86,16 @@ class Comm {
     reduce_scatter(data, counts, scalar_of<T>());
   }
   template <typename T>
+  std::unique_ptr<Request> ireduce_scatter(T* data, const std::vector<int64_t>& counts) {
+    return ireduce_scatter(data, counts, scalar_of<T>());
+  }
+  template <typename T>
   void all_to_all_v(const T* send, const std::vector<int64_t>& send_counts, T* recv,
                     const std::vector<int64_t>& recv_counts) {
     all_to_all_v(send, send_counts, recv, recv_counts, scalar_of<T>());
   }
 
-  // Seconds spent inside collectives since the Comm was made (waiting for slower ranks included).
+  // Seconds spent inside collectives and Request::wait since the Comm was made (waiting for slower ranks included).
   double seconds() const { return seconds_; }
 
  protected:

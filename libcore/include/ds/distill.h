@@ -15,6 +15,10 @@
 //
 // The run directory is ds-pretrain's: checkpoints (model dir + optimizer.safetensors + trainer_state.json), latest,
 // metrics.jsonl; a sampled run also keeps its data as RUN/samples.jsonl, so resume needs no teacher sampling.
+//
+// Data parallel as ds-pretrain: each rank trains on its contiguous share of a step's rows (the teacher's forward
+// too), AdamW is sharded over the ranks (ZeRO-1), the ranks sample the teacher's completions in shares, and rank 0
+// writes the run directory.
 #include <nlohmann/json.hpp>
 
 #include <atomic>
@@ -27,6 +31,7 @@
 #include <vector>
 
 #include "ds/chat.h"
+#include "ds/comm.h"
 #include "ds/config.h"
 #include "ds/kd.h"
 #include "ds/model.h"
@@ -93,10 +98,13 @@ struct SampleResult {
   double seconds = 0;
 };
 // Samples k completions of each task from the teacher, prompted with `chat`, and keeps those the verifiers find
-// correct (ds-eval's "correct"). progress(done, total, accepted) follows the completions.
+// correct (ds-eval's "correct"). progress(done, total, accepted) follows this rank's completions. With a comm of
+// several ranks, each samples a contiguous share of the completions and all of them return every rank's: the same
+// result as one process, since completion f's seed does not depend on who samples it.
 SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
                             const std::vector<Task>& tasks, const SampleOptions& options,
-                            const std::function<void(int64_t, int64_t, int64_t)>& progress = nullptr);
+                            const std::function<void(int64_t, int64_t, int64_t)>& progress = nullptr,
+                            dist::Comm* comm = nullptr);
 
 // ---- training ----
 
@@ -129,6 +137,11 @@ struct DistillOptions {
   int64_t log_every = 10;
   int64_t eval_every = 0;                   // validation loss every N steps; 0 = at the end only
   int64_t max_bad_steps = 10;
+  bool fp8 = false;                         // emulate the FP8 training GEMMs (Model::set_fp8), the teacher's too
+  // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on the r-th
+  // contiguous share of the rows one process would take, so R ranks follow the 1-rank run up to float rounding.
+  dist::Comm* comm = nullptr;
+  double bucket_mb = 25;  // gradients reduced in buckets of this many MiB during the backward; 0: after it
 };
 
 struct DistillRecord {
@@ -141,6 +154,7 @@ struct DistillRecord {
   double elapsed_s = 0;
   int64_t bad_steps = 0;
   bool skipped = false;
+  double comm_share = 0;  // share of the time since the last record spent in collectives (data parallel)
 };
 
 struct DistillEvents {

@@ -60,6 +60,8 @@ struct GrpoTrainOptions {
   // samples, scores and computes the advantages of its own groups, and the loss is normalised over the whole
   // batch; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory, every rank appends its rollouts.
   dist::Comm* comm = nullptr;
+  double bucket_mb = 25;                     // gradients reduced in buckets of this many MiB during the backward;
+                                             // 0: after it
 };
 
 struct GrpoRecord {

@@ -35,12 +35,15 @@ double divergence(const T* student, const T* teacher, int64_t V, const Options& 
 // The distillation objective over N positions, of which those with a target (>= 0) count:
 //   L = alpha * mean KD + (1 - alpha) * mean CE,  CE = -log softmax(z_s)[target]  (temperature 1)
 // grad [N, V] is overwritten with dL/dz_s (0 on positions without a target). teacher may be null when alpha is 0.
+// The means divide by `count` when it is positive, else by the positions with a target here. A data-parallel rank
+// passes the global batch's count over the number of ranks: the mean of the ranks' losses, and of their gradients
+// as AdamW averages them, is then the global batch's, however unevenly the targets fall on the ranks.
 struct Loss {
   double total = 0, kd = 0, ce = 0;  // kd and ce are the means, before weighting
   int64_t tokens = 0;                // positions with a target
 };
 template <typename T>
 Loss distill_loss(const T* student, const T* teacher, const int32_t* targets, int64_t N, int64_t V,
-                  const Options& options, double alpha, T* grad);
+                  const Options& options, double alpha, T* grad, double count = 0);
 
 }  // namespace ds::kd

@@ -43,6 +43,12 @@ struct ForwardStats {
   std::vector<std::vector<int64_t>> expert_load;  // per MoE layer (MTP included): tokens routed to each expert
 };
 
+// Called by Model::backward when the gradients of the flat range [begin, end) are final: nothing later in that
+// backward adds to them. Every parameter is in exactly one range per backward; the ranges are a layer each (the MTP
+// modules, the final norm with the head, each block, the embeddings) and come from the end of the array to its
+// start, the order the backward reaches them. Data-parallel training starts reducing them while the backward goes on.
+using GradReady = std::function<void(int64_t begin, int64_t end)>;
+
 template <typename T>
 class Model {
  public:
@@ -80,11 +86,11 @@ class Model {
   // each position's next-token distribution.
   std::vector<double> target_logprobs() const;
   std::vector<double> entropies() const;
-  // Gradients of the last forward's loss, added into grads().
-  void backward();
+  // Gradients of the last forward's loss, added into grads(); ready, when set, hears of each range as it is final.
+  void backward(const GradReady& ready = {});
   // After a forward without targets: backpropagates dlogits ([B*Tn, vocab], the gradient of a loss the caller
   // computed from logits(), such as a distillation loss), adding into grads().
-  void backward(const T* dlogits);
+  void backward(const T* dlogits, const GradReady& ready = {});
   // Logits [B*Tn, vocab] of the last forward (probabilities after a forward with targets).
   const T* logits() const;
 

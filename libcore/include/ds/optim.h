@@ -2,6 +2,7 @@
 // AdamW with decoupled weight decay over a model's flat parameter array, global-norm gradient clipping, and the
 // learning-rate schedules (warmup then cosine, or warmup-stable-decay).
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,19 @@
 
 namespace ds {
 
+// A contiguous range of the flat gradient array, reduced by one collective.
+struct GradBucket {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+  bool operator==(const GradBucket&) const = default;
+};
+// Buckets over [0, size) cut at parameter boundaries, from the end of the array to its start (the order Model's
+// backward finishes the gradients): each takes parameters until it holds at least bucket_elems values, so a larger
+// parameter is a bucket of its own and the last bucket may be smaller.
+std::vector<GradBucket> plan_grad_buckets(const std::vector<ParamInfo>& params, int64_t size, int64_t bucket_elems);
+// How many values of bucket b fall in each rank's part (parts as dist::split_evenly): the reduce-scatter's counts.
+std::vector<int64_t> bucket_counts(const GradBucket& b, const std::vector<int64_t>& parts);
+
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
@@ -17,11 +31,22 @@ struct AdamWOptions {
 // With a Comm of R > 1 ranks it is data parallel with ZeRO-1: rank r keeps the moments of only its contiguous part
 // of the flat array (dist::split_evenly), reduce_grads reduce-scatters the gradients onto those parts, and step
 // updates its part and all-gathers the parameters, so every rank ends the step with the same weights.
+//
+// With bucket_mb > 0 the reduce-scatter goes in buckets of about that many MiB (plan_grad_buckets), and grad_hook
+// overlaps it with the backward as PyTorch DDP does. The buckets sum the same values as one reduce-scatter of the
+// whole array: on 2 ranks the results are bitwise equal (one addition per value); on more, MPI may add in another
+// order, which changes the last bits.
 class AdamW {
  public:
-  AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm = nullptr);
+  AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm = nullptr,
+        double bucket_mb = 0);
+  // For Model::backward on the backward that finishes the step's gradients (the last micro-batch's): once all of
+  // a bucket's gradients are final, and those of the buckets before it, its reduce-scatter starts in the background
+  // while the backward goes on; each call also lets the reductions in flight progress. Does nothing without buckets.
+  GradReady grad_hook(std::vector<float>& grads);
   // Averages grads over the ranks (only this rank's part of grads is valid afterwards), clips them to the global
-  // norm max_norm (when > 0) and returns the norm before clipping, the same on every rank.
+  // norm max_norm (when > 0) and returns the norm before clipping, the same on every rank. With buckets it starts
+  // those the hook has not (all of them without a hook) and waits for them all.
   double reduce_grads(std::vector<float>& grads, double max_norm);
   // One update at learning rate lr. Matrices are decayed; norm weights are not; router biases are left alone.
   void step(std::vector<float>& params, const std::vector<float>& grads, double lr);
@@ -47,6 +72,12 @@ class AdamW {
   int64_t begin_ = 0, end_ = 0;  // this rank's part of the flat array
   std::vector<float> m_, v_;     // [end_ - begin_]
   int64_t t_ = 0;
+  // The bucketed reduction: the buckets from the end of the array, how many values of each the backward has
+  // finished, and the reduce-scatters in flight, started in bucket order (the same on every rank).
+  std::vector<GradBucket> buckets_;
+  std::vector<int64_t> final_;
+  std::vector<std::unique_ptr<dist::Request>> started_;
+  void start_bucket(std::vector<float>& grads);
 };
 
 // Scales grads so their global L2 norm is at most max_norm (when max_norm > 0); returns the norm before clipping.

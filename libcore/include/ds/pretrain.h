@@ -40,6 +40,7 @@ struct PretrainOptions {
   // rounding; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory.
   dist::Comm* comm = nullptr;
   int expert_parallel = 1;    // routed experts split over groups of this many consecutive ranks
+  double bucket_mb = 25;      // gradients reduced in buckets of this many MiB during the backward; 0: after it
 };
 
 struct StepRecord {

@@ -90,16 +90,14 @@ class MpiComm final : public Comm {
           "all_gather");
     wait(r, "all_gather");
   }
-  void reduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) override {
-    std::vector<int> c, displs;
-    layout(counts, c, displs, "reduce_scatter");
-    MPI_Request r;
-    check(MPI_Ireduce_scatter(MPI_IN_PLACE, data, c.data(), mpi_type(type), MPI_SUM, comm_, &r), "reduce_scatter");
-    wait(r, "reduce_scatter");
-    // In place, MPI leaves this rank's part at the start of the buffer; move it to its offset.
-    const size_t bytes = scalar_bytes(type);
-    char* base = static_cast<char*>(data);
-    std::memmove(base + size_t(displs[size_t(rank_)]) * bytes, base, size_t(c[size_t(rank_)]) * bytes);
+  std::unique_ptr<Request> ireduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) override {
+    auto p = std::make_unique<ReduceScatter>(*this, data, type);
+    std::vector<int> displs;
+    layout(counts, p->counts, displs, "reduce_scatter");
+    p->offset = size_t(displs[size_t(rank_)]);
+    check(MPI_Ireduce_scatter(MPI_IN_PLACE, data, p->counts.data(), mpi_type(type), MPI_SUM, comm_, &p->request),
+          "reduce_scatter");
+    return p;
   }
   void all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
                     const std::vector<int64_t>& recv_counts, Scalar type) override {
@@ -126,6 +124,37 @@ class MpiComm final : public Comm {
   }
 
  private:
+  // An MPI_Ireduce_scatter in flight. MPI reads the counts until it completes, so they live here.
+  struct ReduceScatter final : Request {
+    MpiComm& comm;
+    char* data;
+    Scalar type;
+    std::vector<int> counts;
+    size_t offset = 0;  // of this rank's part, in values
+    MPI_Request request = MPI_REQUEST_NULL;
+    bool done = false;
+
+    ReduceScatter(MpiComm& c, void* d, Scalar t) : comm(c), data(static_cast<char*>(d)), type(t) {}
+    bool test() override {
+      if (done) return true;
+      int flag = 0;
+      comm.check(MPI_Test(&request, &flag, MPI_STATUS_IGNORE), "reduce_scatter");
+      if (flag) finish();
+      return done;
+    }
+    void wait() override {
+      if (done) return;
+      comm.wait(request, "reduce_scatter");
+      finish();
+    }
+    // In place, MPI leaves this rank's part at the start of the buffer; move it to its offset.
+    void finish() {
+      const size_t bytes = scalar_bytes(type);
+      std::memmove(data + offset * bytes, data, size_t(counts[size_t(comm.rank_)]) * bytes);
+      done = true;
+    }
+  };
+
   void check(int code, const char* what) {
     if (code == MPI_SUCCESS) return;
     char text[MPI_MAX_ERROR_STRING];

@@ -145,17 +145,23 @@ class NcclComm final : public Comm {
     }
     wait("all_gather");
   }
-  void reduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) override {
-    if (!equal(counts)) {  // uneven parts: a full all-reduce leaves every part summed in place
-      all_reduce(data, total(counts), type);
-      return;
-    }
-    const size_t n = size_t(counts[0]);
+  // Enqueued on the comm's stream like every collective, with an event after it that the request polls.
+  std::unique_ptr<Request> ireduce_scatter(void* data, const std::vector<int64_t>& counts, Scalar type) override {
     char* base = static_cast<char*>(data);
-    check(ncclReduceScatter(base, base + size_t(rank_) * n * scalar_bytes(type), n, nccl_type(type), ncclSum, comm_,
-                            stream_),
-          "reduce_scatter");
-    wait("reduce_scatter");
+    if (equal(counts)) {
+      const size_t n = size_t(counts[0]);
+      check(ncclReduceScatter(base, base + size_t(rank_) * n * scalar_bytes(type), n, nccl_type(type), ncclSum, comm_,
+                              stream_),
+            "reduce_scatter");
+    } else {  // uneven parts: a full all-reduce leaves every part summed in place
+      check(ncclAllReduce(base, base, size_t(total(counts)), nccl_type(type), ncclSum, comm_, stream_),
+            "reduce_scatter");
+    }
+    // A nonblocking communicator may return before the collective is on the stream; the event must follow it.
+    wait("reduce_scatter", [&] { return enqueued("reduce_scatter"); });
+    auto p = std::make_unique<Pending>(*this);
+    cuda_check(cudaEventRecord(p->event, stream_), "cudaEventRecord");
+    return p;
   }
   void all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
                     const std::vector<int64_t>& recv_counts, Scalar type) override {
@@ -188,6 +194,22 @@ class NcclComm final : public Comm {
   }
 
  private:
+  struct Pending final : Request {
+    NcclComm& comm;
+    cudaEvent_t event = nullptr;
+    bool done = false;
+
+    explicit Pending(NcclComm& c) : comm(c) {
+      cuda_check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    ~Pending() override { cudaEventDestroy(event); }
+    bool test() override { return done = done || comm.finished("reduce_scatter", event); }
+    void wait() override {
+      if (!done) comm.wait("reduce_scatter", [&] { return comm.finished("reduce_scatter", event); });
+      done = true;
+    }
+  };
+
   static bool equal(const std::vector<int64_t>& counts) {
     for (int64_t c : counts)
       if (c != counts[0]) return false;
@@ -203,23 +225,32 @@ class NcclComm final : public Comm {
       fail("NCCL {} failed on rank {} of {}: {} ({})", what, rank_, size_, ncclGetErrorString(r),
            ncclGetLastError(comm_));
   }
-  void wait(const char* what) {
+  // Whether NCCL has put everything asked so far on the stream (nonblocking communicators report ncclInProgress
+  // while enqueuing); an asynchronous error aborts the communicator and throws.
+  bool enqueued(const char* what) {
     ncclResult_t async = ncclSuccess;
-    cudaError_t status = cudaSuccess;
-    seconds_ += wait_until(
-        [&] {
-          ncclCommGetAsyncError(comm_, &async);  // nonblocking communicators report ncclInProgress while enqueuing
-          if (async == ncclInProgress) return false;
-          if (async != ncclSuccess) return true;
-          status = cudaStreamQuery(stream_);
-          return status != cudaErrorNotReady;
-        },
-        timeout_s_, fmt::format("NCCL {}", what), rank_, size_, [&] { ncclCommAbort(comm_), aborted_ = true; });
+    ncclCommGetAsyncError(comm_, &async);
+    if (async == ncclInProgress) return false;
     if (async != ncclSuccess) {
       ncclCommAbort(comm_), aborted_ = true;
       check(async, what);
     }
+    return true;
+  }
+  // Whether the work enqueued before event (without one: everything on the stream) has finished.
+  bool finished(const char* what, cudaEvent_t event = nullptr) {
+    if (!enqueued(what)) return false;
+    const cudaError_t status = event ? cudaEventQuery(event) : cudaStreamQuery(stream_);
+    if (status == cudaErrorNotReady) return false;
     cuda_check(status, what);
+    return true;
+  }
+  void wait(const char* what, const std::function<bool()>& done) {
+    seconds_ += wait_until(done, timeout_s_, fmt::format("NCCL {}", what), rank_, size_,
+                           [&] { ncclCommAbort(comm_), aborted_ = true; });
+  }
+  void wait(const char* what) {
+    wait(what, [&] { return finished(what); });
   }
 
   ncclComm_t comm_;

@@ -49,6 +49,9 @@ struct Model<T>::Impl {
   RmsNorm<T> final_norm;
   std::vector<MtpModule<T>> mtp;
   ops::RopeTable rope;
+  // Where each layer's parameters start in the flat array, in layout order: the embeddings, the blocks, the final
+  // norm with the head, the MTP modules; then the array's end. Layer i holds [starts[i], starts[i + 1]).
+  std::vector<int64_t> starts;
 
   // Forward state.
   int64_t B = 0, Tn = 0, N = 0, count = 0;
@@ -62,11 +65,20 @@ struct Model<T>::Impl {
 
   explicit Impl(const ModelConfig& c) : config(c) {
     const int64_t d = c.hidden_size, V = c.vocab_size;
+    starts.push_back(store.size);
     embed = store.add("model.embed_tokens.weight", {V, d}, ParamKind::Matrix);
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) blocks.emplace_back(store, config, l);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      starts.push_back(store.size);
+      blocks.emplace_back(store, config, l);
+    }
+    starts.push_back(store.size);
     final_norm = RmsNorm<T>(store, "model.norm.weight", d, c.rms_norm_eps);
     head = c.tie_word_embeddings ? embed : store.add("lm_head.weight", {V, d}, ParamKind::Matrix);
-    for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) mtp.emplace_back(store, config, c.num_hidden_layers + k);
+    for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+      starts.push_back(store.size);
+      mtp.emplace_back(store, config, c.num_hidden_layers + k);
+    }
+    starts.push_back(store.size);
     store.allocate();
     const RopeScaling& r = c.rope_scaling;
     rope = ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, r.yarn, r.factor,
@@ -84,18 +96,26 @@ struct Model<T>::Impl {
       for (int64_t i = 0; i < d; ++i) g[i] += dout[n * d + i];
     }
   }
+  // Tells ready that layer i's gradients are final (see starts).
+  void layer_done(const GradReady& ready, size_t i) const {
+    if (ready) ready(starts[i], starts[i + 1]);
+  }
+  void mtp_done(const GradReady& ready, size_t k) const { layer_done(ready, blocks.size() + 2 + k); }
   // From the main head's logits down to the embeddings; dh holds what the MTP modules passed to the last hidden state.
-  void backward_main(const T* dlogits, std::vector<T> dh) {
+  void backward_main(const T* dlogits, std::vector<T> dh, const GradReady& ready) {
     const int64_t d = config.hidden_size, V = config.vocab_size;
     std::vector<T> dx(size_t(N * d), T(0));
     ops::linear_backward(dx.data(), store.g(head), dlogits, xf.data(), store.w(head), N, V, d);
     final_norm.backward(dh.data(), dx.data());
+    layer_done(ready, blocks.size() + 1);  // a tied head is the embeddings, which come last
     for (size_t l = blocks.size(); l-- > 0;) {
       std::fill(dx.begin(), dx.end(), T(0));
       blocks[l].backward(dx.data(), dh.data());
       dh.swap(dx);
+      layer_done(ready, l + 1);
     }
     embed_backward(dh.data(), inputs.data());
+    layer_done(ready, 0);
   }
 };
 
@@ -314,14 +334,15 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
 }
 
 template <typename T>
-void Model<T>::backward() {
+void Model<T>::backward(const GradReady& ready) {
   Impl& m = *impl_;
   if (!m.with_loss) fail("backward() needs a forward with targets");
   const ModelConfig& c = m.config;
   const int64_t d = c.hidden_size, V = c.vocab_size, N = m.N;
   std::vector<T> dlogits(size_t(N * V)), dx(size_t(N * d));
 
-  // MTP modules, last first: each passes a gradient to the hidden state it read.
+  // MTP modules, last first: each passes a gradient to the hidden state it read. Those the forward skipped get none.
+  for (size_t k = m.mtp.size(); k-- > m.mtp_depths;) m.mtp_done(ready, k);
   std::vector<T> dprev(size_t(N * d), T(0));
   for (size_t k = m.mtp_depths; k-- > 0;) {
     MtpModule<T>& mt = m.mtp[k];
@@ -342,6 +363,7 @@ void Model<T>::backward() {
     m.embed_backward(demb.data(), mt.tokens.data());
     std::fill(dprev.begin(), dprev.end(), T(0));
     mt.hnorm.backward(dprev.data(), dhn.data());
+    m.mtp_done(ready, k);
   }
 
   if (m.weights.empty())
@@ -349,14 +371,15 @@ void Model<T>::backward() {
                                 1.0 / double(std::max<int64_t>(m.count, 1)));
   else
     ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V, 1.0, m.weights.data());
-  m.backward_main(dlogits.data(), std::move(dprev));
+  m.backward_main(dlogits.data(), std::move(dprev), ready);
 }
 
 template <typename T>
-void Model<T>::backward(const T* dlogits) {
+void Model<T>::backward(const T* dlogits, const GradReady& ready) {
   Impl& m = *impl_;
   if (m.with_loss || m.logits.empty()) fail("backward(dlogits) needs a forward without targets");
-  m.backward_main(dlogits, std::vector<T>(size_t(m.N * m.config.hidden_size), T(0)));
+  for (size_t k = m.mtp.size(); k-- > 0;) m.mtp_done(ready, k);  // no MTP without targets
+  m.backward_main(dlogits, std::vector<T>(size_t(m.N * m.config.hidden_size), T(0)), ready);
 }
 
 template <typename T>

@@ -265,7 +265,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (rank_ == 0) run_.prepare();
 
   Model<float>& model = policy_->model;
-  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, comm_);
+  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, comm_, o.bucket_mb);
   if (o.resume) {
     load_optimizer(*latest, saved.optimizer_steps);
     if (events.info && rank_ == 0) events.info(fmt::format("resumed {} at step {}", *latest, step_));
@@ -418,12 +418,13 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   }
   // Without a KL term a completion whose advantage is 0 (every completion of a group with equal rewards) has zero
   // loss and gradient at every iteration, so only the others go through the model. The scales above still count
-  // every completion, so the update is the one of the whole batch.
+  // every completion, so the update is the one of the whole batch. The first completion always goes through (with
+  // zero weight when its advantage is 0), so a diverged policy shows its non-finite loss even when every group is flat.
   std::vector<double> advantage, scale;  // per completion token of the updated completions
   std::vector<grpo::Sequence> sequences;
   int64_t batch_tokens = 0;
   for (size_t i = 0, first = 0; i < batch.size(); first += size_t(lengths[i]), ++i) {
-    if (!reference_ && adv[i] == 0.0) continue;
+    if (!reference_ && adv[i] == 0.0 && i > 0) continue;
     sequences.push_back({batch[i].prompt, batch[i].completion.tokens});
     batch_tokens += int64_t(batch[i].prompt.size()) + lengths[i];
     advantage.insert(advantage.end(), size_t(lengths[i]), adv[i]);
@@ -481,7 +482,8 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
         for (size_t i = 0; i < p.rows.size(); ++i) weights[size_t(p.rows[i])] = float(res.weights[i]);
         f = forward(weights.data());
       }
-      model.backward();
+      // The last micro-batch's backward finishes the gradients: their reduction starts while it goes on.
+      model.backward(&mb == &micro.back() ? optimizer_->grad_hook(model.grads()) : GradReady());
       for (size_t l = 0; l < loads.size(); ++l)
         for (size_t e = 0; e < loads[l].size(); ++e) loads[l][e] += f.expert_load[l][e];
       loss += res.loss;

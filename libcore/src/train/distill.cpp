@@ -18,7 +18,6 @@
 #include "ds/fsutil.h"
 #include "ds/jsonl.h"
 #include "ds/ops.h"
-#include "ds/safetensors.h"
 
 namespace ds::distill {
 
@@ -149,9 +148,28 @@ void check_same_tokenizer(const Tokenizer& teacher, const ModelConfig& teacher_c
 
 // ---- teacher sampling ----
 
+namespace {
+
+// [begin, end) of rank's contiguous share of n items (dist::split_evenly).
+std::pair<size_t, size_t> share_of(size_t n, int ranks, int rank) {
+  const std::vector<int64_t> parts = dist::split_evenly(int64_t(n), ranks);
+  const auto begin = size_t(std::accumulate(parts.begin(), parts.begin() + rank, int64_t(0)));
+  return {begin, begin + size_t(parts[size_t(rank)])};
+}
+
+// root's text to every rank.
+void broadcast_text(dist::Comm& comm, std::string& text, int root) {
+  int64_t size = int64_t(text.size());
+  comm.broadcast(&size, sizeof size, root);
+  text.resize(size_t(size));
+  comm.broadcast(text.data(), size, root);
+}
+
+}  // namespace
+
 SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
                             const std::vector<Task>& tasks, const SampleOptions& o,
-                            const std::function<void(int64_t, int64_t, int64_t)>& progress) {
+                            const std::function<void(int64_t, int64_t, int64_t)>& progress, dist::Comm* comm) {
   if (o.k < 1 || o.batch < 1) fail("samples per prompt and the sampling batch must be positive");
   // R1's generation prompt opens the think block: the completion as verified and recorded starts with it.
   const std::string opened(chat.opened_reply());
@@ -166,8 +184,10 @@ SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokeni
   const auto start = std::chrono::steady_clock::now();
   SampleResult r;
   Engine engine(teacher, tokenizer);
-  const size_t k = size_t(o.k), total = tasks.size() * k;
-  for (size_t first = 0; first < total; first += size_t(o.batch)) {
+  const size_t k = size_t(o.k);
+  const int ranks = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  const auto [begin, total] = share_of(tasks.size() * k, ranks, rank);  // this rank's completions
+  for (size_t first = begin; first < total; first += size_t(o.batch)) {
     const size_t end = std::min(total, first + size_t(o.batch));
     std::vector<std::vector<uint32_t>> batch;
     for (size_t f = first; f < end; ++f) batch.push_back(prompts[f / k]);
@@ -181,8 +201,25 @@ SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokeni
         r.accepted.push_back({{"id", task.id}, {"prompt", task.prompt}, {"completion", completion},
                               {"answer", task.answer}});
     }
-    r.samples = int64_t(end);
-    if (progress) progress(r.samples, int64_t(total), int64_t(r.accepted.size()));
+    r.samples = int64_t(end - begin);
+    if (progress) progress(r.samples, int64_t(total - begin), int64_t(r.accepted.size()));
+  }
+  if (ranks > 1) {  // every rank's accepted samples, in rank order: completion order, as one process keeps them
+    std::string mine;
+    for (const json& sample : r.accepted) mine += to_jsonl(sample) + "\n";
+    r.accepted.clear();
+    for (int q = 0; q < ranks; ++q) {
+      std::string text = q == rank ? mine : std::string();
+      broadcast_text(*comm, text, q);
+      for (size_t at = 0; at < text.size();) {
+        const size_t end = text.find('\n', at);
+        r.accepted.push_back(json::parse(text.substr(at, end - at)));
+        at = end + 1;
+      }
+    }
+    int64_t counts[2] = {r.samples, r.tokens};
+    comm->all_reduce(counts, 2);
+    r.samples = counts[0], r.tokens = counts[1];
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
@@ -270,7 +307,8 @@ json options_json(const DistillOptions& o) {
           {"top_k", o.kd.top_k},
           {"batch", o.batch},
           {"seq_len", o.seq_len},
-          {"seed", o.seed}};
+          {"seed", o.seed},
+          {"fp8", o.fp8}};
 }
 
 void validate(const DistillOptions& o) {
@@ -285,6 +323,9 @@ void validate(const DistillOptions& o) {
   if (o.alpha > 0 && o.teacher.empty()) fail("--alpha {} needs a --teacher", o.alpha);
   if (!o.emit.empty() && !o.data.empty()) fail("--emit writes the teacher's samples; there are none with --data");
   if (!o.student.empty() && !o.tokenizer.empty()) fail("--tokenizer is for new students; --student has its own");
+  const int ranks = o.comm ? o.comm->size() : 1;
+  if (o.batch % ranks != 0)
+    fail("--batch {} is the global batch: it must be a multiple of the {} ranks", o.batch, ranks);
 }
 
 class Trainer {
@@ -293,6 +334,7 @@ class Trainer {
   void run(const std::atomic<bool>& stop);
 
  private:
+  void info(const std::string& line) const;
   void load_data(const std::string& hash);
   kd::Loss step(const Batch& b);
   double validation_loss();
@@ -301,6 +343,9 @@ class Trainer {
   const DistillOptions& o_;
   const DistillEvents& events_;
   RunDir run_;
+  dist::Comm* comm_ = nullptr;  // data parallel when set (more than one rank)
+  int rank_ = 0, ranks_ = 1;
+  int64_t local_batch_ = 0;     // rows of each step this rank trains on
   int64_t step_ = 0, total_steps_ = 0;
   uint64_t cursor_ = 0, tokens_seen_ = 0;
   std::optional<LoadedModel> teacher_;
@@ -318,6 +363,8 @@ class Trainer {
 Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), events_(events), run_(o.run_dir) {
   namespace fs = std::filesystem;
   validate(o);
+  if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
+  local_batch_ = o.batch / ranks_;
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
   if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
   if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
@@ -366,37 +413,40 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
     student_->init_random(o.seed);
   }
   if (o.resume && saved_hash != config_hash(config_)) fail("{}: config hash does not match config.json", state_path);
+  // The teacher's forward takes the student's numerics, as ds-grpo's reference takes the policy's: --fp8 stands for
+  // a run on Hopper, where the teacher's GEMMs are FP8 too, and a student equal to its teacher has no KD loss.
+  student_->set_fp8(o.fp8);
+  if (teacher_) teacher_->model.set_fp8(o.fp8);
   const std::string student_name = o.student.empty() ? "(new " + o.student_config + ")" : o.student;
   if (teacher_)
     check_same_tokenizer(teacher_->tokenizer, teacher_->config, tokenizer_, config_, teacher_->dir, student_name);
   if (o.seq_len > config_.max_position_embeddings ||
       (teacher_ && o.seq_len > teacher_->config.max_position_embeddings))
     fail("--seq-len {} exceeds the model's max_position_embeddings", o.seq_len);
-  run_.prepare();
+  if (rank_ == 0) run_.prepare();
   load_data(saved_data_hash);
 
-  optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw);
+  // ZeRO-1: each rank keeps its part of the moments; a checkpoint holds them whole, so a run resumes on any ranks.
+  optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw, comm_, o.bucket_mb);
   if (o.resume) {
-    safetensors::File opt(*latest + "/optimizer.safetensors");
-    for (auto [name, target] : {std::pair{"exp_avg", &optimizer_->m()}, std::pair{"exp_avg_sq", &optimizer_->v()}}) {
-      const Tensor t = opt.get(name);
-      if (t.dtype() != DType::F32 || size_t(t.numel()) != target->size())
-        fail("{}/optimizer.safetensors: '{}' does not match the model", *latest, name);
-      std::copy_n(t.data<float>(), target->size(), target->data());
-    }
+    const auto [m, v] = read_optimizer_state(*latest, student_->params().size());
+    optimizer_->load_state(m, v);
     optimizer_->set_steps(optimizer_steps);
   }
   next_token_only_.mtp_weight = 0, next_token_only_.balance_alpha = 0;
   stream_.emplace(train_, o.seed, o.seq_len);
   const uint64_t rows = stream_->rows_in(o.epochs);
   total_steps_ = o.steps > 0 ? o.steps : int64_t((rows + uint64_t(o.batch) - 1) / uint64_t(o.batch));
-  if (events_.info) {
-    const ParamCount pc = count_params(config_);
-    events_.info(o.resume ? fmt::format("resumed {} at step {} of {}", *latest, step_, total_steps_)
-                          : fmt::format("student {}: {} parameters ({} active per token); teacher {}; {} steps",
-                                        student_name, pc.total, pc.active,
-                                        teacher_ ? teacher_->dir : std::string("none"), total_steps_));
-  }
+  const ParamCount pc = count_params(config_);
+  info(o.resume ? fmt::format("resumed {} at step {} of {}", *latest, step_, total_steps_)
+                : fmt::format("student {}: {} parameters ({} active per token); teacher {}; {} steps", student_name,
+                              pc.total, pc.active, teacher_ ? teacher_->dir : std::string("none"), total_steps_));
+  if (comm_)
+    info(fmt::format("data parallel over {} ranks ({}), {} rows each", ranks_, comm_->backend(), local_batch_));
+}
+
+void Trainer::info(const std::string& line) const {
+  if (rank_ == 0 && events_.info) events_.info(line);
 }
 
 // The examples: read from --data, sampled from the teacher (new runs), or the run's own samples.jsonl (resumed
@@ -405,35 +455,39 @@ void Trainer::load_data(const std::string& hash) {
   const ChatTemplate chat(tokenizer_, parse_chat_format(o_.prompt_template));
   const std::string samples_path = run_.path() + "/samples.jsonl";
   std::string text, name = o_.data;
-  if (!o_.data.empty()) {
+  if (o_.data == "-") {  // under mpirun only rank 0 reads stdin: it passes the records on
+    if (rank_ == 0) text = read_file(o_.data);
+    if (comm_) broadcast_text(*comm_, text, 0);
+    name = "<stdin>";
+  } else if (!o_.data.empty()) {
     text = read_file(o_.data);
-    if (o_.data == "-") name = "<stdin>";
   } else if (o_.resume) {
     text = read_file(samples_path), name = samples_path;
   } else {
     std::vector<Task> tasks = load_tasks(o_.prompts);
     if (o_.limit > 0 && size_t(o_.limit) < tasks.size()) tasks.resize(size_t(o_.limit));
-    if (events_.info)
-      events_.info(fmt::format("sampling {} completions of each of {} prompts from the teacher", o_.sample.k,
-                               tasks.size()));
-    const SampleResult r = sample_teacher(teacher_->model, teacher_->tokenizer, chat, tasks, o_.sample,
-                                          [&](int64_t done, int64_t total, int64_t accepted) {
-                                            if (events_.info && (done == total || done % (16 * o_.sample.batch) == 0))
-                                              events_.info(fmt::format("sampled {}/{}, accepted {}", done, total,
-                                                                       accepted));
-                                          });
+    info(fmt::format("sampling {} completions of each of {} prompts from the teacher{}", o_.sample.k, tasks.size(),
+                     comm_ ? fmt::format(", in shares over {} ranks", ranks_) : ""));
+    const SampleResult r = sample_teacher(
+        teacher_->model, teacher_->tokenizer, chat, tasks, o_.sample,
+        [&](int64_t done, int64_t total, int64_t accepted) {
+          if (done == total || done % (16 * o_.sample.batch) == 0)
+            info(fmt::format("sampled {}/{}, accepted {}{}", done, total, accepted, comm_ ? " (rank 0's share)" : ""));
+        },
+        comm_);
     for (const json& record : r.accepted) text += to_jsonl(record) + "\n";
-    if (events_.info)
-      events_.info(fmt::format("accepted {} of {} samples ({:.1f}%) in {:.0f} s, {:.0f} tokens/s", r.accepted.size(),
-                               r.samples, 100.0 * double(r.accepted.size()) / double(std::max<int64_t>(r.samples, 1)),
-                               r.seconds, double(r.tokens) / std::max(r.seconds, 1e-9)));
-    write_file_atomic(samples_path, text);
-    if (!o_.emit.empty()) {
-      AtomicFile emit(o_.emit);
-      emit.write(text);
-      emit.commit();
-    }
+    info(fmt::format("accepted {} of {} samples ({:.1f}%) in {:.0f} s, {:.0f} tokens/s", r.accepted.size(), r.samples,
+                     100.0 * double(r.accepted.size()) / double(std::max<int64_t>(r.samples, 1)), r.seconds,
+                     double(r.tokens) / std::max(r.seconds, 1e-9)));
     name = samples_path;
+    if (rank_ == 0) {
+      write_file_atomic(samples_path, text);
+      if (!o_.emit.empty()) {
+        AtomicFile emit(o_.emit);
+        emit.write(text);
+        emit.commit();
+      }
+    }
   }
   std::vector<Example> all = parse_records(text, chat, tokenizer_, name);
   data_hash_ = data_hash(all);
@@ -452,27 +506,25 @@ void Trainer::load_data(const std::string& hash) {
     (i < n_val ? val_ : train_).push_back(std::move(e));
   }
   if (train_.empty()) fail("{}: no training examples of at most --seq-len + 1 = {} tokens", name, o_.seq_len + 1);
-  if (events_.info)
-    events_.info(fmt::format("data {}: {} training and {} validation examples{}", name, train_.size(), val_.size(),
-                             dropped ? fmt::format(", {} longer than --seq-len + 1 dropped", dropped) : ""));
+  info(fmt::format("data {}: {} training and {} validation examples{}", name, train_.size(), val_.size(),
+                   dropped ? fmt::format(", {} longer than --seq-len + 1 dropped", dropped) : ""));
 }
 
+// Forward and backward of this rank's rows of the global batch b, teacher included. SFT alone (alpha 0) takes the
+// same way, so that every loss is a mean over all of b's loss tokens, however they fall on the ranks.
 kd::Loss Trainer::step(const Batch& b) {
   Model<float>& s = *student_;
-  kd::Loss L;
-  if (o_.alpha > 0) {
-    teacher_->model.forward(b.inputs.data(), nullptr, b.B, b.Tn, {}, nullptr, b.positions.data());
-    s.forward(b.inputs.data(), nullptr, b.B, b.Tn, {}, nullptr, b.positions.data());
-    grad_.resize(size_t(b.B * b.Tn * config_.vocab_size));
-    L = kd::distill_loss(s.logits(), teacher_->model.logits(), b.targets.data(), b.B * b.Tn, config_.vocab_size,
-                         o_.kd, o_.alpha, grad_.data());
-    s.backward(grad_.data());
-  } else {
-    const ForwardStats f =
-        s.forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
-    s.backward();
-    L.total = L.ce = f.main_loss, L.tokens = f.tokens;
-  }
+  const int64_t N = local_batch_ * b.Tn, V = config_.vocab_size;
+  const size_t first = size_t(rank_) * size_t(N);
+  const int32_t* inputs = b.inputs.data() + first;
+  const int32_t* positions = b.positions.data() + first;
+  if (o_.alpha > 0) teacher_->model.forward(inputs, nullptr, local_batch_, b.Tn, {}, nullptr, positions);
+  s.forward(inputs, nullptr, local_batch_, b.Tn, {}, nullptr, positions);
+  grad_.resize(size_t(N * V));
+  const kd::Loss L = kd::distill_loss(s.logits(), o_.alpha > 0 ? teacher_->model.logits() : nullptr,
+                                      b.targets.data() + first, N, V, o_.kd, o_.alpha, grad_.data(),
+                                      double(b.loss_tokens) / double(ranks_));
+  s.backward(grad_.data(), optimizer_->grad_hook(s.grads()));  // the reduction starts during the backward
   return L;
 }
 
@@ -480,21 +532,22 @@ double Trainer::validation_loss() {
   std::vector<size_t> order(val_.size());
   std::iota(order.begin(), order.end(), size_t(0));
   const std::vector<std::vector<size_t>> rows = pack_rows(val_, order, o_.seq_len);
-  double nll = 0;
-  int64_t tokens = 0;
-  for (size_t r = 0; r < rows.size(); r += size_t(o_.batch)) {
-    const size_t n = std::min(rows.size() - r, size_t(o_.batch));
+  const auto [begin, end] = share_of(rows.size(), ranks_, rank_);  // each rank measures its share of the rows
+  double sums[2] = {0, 0};                                          // nll, tokens
+  for (size_t r = begin; r < end; r += size_t(local_batch_)) {
+    const size_t n = std::min(end - r, size_t(local_batch_));
     const Batch b = make_batch(val_, std::span(rows).subspan(r, n), o_.seq_len, int32_t(tokenizer_.pad_id()));
     const ForwardStats f =
         student_->forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
-    nll += f.main_loss * double(f.tokens), tokens += f.tokens;
+    sums[0] += f.main_loss * double(f.tokens), sums[1] += double(f.tokens);
   }
-  return nll / double(std::max<int64_t>(tokens, 1));
+  if (comm_) comm_->all_reduce(sums, 2);
+  return sums[0] / std::max(sums[1], 1.0);
 }
 
 void Trainer::run(const std::atomic<bool>& stop) {
   if (step_ >= total_steps_) {
-    if (events_.info) events_.info(fmt::format("the run is already at step {} of {}", step_, total_steps_));
+    info(fmt::format("the run is already at step {} of {}", step_, total_steps_));
     return;
   }
   ScheduleOptions schedule = o_.schedule;
@@ -503,15 +556,23 @@ void Trainer::run(const std::atomic<bool>& stop) {
   const auto start = Clock::now();
   auto interval_start = start;
   uint64_t interval_tokens = 0;
+  double interval_comm = comm_ ? comm_->seconds() : 0;
   for (int64_t steps_this_run = 1; step_ < total_steps_; ++steps_this_run) {
-    std::vector<std::vector<size_t>> rows;
+    std::vector<std::vector<size_t>> rows;  // the global batch, on every rank: step() trains on this rank's share
     for (int64_t r = 0; r < o_.batch; ++r) rows.push_back(stream_->row(cursor_ + uint64_t(r)));
     const Batch b = make_batch(train_, rows, o_.seq_len, int32_t(tokenizer_.pad_id()));
     student_->zero_grads();
-    const kd::Loss L = step(b);
+    kd::Loss L = step(b);
+    bool stopping = stop;
+    if (comm_) {  // the global batch's mean losses (the mean of the ranks'), and whether any rank was asked to stop
+      double x[4] = {L.total, L.ce, L.kd, stopping ? 1.0 : 0.0};
+      comm_->all_reduce(x, 4);
+      L.total = x[0] / ranks_, L.ce = x[1] / ranks_, L.kd = x[2] / ranks_, stopping = x[3] > 0;
+    }
     DistillRecord r;
     r.lr = learning_rate(schedule, step_);
-    r.grad_norm = clip_grad_norm(student_->grads(), o_.clip);
+    r.grad_norm = optimizer_->reduce_grads(student_->grads(), o_.clip);
+    // The loss and the norm are the same on every rank, so every rank takes the same decision.
     r.skipped = !std::isfinite(L.total) || !std::isfinite(r.grad_norm);
     if (r.skipped) {
       ++bad_total;
@@ -525,23 +586,26 @@ void Trainer::run(const std::atomic<bool>& stop) {
     cursor_ += uint64_t(o_.batch);
     tokens_seen_ += uint64_t(b.tokens), interval_tokens += uint64_t(b.tokens);
 
-    const bool last = step_ == total_steps_ || stop || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
+    const bool last = step_ == total_steps_ || stopping || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
     if (!val_.empty() && (last || (o_.eval_every > 0 && step_ % o_.eval_every == 0))) r.val_loss = validation_loss();
     if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last || r.val_loss) {
       r.step = step_, r.total_steps = total_steps_, r.loss = L.total, r.ce = L.ce, r.kd = L.kd;
       r.tokens = tokens_seen_, r.bad_steps = bad_total;
       r.epoch = stream_->epoch_of(cursor_);
-      r.tokens_per_s = double(interval_tokens) / seconds_since(interval_start);
+      const double interval = seconds_since(interval_start), comm_now = comm_ ? comm_->seconds() : 0;
+      r.tokens_per_s = double(interval_tokens) / interval;
+      r.comm_share = (comm_now - interval_comm) / interval;
       r.elapsed_s = seconds_since(start);
-      interval_start = Clock::now(), interval_tokens = 0;
+      interval_start = Clock::now(), interval_tokens = 0, interval_comm = comm_now;
       json record = {{"step", r.step},         {"loss", r.loss},   {"ce_loss", r.ce},
                      {"lr", r.lr},             {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
                      {"tokens", r.tokens},     {"epoch", r.epoch}, {"bad_steps", r.bad_steps},
                      {"elapsed_s", r.elapsed_s}};
       if (o_.alpha > 0) record["kd_loss"] = r.kd;
       if (r.val_loss) record["val_loss"] = *r.val_loss;
-      run_.append_metrics(record);
-      if (events_.log) events_.log(r);
+      if (comm_) record["comm_share"] = r.comm_share;
+      if (rank_ == 0) run_.append_metrics(record);
+      if (rank_ == 0 && events_.log) events_.log(r);
     }
     if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
     if (last) break;
@@ -549,11 +613,11 @@ void Trainer::run(const std::atomic<bool>& stop) {
 }
 
 void Trainer::save() {
+  const auto moments = optimizer_->state();  // gathered from every rank; rank 0 writes
+  if (rank_ != 0) return;
   const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
     write_model_dir(tmp, *student_, tokenizer_);
-    Tensor m = Tensor::from_f32(optimizer_->m(), {int64_t(optimizer_->m().size())});
-    Tensor v = Tensor::from_f32(optimizer_->v(), {int64_t(optimizer_->v().size())});
-    safetensors::save(tmp + "/optimizer.safetensors", {{"exp_avg", m}, {"exp_avg_sq", v}});
+    write_optimizer_state(tmp, moments.first, moments.second);
     const json state = {{"step", step_},
                         {"row_cursor", cursor_},
                         {"tokens_seen", tokens_seen_},
@@ -561,7 +625,8 @@ void Trainer::save() {
                         {"config_hash", config_hash(config_)},
                         {"data_hash", data_hash_},
                         {"options", options_json(o_)},
-                        {"threads", get_threads()}};
+                        {"threads", get_threads()},
+                        {"ranks", ranks_}};
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
   });
   if (events_.checkpoint) events_.checkpoint(dir);

@@ -120,12 +120,12 @@ double divergence(const T* student, const T* teacher, int64_t V, const Options& 
 
 template <typename T>
 Loss distill_loss(const T* student, const T* teacher, const int32_t* targets, int64_t N, int64_t V,
-                  const Options& options, double alpha, T* grad) {
+                  const Options& options, double alpha, T* grad, double count) {
   validate(options);
   if (alpha > 0 && !teacher) fail("a distillation loss with alpha > 0 needs the teacher's logits");
   Loss L;
   for (int64_t n = 0; n < N; ++n) L.tokens += targets[n] >= 0;
-  const double inv = 1.0 / double(std::max<int64_t>(L.tokens, 1));
+  const double inv = 1.0 / (count > 0 ? count : double(std::max<int64_t>(L.tokens, 1)));
   std::vector<double> kd(static_cast<size_t>(N), 0.0), ce(static_cast<size_t>(N), 0.0);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -150,9 +150,10 @@ Loss distill_loss(const T* student, const T* teacher, const int32_t* targets, in
   return L;
 }
 
-#define DS_INSTANTIATE(T)                                                                                       \
-  template double divergence<T>(const T*, const T*, int64_t, const Options&, T*, double);                       \
-  template Loss distill_loss<T>(const T*, const T*, const int32_t*, int64_t, int64_t, const Options&, double, T*);
+#define DS_INSTANTIATE(T)                                                                                         \
+  template double divergence<T>(const T*, const T*, int64_t, const Options&, T*, double);                         \
+  template Loss distill_loss<T>(const T*, const T*, const int32_t*, int64_t, int64_t, const Options&, double, T*, \
+                                double);
 DS_INSTANTIATE(float)
 DS_INSTANTIATE(double)
 

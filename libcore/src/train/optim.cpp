@@ -1,5 +1,6 @@
 #include "ds/optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <numeric>
@@ -23,7 +24,32 @@ void clip_to(float* x, int64_t n, double norm, double max_norm) {
 }
 }  // namespace
 
-AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm)
+std::vector<GradBucket> plan_grad_buckets(const std::vector<ParamInfo>& params, int64_t size, int64_t bucket_elems) {
+  std::vector<int64_t> cuts = {0};
+  for (const auto& p : params) cuts.push_back(p.offset);
+  std::sort(cuts.begin(), cuts.end());
+  std::vector<GradBucket> buckets;
+  int64_t end = size;
+  for (size_t i = cuts.size(); i-- > 0;)
+    if (cuts[i] < end && (end - cuts[i] >= bucket_elems || cuts[i] == 0)) {
+      buckets.push_back({cuts[i], end});
+      end = cuts[i];
+    }
+  return buckets;
+}
+
+std::vector<int64_t> bucket_counts(const GradBucket& b, const std::vector<int64_t>& parts) {
+  std::vector<int64_t> counts;
+  int64_t begin = 0;
+  for (int64_t n : parts) {
+    counts.push_back(std::max<int64_t>(0, std::min(b.end, begin + n) - std::max(b.begin, begin)));
+    begin += n;
+  }
+  return counts;
+}
+
+AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm,
+             double bucket_mb)
     : options_(options), comm_(comm && comm->size() > 1 ? comm : nullptr) {
   parts_ = dist::split_evenly(size, comm_ ? comm_->size() : 1);
   const int rank = comm_ ? comm_->rank() : 0;
@@ -34,11 +60,45 @@ AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions op
     const int64_t b = std::max(p.offset, begin_), e = std::min(p.offset + shape_numel(p.shape), end_);
     if (p.kind != ParamKind::RouterBias && b < e) ranges_.push_back({b, e, p.kind == ParamKind::Matrix});
   }
+  if (bucket_mb < 0) fail("the gradient bucket size must not be negative, not {:g} MiB", bucket_mb);
+  if (comm_ && bucket_mb > 0) {
+    const auto elems = std::max<int64_t>(1, std::llround(bucket_mb * 1024 * 1024 / sizeof(float)));
+    buckets_ = plan_grad_buckets(params, size, elems);
+    final_.assign(buckets_.size(), 0);
+  }
+}
+
+GradReady AdamW::grad_hook(std::vector<float>& grads) {
+  if (buckets_.empty()) return {};
+  return [this, &grads](int64_t begin, int64_t end) {
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      const int64_t n = std::min(end, buckets_[i].end) - std::max(begin, buckets_[i].begin);
+      if (n > 0 && (i < started_.size() || (final_[i] += n) > buckets_[i].size()))
+        fail("gradients [{}, {}) were reported final twice before reduce_grads (hook more than one backward?)", begin,
+             end);
+    }
+    // In bucket order, so that every rank starts the same collectives in the same order.
+    for (size_t i = started_.size(); i < buckets_.size() && final_[i] == buckets_[i].size(); ++i) start_bucket(grads);
+    for (const auto& r : started_) r->test();
+  };
+}
+
+// Starts the reduce-scatter of the next bucket.
+void AdamW::start_bucket(std::vector<float>& grads) {
+  const GradBucket& b = buckets_[started_.size()];
+  started_.push_back(comm_->ireduce_scatter(grads.data() + b.begin, bucket_counts(b, parts_)));
 }
 
 double AdamW::reduce_grads(std::vector<float>& grads, double max_norm) {
   if (!comm_) return clip_grad_norm(grads, max_norm);
-  comm_->reduce_scatter(grads.data(), parts_);
+  if (buckets_.empty()) {
+    comm_->reduce_scatter(grads.data(), parts_);
+  } else {
+    while (started_.size() < buckets_.size()) start_bucket(grads);
+    for (const auto& r : started_) r->wait();
+    started_.clear();
+    std::fill(final_.begin(), final_.end(), 0);
+  }
   float* part = grads.data() + begin_;
   const int64_t n = end_ - begin_;
   const float inv = 1.0f / float(comm_->size());

@@ -110,7 +110,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
 
   TokenSource data = o.data.empty() ? TokenSource::builtin_arith(tokenizer, o.seed)
                                     : TokenSource::from_shards(o.data, uint32_t(config.vocab_size));
-  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.comm);
+  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.comm, o.bucket_mb);
   BadStepGuard guard(o.max_bad_steps, o.bad_steps);
 
   // The step, tokens seen, data position and AdamW state of checkpoint dir (the weights are loaded apart), or of the
@@ -187,6 +187,15 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     if (events.checkpoint) events.checkpoint(dir);
   };
 
+  // The last micro-batch's backward finishes the gradients a range at a time: each becomes the mean over the
+  // micro-batches, and its reduction over the ranks may start while the backward goes on.
+  std::vector<float>& grads = model.grads();
+  const GradReady reduce = optimizer.grad_hook(grads);
+  const GradReady finish = [&](int64_t begin, int64_t end) {
+    if (o.grad_accum > 1)
+      for (int64_t i = begin; i < end; ++i) grads[size_t(i)] /= float(o.grad_accum);
+    if (reduce) reduce(begin, end);
+  };
   std::vector<int32_t> inputs, targets;
   int64_t steps_this_run = 0;
   const auto start = std::chrono::steady_clock::now();
@@ -202,7 +211,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       const int64_t first = rank * local_batch * o.seq_len;
       const ForwardStats s =
           model.forward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
-      model.backward();
+      model.backward(micro + 1 == o.grad_accum ? finish : GradReady());
       sum.loss += s.loss / double(o.grad_accum);
       sum.main_loss += s.main_loss / double(o.grad_accum);
       sum.mtp_loss += s.mtp_loss / double(o.grad_accum);
@@ -211,9 +220,6 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     }
     bool stopping = stop;
     if (ranks > 1) average_over_ranks(*o.comm, sum, loads, stopping);
-    std::vector<float>& grads = model.grads();
-    if (o.grad_accum > 1)
-      for (float& g : grads) g /= float(o.grad_accum);
     const double lr = learning_rate(schedule, step) * guard.lr_scale();
     const double norm = optimizer.reduce_grads(grads, o.clip);
     StepRecord r;
