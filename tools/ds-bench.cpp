@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   int64_t batch = 8, seq_len = 256, context = 0;
   int steps = 5, decode_steps = 16;
   std::vector<int64_t> decode_batches = {1, 64};
+  std::vector<std::string> decode_weights = {"f32", "fp8"};
   double min_time = 0.5;
   std::vector<std::string> shape_specs = {"default"};
   ds::tool::ComputeOptions compute;
@@ -136,6 +137,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--context", context, "decode: cached tokens per sequence (default: half the model's context)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--decode-weights", decode_weights,
+                 "decode: comma-separated weight formats, f32 and/or fp8 (quantized in memory as ds-quantize does, "
+                 "and kept FP8)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"f32", "fp8"}))
+      ->capture_default_str();
   app.add_option("--decode-steps", decode_steps, "decode: timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -186,15 +193,21 @@ int main(int argc, char** argv) {
       step = ds::bench::train_step(config, batch, seq_len, 1, steps, peak);
     }
     double bandwidth = 0;
-    std::vector<ds::bench::DecodeResult> decodes;
+    struct Decode {
+      std::string weights;
+      int64_t batch;
+      ds::bench::DecodeResult result;
+    };
+    std::vector<Decode> decodes;
     if (run_decode) {
       fmt::print(stderr, "measuring copy bandwidth\n");
       bandwidth = ds::bench::copy_bandwidth(min_time);
-      for (const int64_t b : decode_batches) {
-        fmt::print(stderr, "decode of {}: {} sequences of {} tokens, {} timed steps\n", model_config, b, context,
-                   decode_steps);
-        decodes.push_back(ds::bench::decode(config, b, context, decode_steps));
-      }
+      for (const std::string& format : decode_weights)
+        for (const int64_t b : decode_batches) {
+          fmt::print(stderr, "decode of {} ({} weights): {} sequences of {} tokens, {} timed steps\n", model_config,
+                     format, b, context, decode_steps);
+          decodes.push_back({format, b, ds::bench::decode(config, b, context, decode_steps, format == "fp8")});
+        }
     }
 
     if (json) {
@@ -214,9 +227,10 @@ int main(int argc, char** argv) {
       if (run_decode) {
         out["copy_gb_per_s"] = bandwidth;
         out["decode"] = nlohmann::json::array();
-        for (size_t i = 0; i < decodes.size(); ++i) {
-          const ds::bench::DecodeResult& d = decodes[i];
-          out["decode"].push_back({{"config", model_config}, {"batch", decode_batches[i]}, {"context", context},
+        for (const Decode& run : decodes) {
+          const ds::bench::DecodeResult& d = run.result;
+          out["decode"].push_back({{"config", model_config}, {"weights", run.weights}, {"batch", run.batch},
+                                   {"context", context}, {"weight_bytes", d.weight_bytes}, {"rss_bytes", d.rss_bytes},
                                    {"prefill_tokens_per_s", d.prefill_tokens_per_s}, {"step_ms", d.step_ms},
                                    {"tokens_per_s", d.tokens_per_s}, {"bytes_per_step", d.bytes_per_step},
                                    {"gb_per_s", d.gb_per_s}, {"of_copy", d.gb_per_s / bandwidth},
@@ -246,11 +260,13 @@ int main(int argc, char** argv) {
     }
     if (run_decode) {
       fmt::print("\ncopy bandwidth {:.1f} GB/s ({} threads)\n\n", bandwidth, threads);
-      std::vector<Row> rows = {
-          {"decode", "batch", "context", "prefill tok/s", "step ms", "tokens/s", "GB/s", "of copy", "cache B/token"}};
-      for (size_t i = 0; i < decodes.size(); ++i) {
-        const ds::bench::DecodeResult& d = decodes[i];
-        rows.push_back({model_config, std::to_string(decode_batches[i]), std::to_string(context),
+      std::vector<Row> rows = {{"decode", "batch", "context", "weights", "weight MB", "RSS MB", "prefill tok/s",
+                                "step ms", "tokens/s", "GB/s", "of copy", "cache B/token"}};
+      for (const Decode& run : decodes) {
+        const ds::bench::DecodeResult& d = run.result;
+        rows.push_back({model_config, std::to_string(run.batch), std::to_string(context), run.weights,
+                        fmt::format("{:.1f}", double(d.weight_bytes) * 1e-6),
+                        fmt::format("{:.1f}", double(d.rss_bytes) * 1e-6),
                         fmt::format("{:.0f}", d.prefill_tokens_per_s), fmt::format("{:.2f}", d.step_ms),
                         fmt::format("{:.0f}", d.tokens_per_s), fmt::format("{:.2f}", d.gb_per_s),
                         percent(d.gb_per_s / bandwidth),

@@ -12,9 +12,9 @@
 #include "common.h"
 #include "ds/jsonl.h"
 #include "ds/chat_session.h"
-#include "ds/checkpoint.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/inference_model.h"
 
 namespace {
 
@@ -133,8 +133,8 @@ int main(int argc, char** argv) {
   return ds::tool::run(app, argc, argv, [&] {
     ds::tool::apply_compute_options(compute);
     const ds::ChatFormat format = ds::parse_chat_format(template_name);
-    ds::LoadedModel m = ds::load_model_dir(model_path);
-    ds::ChatSession session(m.model, m.tokenizer, format, seed);
+    const ds::InferenceModel m = ds::load_inference_model(model_path);
+    ds::ChatSession session(m.weights, m.tokenizer, format, seed);
     session.set_system(system);
     std::atomic<bool>& stop = ds::tool::install_stop_signals();
 
@@ -168,8 +168,9 @@ int main(int argc, char** argv) {
     const std::string history = std::getenv("HOME") ? std::string(std::getenv("HOME")) + "/.ds_chat_history" : "";
     if (!history.empty()) read_history(history.c_str());
     const ds::Engine& engine = session.engine();
-    fmt::print(stderr, "{} ({} parameters; latent cache {} bytes per token, per-head K/V would need {}). /help for "
-               "commands.\n", m.dir, ds::count_params(m.config).total, engine.cache_bytes_per_token(),
+    fmt::print(stderr, "{} ({} parameters, {:.1f} MB of weights{}; latent cache {} bytes per token, per-head K/V would "
+               "need {}). /help for commands.\n", m.dir, ds::count_params(engine.config()).total,
+               double(m.weights.bytes()) * 1e-6, m.weights.fp8() ? " in FP8" : "", engine.cache_bytes_per_token(),
                engine.naive_cache_bytes_per_token());
     for (;;) {
       std::string input;

@@ -5,10 +5,10 @@
 #include <unistd.h>
 
 #include "common.h"
-#include "ds/checkpoint.h"
 #include "ds/error.h"
 #include "ds/eval.h"
 #include "ds/fsutil.h"
+#include "ds/inference_model.h"
 #include "ds/shards.h"
 #include "ds/tasks.h"
 
@@ -24,12 +24,12 @@ struct Options {
   ds::eval::TaskRunOptions run;
 };
 
-void eval_tasks(const Options& o, ds::LoadedModel& m) {
+void eval_tasks(const Options& o, const ds::InferenceModel& m) {
   std::vector<ds::Task> tasks = ds::load_tasks(o.tasks);
   if (o.limit > 0 && size_t(o.limit) < tasks.size()) tasks.resize(size_t(o.limit));
   const bool tty = ::isatty(STDERR_FILENO);
   const ds::eval::TaskRun run =
-      ds::eval::run_tasks(m.model, m.tokenizer, tasks, o.run, o.tasks, [&](size_t done, size_t total, double rate) {
+      ds::eval::run_tasks(m.weights, m.tokenizer, tasks, o.run, o.tasks, [&](size_t done, size_t total, double rate) {
         fmt::print(stderr, "{}ds-eval: {}/{} completions, {:.0f} tokens/s{}", tty ? "\r" : "", done, total, rate,
                    tty && done < total ? "" : "\n");
       });
@@ -76,7 +76,8 @@ void eval_tasks(const Options& o, ds::LoadedModel& m) {
                         {"seed", o.run.seed},
                         {"template", o.template_name}};
   fmt::print("{}\n", summary.dump());
-  fmt::print(stderr, "{:<12} {}\n{:<12} {} tasks x {} samples\n", "model", m.dir, "tasks", s.tasks, s.k);
+  fmt::print(stderr, "{:<12} {}\n{:<12} {:.1f} MB{}\n{:<12} {} tasks x {} samples\n", "model", m.dir, "weights",
+             double(m.weights.bytes()) * 1e-6, m.weights.fp8() ? " (FP8 in memory)" : "", "tasks", s.tasks, s.k);
   fmt::print(stderr, "{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.1f}\n", "pass@1",
              s.pass_at_1, fmt::format("pass@{}", s.k), s.pass_at_k, fmt::format("cons@{}", s.k), s.cons_at_k,
              "format", s.format, "mean tokens", s.mean_tokens);
@@ -84,18 +85,18 @@ void eval_tasks(const Options& o, ds::LoadedModel& m) {
 
 bool is_shard(const std::string& path) { return path.ends_with(".tok") || path.ends_with(".tok.zst"); }
 
-void eval_text(const Options& o, ds::LoadedModel& m) {
-  const int64_t context = m.config.max_position_embeddings, window = o.seq_len > 0 ? o.seq_len : context;
+void eval_text(const Options& o, const ds::InferenceModel& m) {
+  const int64_t context = m.weights.config().max_position_embeddings, window = o.seq_len > 0 ? o.seq_len : context;
   if (window > context) ds::fail("--seq-len {} is longer than the model's context of {}", window, context);
   ds::eval::TextScore total;
   for (const std::string& path : o.text) {
     ds::eval::TextScore score;
     if (is_shard(path)) {
       const std::vector<uint32_t> ids = ds::read_tokens(path);
-      ds::check_token_range(path, ids, uint32_t(m.config.vocab_size));
-      score = ds::eval::score_tokens(m.model, m.tokenizer, ids, window, o.run.batch);
+      ds::check_token_range(path, ids, uint32_t(m.weights.config().vocab_size));
+      score = ds::eval::score_tokens(m.weights, m.tokenizer, ids, window, o.run.batch);
     } else {
-      score = ds::eval::score_text(m.model, m.tokenizer, ds::read_file(path), window, o.run.batch);
+      score = ds::eval::score_text(m.weights, m.tokenizer, ds::read_file(path), window, o.run.batch);
     }
     if (score.tokens == 0) ds::fail("{}: no tokens to score", path);
     total += score;
@@ -105,7 +106,8 @@ void eval_text(const Options& o, ds::LoadedModel& m) {
                         {"nll", total.nll / double(total.tokens)}, {"ppl", total.perplexity()},
                         {"bits_per_byte", total.bits_per_byte()}, {"seq_len", window}};
   fmt::print("{}\n", summary.dump());
-  fmt::print(stderr, "{:<14} {}\n{:<14} {}\n{:<14} {:.4f}\n{:<14} {:.4f}\n{:<14} {:.4f}\n", "model", m.dir, "tokens",
+  fmt::print(stderr, "{:<14} {}\n{:<14} {:.1f} MB{}\n{:<14} {}\n{:<14} {:.4f}\n{:<14} {:.4f}\n{:<14} {:.4f}\n", "model",
+             m.dir, "weights", double(m.weights.bytes()) * 1e-6, m.weights.fp8() ? " (FP8 in memory)" : "", "tokens",
              total.tokens, "nll/token", total.nll / double(total.tokens), "perplexity", total.perplexity(),
              "bits/byte", total.bits_per_byte());
 }
@@ -165,8 +167,12 @@ int main(int argc, char** argv) {
     if (!o.text.empty() && !o.samples_path.empty()) throw CLI::ValidationError("--samples", "only with --tasks");
     o.run.format = ds::parse_chat_format(o.template_name);
     ds::tool::apply_compute_options(compute);
-    ds::LoadedModel m = ds::load_model_dir(o.model);
-    if (o.text.empty()) eval_tasks(o, m);
-    else eval_text(o, m);
+    // Both run on the inference engine, which keeps FP8 weights FP8.
+    const ds::InferenceModel m = ds::load_inference_model(o.model);
+    if (o.text.empty()) {
+      eval_tasks(o, m);
+    } else {
+      eval_text(o, m);
+    }
   });
 }

@@ -49,6 +49,23 @@ if [ -x "$BIN/ds-eval" ]; then
   awk -v a="$(cat "$T/nll.run")" -v b="$(cat "$T/nll.fp8")" \
     'BEGIN { d = (a - b) / a; if (d < 0) d = -d; if (!(a > 0 && d < 0.01)) { print a, b; exit 1 } }' ||
     fail "fp8 nll differs from f32 by 1% or more"
+
+  # Generation keeps FP8 weights FP8 in memory and answers greedily exactly as the dequantized copy ($T/f32) does.
+  for m in fp8 f32; do
+    $BIN/ds-eval --model "$T/$m" --greedy --limit 4 --max-new-tokens 24 --samples "$T/samples.$m" --threads 1 \
+      >/dev/null 2>"$T/eval.$m" || fail "ds-eval tasks on $m: $(cat "$T/eval.$m")"
+  done
+  grep -q 'weights.*(FP8 in memory)' "$T/eval.fp8" || fail "fp8 not resident: $(cat "$T/eval.fp8")"
+  ! grep -q 'FP8' "$T/eval.f32" || fail "f32 model reported as FP8"
+  [ "$(wc -l <"$T/samples.fp8")" -eq 4 ] || fail "not 4 samples"
+  cmp -s "$T/samples.fp8" "$T/samples.f32" || fail "fp8 greedy answers differ from the dequantized model's"
+fi
+if [ -x "$BIN/ds-chat" ]; then
+  for m in fp8 f32; do
+    printf 'What is 2 + 3?\n' | $BIN/ds-chat --model "$T/$m" --temperature 0 --max-new-tokens 24 --threads 1 \
+      >"$T/chat.$m" 2>"$T/err" || fail "ds-chat on $m: $(cat "$T/err")"
+  done
+  [ -s "$T/chat.fp8" ] && cmp -s "$T/chat.fp8" "$T/chat.f32" || fail "fp8 chat reply differs from the dequantized one"
 fi
 
 # A tiny shard size gives shards and an index, and the result still lists and converts.

@@ -60,6 +60,8 @@ StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len,
 double copy_bandwidth(double min_seconds);
 
 struct DecodeResult {
+  int64_t weight_bytes = 0;         // the engine's weights in memory (InferenceWeights::bytes)
+  int64_t rss_bytes = 0;            // the process's resident memory (VmRSS) after the prefill; 0 where unknown
   double prefill_tokens_per_s = 0;  // prompts of `context` tokens appended in one batched pass
   double step_ms = 0;               // median batched decode step (one token for each sequence)
   double tokens_per_s = 0;          // batch / step
@@ -68,9 +70,13 @@ struct DecodeResult {
   int64_t cache_bytes_per_token = 0, naive_cache_bytes_per_token = 0;  // latent vs per-head K/V, all layers, F32
 };
 
-// Random weights; `batch` sequences of `context` random tokens prefilled, then steps timed decode steps through
-// the MLA latent cache. Routed experts count as read when at least one sequence picks them, in expectation under
-// uniform routing: n * (1 - (1 - k/n)^batch) per layer.
-DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps);
+// Random weights, held as inference_weights(model, fp8) holds them (F32, or FP8 where ds-quantize would quantize)
+// with the float model freed before timing; `batch` sequences of `context` random tokens prefilled, then steps
+// timed decode steps through the MLA latent cache. Routed experts count as read when at least one sequence picks
+// them, in expectation under uniform routing: n * (1 - (1 - k/n)^batch) per layer.
+DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8 = false);
+
+// This process's resident memory (VmRSS of /proc/self/status); 0 where unknown.
+int64_t resident_bytes();
 
 }  // namespace ds::bench

@@ -24,7 +24,7 @@ struct ChatTurnStats {
 
 class ChatSession {
  public:
-  ChatSession(const Model<float>& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed);
+  ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed);
 
   // Adds the user's message and generates the reply. on_text receives the reply as it grows, in pieces that are
   // whole UTF-8 characters; returning false stops the generation (the partial reply is kept).

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "ds/model.h"
+#include "ds/inference_model.h"
 #include "ds/sampler.h"
 #include "ds/tokenizer.h"
 
@@ -23,8 +23,9 @@ struct Completion {
 
 class Engine {
  public:
-  // The model must outlive the engine. Only ids below tokenizer.vocab_size() are ever sampled.
-  Engine(const Model<float>& model, const Tokenizer& tokenizer);
+  // The weights' storage (a Model<float>, or an InferenceModel's FP8 or F32 tensors) must outlive the engine. Only
+  // ids below tokenizer.vocab_size() are ever sampled.
+  Engine(const InferenceWeights& weights, const Tokenizer& tokenizer);
   ~Engine();
 
   const ModelConfig& config() const;
@@ -42,6 +43,11 @@ class Engine {
   // Appends tokens to each listed sequence (prefill: many; decode: one) in one batched pass and returns the logits
   // of each sequence's last appended token, [batch.size(), vocab_size]. Throws when a sequence would pass the context.
   std::vector<float> append(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch);
+  // Logits [B*Tn, vocab] of every position of B sequences of Tn tokens, as Model::forward computes them without
+  // targets: positions are 0..Tn-1 in each row unless given ([B*Tn]); a row may pack documents, each starting at
+  // position 0 and attending only to itself. One batched prefill of sequences of its own, closed again after; the
+  // open sequences are untouched. What a frozen model scoring whole sequences needs (a reference or a teacher).
+  std::vector<float> forward(const int32_t* inputs, int64_t B, int64_t Tn, const int32_t* positions = nullptr);
 
   // Generates a completion for every prompt, decoding them as one batch. Sequence i samples with seed + i, so
   // results do not depend on the batch composition. on_token(i, token) is called as tokens are produced; returning

@@ -76,7 +76,7 @@ struct TaskRun {
 };
 // progress(completions done, total, generated tokens per second) after each batch.
 using TaskProgress = std::function<void(size_t, size_t, double)>;
-TaskRun run_tasks(const Model<float>& model, const Tokenizer& tokenizer, std::span<const Task> tasks,
+TaskRun run_tasks(const InferenceWeights& model, const Tokenizer& tokenizer, std::span<const Task> tasks,
                   const TaskRunOptions& options, const std::string& source, const TaskProgress& progress = {});
 
 // ---- text ----
@@ -92,11 +92,12 @@ struct TextScore {
 
 // Scores ids[1..] given what precedes them, in windows of `window` inputs (at most the model's context) that do not
 // overlap: window w reads ids[w*window .. (w+1)*window) and predicts the next token at each position, so every token
-// but the first is predicted once, with 1..window tokens of context. `batch` windows run per forward pass.
-TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::span<const uint32_t> ids, int64_t window,
-                       int64_t batch);
+// but the first is predicted once, with 1..window tokens of context. `batch` windows run per forward pass, on the
+// inference engine (Engine::forward), so an FP8 model is scored FP8 in memory.
+TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokenizer, std::span<const uint32_t> ids,
+                       int64_t window, int64_t batch);
 // Text as BOS + its tokens, so every token of the text is predicted; bytes is the text's size.
-TextScore score_text(Model<float>& model, const Tokenizer& tokenizer, std::string_view text, int64_t window,
-                     int64_t batch);
+TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text,
+                     int64_t window, int64_t batch);
 
 }  // namespace ds::eval

@@ -8,6 +8,8 @@
 
 namespace ds {
 
+struct WeightMatrix;  // ds/fp8_matrix.h
+
 void set_threads(int threads);  // OpenMP and OpenBLAS; 0 = all cores
 int get_threads();
 
@@ -21,6 +23,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // y[M,N] = x[M,K] w[N,K]^T (y += ... when accumulate).
 template <typename T>
 void linear(T* y, const T* x, const T* w, int64_t M, int64_t N, int64_t K, bool accumulate = false);
+// y[M, w.rows] = x[M, w.cols] w^T for inference. An FP8 w is dequantized inside the product: one token streams its
+// codes (a byte per weight, a quarter of F32's traffic); more tokens multiply panels of its rows dequantized into a
+// per-thread buffer, each with a single-threaded sgemm, so no dequantized copy of w is ever whole.
+void linear(float* y, const float* x, const WeightMatrix& w, int64_t M);
 // dx[M,K] += dy w and dw[N,K] += dy^T x; either output may be null to skip it.
 template <typename T>
 void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t M, int64_t N, int64_t K);

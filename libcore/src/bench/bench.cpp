@@ -1,15 +1,19 @@
 #include "ds/bench.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <random>
 
 #include "ds/engine.h"
 #include "ds/error.h"
 #include "ds/flops.h"
+#include "ds/inference_model.h"
 #include "ds/model.h"
 #include "ds/ops.h"
 #include "ds/optim.h"
@@ -183,15 +187,18 @@ double copy_bandwidth(double min_seconds) {
   return 2.0 * double(bytes) / best * 1e-9;
 }
 
-DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps) {
+DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8) {
   if (batch <= 0 || context <= 0 || steps <= 0) fail("decode benchmark needs positive batch, context and steps");
   if (context + steps > config.max_position_embeddings)
     fail("decode benchmark: context {} + {} steps exceeds max_position_embeddings {}", context, steps,
          config.max_position_embeddings);
-  Model<float> model(config);
-  model.init_random(1234);
+  const InferenceWeights weights = [&] {
+    Model<float> model(config);
+    model.init_random(1234);
+    return inference_weights(model, fp8);
+  }();
   const Tokenizer tokenizer = Tokenizer::byte_level();
-  Engine engine(model, tokenizer);
+  Engine engine(weights, tokenizer);
   std::mt19937_64 rng(1);
   const auto random_tokens = [&](int64_t n) {
     std::vector<uint32_t> ids(static_cast<size_t>(n));
@@ -205,6 +212,8 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
   engine.append(feed);
   DecodeResult r;
   r.prefill_tokens_per_s = double(batch * context) / seconds_since(t0);
+  r.weight_bytes = weights.bytes();
+  r.rss_bytes = resident_bytes();
 
   std::vector<double> seconds;
   for (int i = 0; i < steps; ++i) {
@@ -218,24 +227,37 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
 
   // Weights: everything but the routed experts, plus the experts some sequence picks, and of an untied embedding
   // only the rows looked up; the cache at its mid-run length.
-  const ParamCount count = count_params(config);
-  double weights = double(count.total);
+  const int64_t d = config.hidden_size;
+  double bytes = double(r.weight_bytes);
   if (!config.tie_word_embeddings)
-    weights -= double((config.vocab_size - std::min(batch, config.vocab_size)) * config.hidden_size);
+    bytes -= double(weights.matrix("model.embed_tokens.weight", {config.vocab_size, d}).bytes()) *
+             double(config.vocab_size - std::min(batch, config.vocab_size)) / double(config.vocab_size);
   if (config.n_routed_experts > 0) {
     const double n = double(config.n_routed_experts), k = double(config.num_experts_per_tok);
-    const double expert = 3.0 * double(config.hidden_size * config.moe_intermediate_size);
-    int64_t moe_layers = 0;
-    for (int64_t l = 0; l < config.num_hidden_layers; ++l) moe_layers += config.is_moe_layer(l);
     const double unread = n * std::pow(1.0 - k / n, double(batch));
-    weights -= double(moe_layers) * unread * expert;
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+      if (!config.is_moe_layer(l)) continue;
+      const std::string expert = fmt::format("model.layers.{}.mlp.experts.0.", l);
+      const int64_t h = config.moe_intermediate_size;
+      const double expert_bytes = double(weights.matrix(expert + "gate_proj.weight", {h, d}).bytes() +
+                                         weights.matrix(expert + "up_proj.weight", {h, d}).bytes() +
+                                         weights.matrix(expert + "down_proj.weight", {d, h}).bytes());
+      bytes -= unread * expert_bytes;
+    }
   }
   const double cached = double(batch) * (double(context) + 0.5 * double(steps));
-  r.bytes_per_step = 4.0 * weights + cached * double(engine.cache_bytes_per_token());
+  r.bytes_per_step = bytes + cached * double(engine.cache_bytes_per_token());
   r.gb_per_s = r.bytes_per_step / median(seconds) * 1e-9;
   r.cache_bytes_per_token = engine.cache_bytes_per_token();
   r.naive_cache_bytes_per_token = engine.naive_cache_bytes_per_token();
   return r;
+}
+
+int64_t resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.starts_with("VmRSS:")) return std::stoll(line.substr(6)) * 1024;  // "VmRSS:   123456 kB"
+  return 0;
 }
 
 }  // namespace ds::bench

@@ -20,7 +20,7 @@ size_t complete_utf8_prefix(std::string_view text) {
   return continuation >= need ? text.size() : i - 1;
 }
 
-ChatSession::ChatSession(const Model<float>& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed)
+ChatSession::ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed)
     : tokenizer_(tokenizer), template_(tokenizer, format), engine_(model, tokenizer), seq_(engine_.open()),
       sampler_(seed) {}
 

@@ -15,36 +15,39 @@ namespace ds {
 namespace {
 
 struct MlpWeights {
-  const float *gate = nullptr, *up = nullptr, *down = nullptr;
+  WeightMatrix gate, up, down;
   int64_t hidden = 0;
 };
 
 struct LayerWeights {
   const float *input_norm, *post_norm;
-  const float *q_a = nullptr, *q_norm = nullptr, *q_b = nullptr, *q_proj = nullptr;
-  const float *kv_a, *kv_norm, *kv_b, *o_proj;
+  WeightMatrix q_a, q_b, q_proj;  // q_a and q_b with q_lora_rank, else q_proj
+  const float* q_norm = nullptr;
+  WeightMatrix kv_a, kv_b, o_proj;
+  const float* kv_norm;
   bool moe = false;
   MlpWeights mlp, shared;  // dense MLP, or the shared experts of a MoE layer
-  const float *router = nullptr, *bias = nullptr;
+  WeightMatrix router;
+  const float* bias = nullptr;
   std::vector<MlpWeights> experts;
 };
 
 // y[rows, d] = down(silu(gate x) * up x)
-void mlp(float* y, const float* x, int64_t rows, int64_t d, const MlpWeights& w) {
+void mlp(float* y, const float* x, int64_t rows, const MlpWeights& w) {
   std::vector<float> g(size_t(rows * w.hidden)), u(g.size());
-  ops::linear(g.data(), x, w.gate, rows, w.hidden, d);
-  ops::linear(u.data(), x, w.up, rows, w.hidden, d);
+  ops::linear(g.data(), x, w.gate, rows);
+  ops::linear(u.data(), x, w.up, rows);
   ops::swiglu(g.data(), g.data(), u.data(), int64_t(g.size()));
-  ops::linear(y, g.data(), w.down, rows, d, w.hidden);
+  ops::linear(y, g.data(), w.down, rows);
 }
 
 }  // namespace
 
 struct Engine::Impl {
-  const Model<float>& model;
   const Tokenizer& tokenizer;
-  const ModelConfig& c;
-  const float *embed, *final_norm, *head;
+  const ModelConfig c;
+  WeightMatrix embed, head;
+  const float* final_norm;
   std::vector<LayerWeights> layers;
   ops::RopeTable rope;
   struct Sequence {
@@ -55,39 +58,38 @@ struct Engine::Impl {
   };
   std::vector<Sequence> seqs;
 
-  Impl(const Model<float>& m, const Tokenizer& t) : model(m), tokenizer(t), c(m.config()) {
-    auto w = [&](const std::string& name) -> const float* {
-      const ParamInfo* p = model.find_param(name);
-      if (!p) fail("model has no tensor '{}'", name);
-      return model.params().data() + p->offset;
-    };
+  Impl(const InferenceWeights& weights, const Tokenizer& t) : tokenizer(t), c(weights.config()) {
+    const int64_t d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim(), r = c.kv_lora_rank;
+    auto w = [&](const std::string& name, int64_t rows, int64_t cols) { return weights.matrix(name, {rows, cols}); };
+    auto v = [&](const std::string& name, int64_t n) { return weights.vector(name, n); };
     auto mlp_weights = [&](const std::string& prefix, int64_t hidden) {
-      return MlpWeights{w(prefix + "gate_proj.weight"), w(prefix + "up_proj.weight"), w(prefix + "down_proj.weight"),
-                        hidden};
+      return MlpWeights{w(prefix + "gate_proj.weight", hidden, d), w(prefix + "up_proj.weight", hidden, d),
+                        w(prefix + "down_proj.weight", d, hidden), hidden};
     };
-    embed = w("model.embed_tokens.weight");
-    final_norm = w("model.norm.weight");
-    head = c.tie_word_embeddings ? embed : w("lm_head.weight");
+    embed = w("model.embed_tokens.weight", c.vocab_size, d);
+    final_norm = v("model.norm.weight", d);
+    head = c.tie_word_embeddings ? embed : w("lm_head.weight", c.vocab_size, d);
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const std::string p = fmt::format("model.layers.{}.", l);
       LayerWeights L;
-      L.input_norm = w(p + "input_layernorm.weight");
-      L.post_norm = w(p + "post_attention_layernorm.weight");
+      L.input_norm = v(p + "input_layernorm.weight", d);
+      L.post_norm = v(p + "post_attention_layernorm.weight", d);
       if (c.q_lora_rank > 0) {
-        L.q_a = w(p + "self_attn.q_a_proj.weight");
-        L.q_norm = w(p + "self_attn.q_a_layernorm.weight");
-        L.q_b = w(p + "self_attn.q_b_proj.weight");
+        L.q_a = w(p + "self_attn.q_a_proj.weight", c.q_lora_rank, d);
+        L.q_norm = v(p + "self_attn.q_a_layernorm.weight", c.q_lora_rank);
+        L.q_b = w(p + "self_attn.q_b_proj.weight", H * dq, c.q_lora_rank);
       } else {
-        L.q_proj = w(p + "self_attn.q_proj.weight");
+        L.q_proj = w(p + "self_attn.q_proj.weight", H * dq, d);
       }
-      L.kv_a = w(p + "self_attn.kv_a_proj_with_mqa.weight");
-      L.kv_norm = w(p + "self_attn.kv_a_layernorm.weight");
-      L.kv_b = w(p + "self_attn.kv_b_proj.weight");
-      L.o_proj = w(p + "self_attn.o_proj.weight");
+      L.kv_a = w(p + "self_attn.kv_a_proj_with_mqa.weight", r + c.qk_rope_head_dim, d);
+      L.kv_norm = v(p + "self_attn.kv_a_layernorm.weight", r);
+      L.kv_b = w(p + "self_attn.kv_b_proj.weight", H * (c.qk_nope_head_dim + c.v_head_dim), r);
+      L.o_proj = w(p + "self_attn.o_proj.weight", d, H * c.v_head_dim);
       L.moe = c.is_moe_layer(l);
       if (L.moe) {
-        L.router = w(p + "mlp.gate.weight");
-        if (c.topk_method == TopkMethod::NoauxTc) L.bias = w(p + "mlp.gate.e_score_correction_bias");
+        L.router = w(p + "mlp.gate.weight", c.n_routed_experts, d);
+        if (c.topk_method == TopkMethod::NoauxTc)
+          L.bias = v(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts);
         for (int64_t e = 0; e < c.n_routed_experts; ++e)
           L.experts.push_back(mlp_weights(fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size));
         if (c.n_shared_experts > 0)
@@ -97,36 +99,35 @@ struct Engine::Impl {
       }
       layers.push_back(std::move(L));
     }
-    const RopeScaling& r = c.rope_scaling;
+    const RopeScaling& rs = c.rope_scaling;
     double attention_factor = 1.0;
-    if (r.yarn && r.factor > 1.0) {
-      auto m = [&](double mscale) { return 0.1 * mscale * std::log(r.factor) + 1.0; };
-      attention_factor = r.mscale != 0.0 && r.mscale_all_dim != 0.0 ? m(r.mscale) / m(r.mscale_all_dim) : m(1.0);
+    if (rs.yarn && rs.factor > 1.0) {
+      auto m = [&](double mscale) { return 0.1 * mscale * std::log(rs.factor) + 1.0; };
+      attention_factor = rs.mscale != 0.0 && rs.mscale_all_dim != 0.0 ? m(rs.mscale) / m(rs.mscale_all_dim) : m(1.0);
     }
-    rope = ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, r.yarn, r.factor,
-                           r.original_max_position_embeddings, r.beta_fast, r.beta_slow, attention_factor);
+    rope = ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, rs.yarn, rs.factor,
+                           rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, attention_factor);
   }
 
   // Absorbed MLA over the latent cache for R rows; rows of one sequence are consecutive with rising positions.
   void attention(float* out, const float* x, const LayerWeights& L, int64_t layer, const std::vector<int64_t>& seq_of,
                  const std::vector<int32_t>& pos) {
-    const int64_t R = int64_t(pos.size()), d = c.hidden_size, H = c.num_attention_heads, dn = c.qk_nope_head_dim,
-                  dr = c.qk_rope_head_dim, dq = c.qk_head_dim(), dv = c.v_head_dim, r = c.kv_lora_rank,
-                  width = r + dr;
+    const int64_t R = int64_t(pos.size()), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim,
+                  dq = c.qk_head_dim(), dv = c.v_head_dim, r = c.kv_lora_rank, width = r + dr;
     std::vector<float> q(size_t(R * H * dq));
-    if (L.q_a) {
+    if (c.q_lora_rank > 0) {
       std::vector<float> cq(size_t(R * c.q_lora_rank)), rstd(static_cast<size_t>(R));
-      ops::linear(cq.data(), x, L.q_a, R, c.q_lora_rank, d);
+      ops::linear(cq.data(), x, L.q_a, R);
       ops::rmsnorm(cq.data(), rstd.data(), cq.data(), L.q_norm, R, c.q_lora_rank, c.rms_norm_eps);
-      ops::linear(q.data(), cq.data(), L.q_b, R, H * dq, c.q_lora_rank);
+      ops::linear(q.data(), cq.data(), L.q_b, R);
     } else {
-      ops::linear(q.data(), x, L.q_proj, R, H * dq, d);
+      ops::linear(q.data(), x, L.q_proj, R);
     }
     ops::rope(q.data() + dn, pos.data(), R, H, H * dq, dq, rope, false);
 
     // The new tokens' latents join the cache before attending, so each row sees itself and the rows before it.
     std::vector<float> kva(size_t(R * width)), latent_kv(size_t(R * r)), rstd(static_cast<size_t>(R));
-    ops::linear(kva.data(), x, L.kv_a, R, width, d);
+    ops::linear(kva.data(), x, L.kv_a, R);
     ops::rmsnorm(latent_kv.data(), rstd.data(), kva.data(), L.kv_norm, R, r, c.rms_norm_eps, width);
     ops::rope(kva.data() + r, pos.data(), R, 1, width, dr, rope, false);
     for (int64_t i = 0; i < R; ++i) {
@@ -137,11 +138,17 @@ struct Engine::Impl {
       std::copy_n(&kva[size_t(i * width + r)], dr, row + r);
     }
 
-    // q~_h = W_UK[h]^T q_nope_h, with W_UK[h] the rows h*(dn+dv) .. +dn of kv_b, each of length r.
+    // q~_h = W_UK[h]^T q_nope_h, with W_UK[h] the rows h*(dn+dv) .. +dn of kv_b, each of length r. One head per
+    // thread (BLAS stays on its thread inside a parallel region), which dequantizes the rows of an FP8 kv_b itself.
     std::vector<float> qt(size_t(R * H * r)), latent(size_t(R * H * r)), o(size_t(R * H * dv));
-    for (int64_t h = 0; h < H; ++h)
-      ops::gemm<float>(false, false, R, r, dn, 1.0f, q.data() + h * dq, H * dq, L.kv_b + h * (dn + dv) * r, r, 0.0f,
-                       qt.data() + h * r, H * r);
+#pragma omp parallel
+    {
+      std::vector<float> rows;
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < H; ++h)
+        ops::gemm<float>(false, false, R, r, dn, 1.0f, q.data() + h * dq, H * dq,
+                         L.kv_b.rows_f32(h * (dn + dv), dn, rows), r, 0.0f, qt.data() + h * r, H * r);
+    }
     const float scale = float(c.softmax_scale());
 #pragma omp parallel
     {
@@ -178,17 +185,22 @@ struct Engine::Impl {
         }
     }
     // o_h = W_UV[h] (P c), with W_UV[h] the rows h*(dn+dv)+dn .. +dv of kv_b.
-    for (int64_t h = 0; h < H; ++h)
-      ops::gemm<float>(false, true, R, dv, r, 1.0f, latent.data() + h * r, H * r, L.kv_b + (h * (dn + dv) + dn) * r,
-                       r, 0.0f, o.data() + h * dv, H * dv);
-    ops::linear(out, o.data(), L.o_proj, R, d, H * dv);
+#pragma omp parallel
+    {
+      std::vector<float> rows;
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < H; ++h)
+        ops::gemm<float>(false, true, R, dv, r, 1.0f, latent.data() + h * r, H * r,
+                         L.kv_b.rows_f32(h * (dn + dv) + dn, dv, rows), r, 0.0f, o.data() + h * dv, H * dv);
+    }
+    ops::linear(out, o.data(), L.o_proj, R);
   }
 
   void moe(float* y, const float* x, int64_t R, const LayerWeights& L) {
     const int64_t d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
     std::vector<float> scores(size_t(R * E)), weights(size_t(R * K));
     std::vector<int32_t> chosen(size_t(R * K));
-    ops::linear(scores.data(), x, L.router, R, E, d);
+    ops::linear(scores.data(), x, L.router, R);
     if (c.scoring_func == ScoringFunc::Sigmoid)
       for (float& s : scores) s = 1.0f / (1.0f + std::exp(-s));
     else
@@ -196,7 +208,7 @@ struct Engine::Impl {
     for (int64_t i = 0; i < R; ++i)
       route_token(c, &scores[size_t(i * E)], L.bias, &chosen[size_t(i * K)], &weights[size_t(i * K)]);
     if (L.shared.hidden > 0)
-      mlp(y, x, R, d, L.shared);
+      mlp(y, x, R, L.shared);
     else
       std::fill(y, y + R * d, 0.0f);
     for (int64_t e = 0; e < E; ++e) {
@@ -207,7 +219,7 @@ struct Engine::Impl {
       const int64_t n = int64_t(rows.size());
       std::vector<float> xe(size_t(n * d)), ye(size_t(n * d));
       for (int64_t k = 0; k < n; ++k) std::copy_n(x + (rows[size_t(k)] / K) * d, d, &xe[size_t(k * d)]);
-      mlp(ye.data(), xe.data(), n, d, L.experts[size_t(e)]);
+      mlp(ye.data(), xe.data(), n, L.experts[size_t(e)]);
       for (int64_t k = 0; k < n; ++k) {
         float* dst = y + (rows[size_t(k)] / K) * d;
         const float w = weights[size_t(rows[size_t(k)])];
@@ -215,10 +227,58 @@ struct Engine::Impl {
       }
     }
   }
+
+  // Appends each listed sequence's tokens to it in one batched pass; the last layer's hidden states of every
+  // appended token, [tokens, hidden_size] in batch order.
+  std::vector<float> extend(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch) {
+    const int64_t d = c.hidden_size, V = c.vocab_size;
+    std::vector<int64_t> seq_of;
+    std::vector<int32_t> pos;
+    std::vector<uint32_t> tokens;
+    for (const auto& [seq, ids] : batch) {
+      if (seq < 0 || size_t(seq) >= seqs.size() || !seqs[size_t(seq)].open) fail("sequence {} is not open", seq);
+      if (ids.empty()) fail("nothing to append to sequence {}", seq);
+      const int64_t start = seqs[size_t(seq)].length;
+      if (start + int64_t(ids.size()) > c.max_position_embeddings)
+        fail("{} tokens exceed the model's context of {}", start + int64_t(ids.size()), c.max_position_embeddings);
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (ids[i] >= uint32_t(V)) fail("token id {} is outside the vocabulary of {}", ids[i], V);
+        seq_of.push_back(seq), pos.push_back(int32_t(start + int64_t(i))), tokens.push_back(ids[i]);
+      }
+    }
+    const int64_t R = int64_t(tokens.size());
+    std::vector<float> h(size_t(R * d)), x(h.size()), y(h.size()), rstd(static_cast<size_t>(R)), row;
+    for (int64_t i = 0; i < R; ++i) std::copy_n(embed.rows_f32(tokens[size_t(i)], 1, row), d, &h[size_t(i * d)]);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const LayerWeights& L = layers[l];
+      ops::rmsnorm(x.data(), rstd.data(), h.data(), L.input_norm, R, d, c.rms_norm_eps);
+      attention(y.data(), x.data(), L, int64_t(l), seq_of, pos);
+      for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
+      ops::rmsnorm(x.data(), rstd.data(), h.data(), L.post_norm, R, d, c.rms_norm_eps);
+      if (L.moe)
+        moe(y.data(), x.data(), R, L);
+      else
+        mlp(y.data(), x.data(), R, L.mlp);
+      for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
+    }
+    for (const auto& [seq, ids] : batch) {
+      seqs[size_t(seq)].length += int64_t(ids.size());
+      seqs[size_t(seq)].tokens.insert(seqs[size_t(seq)].tokens.end(), ids.begin(), ids.end());
+    }
+    return h;
+  }
+
+  // The logits [n, vocab_size] of n last-layer hidden states, which are normalised in place.
+  std::vector<float> logits(std::vector<float>& h, int64_t n) {
+    std::vector<float> rstd(static_cast<size_t>(n)), out(size_t(n * c.vocab_size));
+    ops::rmsnorm(h.data(), rstd.data(), h.data(), final_norm, n, c.hidden_size, c.rms_norm_eps);
+    ops::linear(out.data(), h.data(), head, n);
+    return out;
+  }
 };
 
-Engine::Engine(const Model<float>& model, const Tokenizer& tokenizer)
-    : impl_(std::make_unique<Impl>(model, tokenizer)) {}
+Engine::Engine(const InferenceWeights& weights, const Tokenizer& tokenizer)
+    : impl_(std::make_unique<Impl>(weights, tokenizer)) {}
 Engine::~Engine() = default;
 
 const ModelConfig& Engine::config() const { return impl_->c; }
@@ -264,51 +324,42 @@ void Engine::truncate(int64_t seq, int64_t length) {
 const std::vector<uint32_t>& Engine::tokens(int64_t seq) const { return impl_->seqs.at(size_t(seq)).tokens; }
 
 std::vector<float> Engine::append(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch) {
-  Impl& m = *impl_;
-  const ModelConfig& c = m.c;
-  const int64_t d = c.hidden_size, V = c.vocab_size;
-  std::vector<int64_t> seq_of;
-  std::vector<int32_t> pos;
-  std::vector<uint32_t> tokens;
-  std::vector<int64_t> last_row;
-  for (const auto& [seq, ids] : batch) {
-    if (seq < 0 || size_t(seq) >= m.seqs.size() || !m.seqs[size_t(seq)].open) fail("sequence {} is not open", seq);
-    if (ids.empty()) fail("nothing to append to sequence {}", seq);
-    const int64_t start = m.seqs[size_t(seq)].length;
-    if (start + int64_t(ids.size()) > c.max_position_embeddings)
-      fail("{} tokens exceed the model's context of {}", start + int64_t(ids.size()), c.max_position_embeddings);
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] >= uint32_t(V)) fail("token id {} is outside the vocabulary of {}", ids[i], V);
-      seq_of.push_back(seq), pos.push_back(int32_t(start + int64_t(i))), tokens.push_back(ids[i]);
-    }
-    last_row.push_back(int64_t(tokens.size()) - 1);
+  const int64_t d = impl_->c.hidden_size;
+  const std::vector<float> h = impl_->extend(batch);
+  std::vector<float> last;
+  size_t row = 0;
+  for (const auto& item : batch) {
+    row += item.second.size();
+    last.insert(last.end(), &h[(row - 1) * size_t(d)], &h[row * size_t(d)]);
   }
-  const int64_t R = int64_t(tokens.size());
-  std::vector<float> h(size_t(R * d)), x(h.size()), y(h.size()), rstd(static_cast<size_t>(R));
-  for (int64_t i = 0; i < R; ++i) std::copy_n(m.embed + int64_t(tokens[size_t(i)]) * d, d, &h[size_t(i * d)]);
-  for (size_t l = 0; l < m.layers.size(); ++l) {
-    const LayerWeights& L = m.layers[l];
-    ops::rmsnorm(x.data(), rstd.data(), h.data(), L.input_norm, R, d, c.rms_norm_eps);
-    m.attention(y.data(), x.data(), L, int64_t(l), seq_of, pos);
-    for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
-    ops::rmsnorm(x.data(), rstd.data(), h.data(), L.post_norm, R, d, c.rms_norm_eps);
-    if (L.moe)
-      m.moe(y.data(), x.data(), R, L);
-    else
-      mlp(y.data(), x.data(), R, d, L.mlp);
-    for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
-  }
-  for (const auto& [seq, ids] : batch) {
-    m.seqs[size_t(seq)].length += int64_t(ids.size());
-    m.seqs[size_t(seq)].tokens.insert(m.seqs[size_t(seq)].tokens.end(), ids.begin(), ids.end());
-  }
+  return impl_->logits(last, int64_t(batch.size()));
+}
 
-  const int64_t n = int64_t(last_row.size());
-  std::vector<float> last(size_t(n * d)), logits(size_t(n * V));
-  for (int64_t i = 0; i < n; ++i) std::copy_n(&h[size_t(last_row[size_t(i)] * d)], d, &last[size_t(i * d)]);
-  ops::rmsnorm(last.data(), rstd.data(), last.data(), m.final_norm, n, d, c.rms_norm_eps);
-  ops::linear(logits.data(), last.data(), m.head, n, V, d);
-  return logits;
+std::vector<float> Engine::forward(const int32_t* inputs, int64_t B, int64_t Tn, const int32_t* positions) {
+  const int64_t V = impl_->c.vocab_size;
+  // Each document is a sequence of its own, so that it attends only to itself.
+  std::vector<std::pair<int64_t, std::vector<uint32_t>>> docs;
+  struct Closer {  // the documents' sequences are closed however this ends
+    Engine& engine;
+    std::vector<std::pair<int64_t, std::vector<uint32_t>>>& docs;
+    ~Closer() {
+      for (const auto& doc : docs) engine.close(doc.first);
+    }
+  } closer{*this, docs};
+  int32_t previous = 0;
+  for (int64_t n = 0; n < B * Tn; ++n) {
+    const int32_t p = positions ? positions[n] : int32_t(n % Tn);
+    if (p != 0 && (n % Tn == 0 || p != previous + 1))
+      fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
+           "or the previous one + 1", p, n % Tn, n / Tn);
+    if (inputs[n] < 0 || inputs[n] >= V) fail("token id {} is outside the vocabulary of {}", inputs[n], V);
+    if (p == 0) docs.emplace_back(open(), std::vector<uint32_t>());
+    docs.back().second.push_back(uint32_t(inputs[n]));
+    previous = p;
+  }
+  if (docs.empty()) return {};
+  std::vector<float> h = impl_->extend(docs);
+  return impl_->logits(h, B * Tn);
 }
 
 std::vector<Completion> Engine::generate(const std::vector<std::vector<uint32_t>>& prompts,

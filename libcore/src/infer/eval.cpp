@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "ds/error.h"
+#include "ds/ops.h"
 #include "ds/verify.h"
 
 namespace ds::eval {
@@ -83,7 +84,7 @@ TextScore& TextScore::operator+=(const TextScore& other) {
 double TextScore::perplexity() const { return std::exp(nll / double(tokens)); }
 double TextScore::bits_per_byte() const { return nll / std::numbers::ln2 / double(bytes); }
 
-TaskRun run_tasks(const Model<float>& model, const Tokenizer& tokenizer, std::span<const Task> tasks,
+TaskRun run_tasks(const InferenceWeights& model, const Tokenizer& tokenizer, std::span<const Task> tasks,
                   const TaskRunOptions& o, const std::string& source, const TaskProgress& progress) {
   if (o.k <= 0 || o.batch <= 0) fail("k and the batch must be positive");
   const ChatTemplate chat(tokenizer, o.format);
@@ -123,9 +124,9 @@ TaskRun run_tasks(const Model<float>& model, const Tokenizer& tokenizer, std::sp
   return run;
 }
 
-TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::span<const uint32_t> ids, int64_t window,
-                       int64_t batch) {
-  const ModelConfig& c = model.config();
+TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokenizer, std::span<const uint32_t> ids,
+                       int64_t window, int64_t batch) {
+  const ModelConfig& c = weights.config();
   if (window < 1 || window > c.max_position_embeddings)
     fail("a window of {} tokens does not fit the model's context of {}", window, c.max_position_embeddings);
   if (batch < 1) fail("batch must be at least 1, not {}", batch);
@@ -134,6 +135,7 @@ TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::spa
       fail("token {} (id {}) is outside the model's vocabulary of {}", i, ids[i], c.vocab_size);
   TextScore score;
   if (ids.size() < 2) return score;
+  Engine engine(weights, tokenizer);
   const auto predicted = int64_t(ids.size()) - 1, full = predicted / window;
   // B windows of Tn inputs each, the first starting at ids[first * window].
   auto run = [&](int64_t first, int64_t B, int64_t Tn) {
@@ -144,11 +146,9 @@ TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::spa
         inputs[size_t(b * Tn + t)] = int32_t(ids[at]);
         targets[size_t(b * Tn + t)] = int32_t(ids[at + 1]);
       }
-    LossOptions next_token_only;  // perplexity is the main head's: the MTP modules need not run
-    next_token_only.mtp_weight = 0;
-    const ForwardStats stats = model.forward(inputs.data(), targets.data(), B, Tn, next_token_only);
-    score.nll += stats.main_loss * double(stats.tokens);
-    score.tokens += stats.tokens;
+    std::vector<float> logits = engine.forward(inputs.data(), B, Tn);
+    score.nll += ops::cross_entropy(logits.data(), targets.data(), B * Tn, c.vocab_size);
+    score.tokens += B * Tn;
   };
   for (int64_t w = 0; w < full; w += batch) run(w, std::min(batch, full - w), window);
   if (const int64_t rest = predicted - full * window; rest > 0) run(full, 1, rest);
@@ -156,12 +156,12 @@ TextScore score_tokens(Model<float>& model, const Tokenizer& tokenizer, std::spa
   return score;
 }
 
-TextScore score_text(Model<float>& model, const Tokenizer& tokenizer, std::string_view text, int64_t window,
-                     int64_t batch) {
+TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text,
+                     int64_t window, int64_t batch) {
   std::vector<uint32_t> ids = {tokenizer.bos_id()};
   const std::vector<uint32_t> body = tokenizer.encode(text, false);
   ids.insert(ids.end(), body.begin(), body.end());
-  return score_tokens(model, tokenizer, ids, window, batch);
+  return score_tokens(weights, tokenizer, ids, window, batch);
 }
 
 }  // namespace ds::eval

@@ -8,6 +8,8 @@
 #include <numbers>
 #include <type_traits>
 
+#include "ds/fp8_matrix.h"
+
 namespace ds {
 
 void set_threads(int threads) {
@@ -44,6 +46,29 @@ void linear(T* y, const T* x, const T* w, int64_t M, int64_t N, int64_t K, bool 
       return cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(N), blasint(K), 1.0f, w, blasint(K), x, 1,
                          accumulate ? 1.0f : 0.0f, y, 1);
   gemm<T>(false, true, M, N, K, T(1), x, K, w, K, accumulate ? T(1) : T(0), y, N);
+}
+
+void linear(float* y, const float* x, const WeightMatrix& w, int64_t M) {
+  const int64_t N = w.rows, K = w.cols;
+  if (!w.fp8()) return linear<float>(y, x, w.f32, M, N, K);
+  if (M == 0) return;
+  if (M == 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) y[n] = w.dot_fp8(n, x);
+    return;
+  }
+  // Panels of 128 rows, one block row of scales: few enough sgemm calls that repacking x for each stays cheap (it
+  // was slower at 64), small enough to stay in the caches between being written and being read.
+  const int64_t panel = 128, panels = (N + panel - 1) / panel;
+#pragma omp parallel
+  {
+    std::vector<float> buffer;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t n0 = p * panel, n = std::min(panel, N - n0);
+      gemm<float>(false, true, M, n, K, 1.0f, x, K, w.rows_f32(n0, n, buffer), K, 0.0f, y + n0, N);
+    }
+  }
 }
 
 template <typename T>
