@@ -1,8 +1,8 @@
 #!/bin/sh
 # ds-distill end to end on tiny models: SFT learns a fixed reply, metrics and validation loss are written, resume is
-# bit-exact with a teacher's logits in the loss, --fp8 trains otherwise, the teacher's verified samples become the
-# data (and --emit writes them), ds-eval samples filtered by jq train through a pipe, and a teacher with another
-# tokenizer is refused.
+# bit-exact with a teacher's logits in the loss, --fp8 trains otherwise, an FP8 teacher stays FP8 in memory and
+# distills as its f32 copy does, the teacher's verified samples become the data (and --emit writes them), ds-eval
+# samples filtered by jq train through a pipe, and a teacher with another tokenizer is refused.
 set -eu
 BIN=${DS_BIN:?}
 T=$(mktemp -d)
@@ -57,6 +57,25 @@ awk -F'"loss":' -v f32="$last_f32" '{ split($2, v, ","); l[NR] = v[1]; if (v[1] 
 cmp -s "$T/full/latest/model.safetensors" "$T/fp8/latest/model.safetensors" && fail "--fp8 changed nothing"
 $BIN/ds-distill --resume "$T/fp8" $KD 2>"$T/err" && fail "resume of an --fp8 run without --fp8"
 grep -q "trained with fp8 = true, not false" "$T/err" || fail "fp8 change: $(cat "$T/err")"
+
+# An FP8 teacher (ds-quantize) stays FP8 in memory; its KD losses are those of its f32 copy, and not those of the
+# teacher it was quantized from.
+$BIN/ds-quantize "$T/teacher" -o "$T/teacher8" >/dev/null 2>&1 || fail "ds-quantize"
+$BIN/ds-quantize "$T/teacher8" -o "$T/teacher8f32" --to f32 >/dev/null 2>&1 || fail "ds-quantize --to f32"
+KD8="--data $T/sft.jsonl --student-config tiny-dense $COMMON --alpha 0.5 --divergence jsd --kd-top-k 8"
+KD8="$KD8 --kd-temperature 2 --steps 3 --lr 1e-2 --log-every 1"
+for m in teacher teacher8 teacher8f32; do
+  $BIN/ds-distill "$T/kd-$m" --teacher "$T/$m" $KD8 2>"$T/log.$m" || fail "KD from $m: $(cat "$T/log.$m")"
+done
+grep -q "teacher .*teacher8: FP8 in memory" "$T/log.teacher8" || fail "FP8 teacher: $(cat "$T/log.teacher8")"
+grep -q "FP8" "$T/log.teacher8f32" && fail "f32 teacher reported as FP8: $(cat "$T/log.teacher8f32")"
+kd() { sed "s/.*\"kd_loss\":\([^,}]*\).*/\1/" "$T/kd-$1/metrics.jsonl" | tr '\n' ' '; }
+awk -v f32="$(kd teacher)" -v fp8="$(kd teacher8)" -v copy="$(kd teacher8f32)" 'BEGIN {
+  n = split(fp8, a, " "); split(copy, b, " "); split(f32, c, " ")
+  for (i = 1; i <= n; i++) { d = (a[i] - b[i]) / b[i]; if (d < 0) d = -d; if (!(d <= 1e-5)) bad = 1 }
+  d = (a[1] - c[1]) / c[1]; if (d < 0) d = -d
+  if (n != 3 || bad || !(d > 1e-4)) { print "kd_loss: fp8 " fp8 "| f32 copy " copy "| unquantized " f32; exit 1 } }' ||
+  fail "KD from an FP8 teacher"
 
 # Rejection sampling: the teacher's correct samples are kept (none of task "eight"), emitted and trained on.
 $BIN/ds-distill "$T/samp" --teacher "$T/teacher" --prompts "$T/tasks.jsonl" -k 3 --max-new-tokens 48 \

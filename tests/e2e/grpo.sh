@@ -1,7 +1,7 @@
 #!/bin/sh
 # ds-grpo end to end on the tiny model: metrics and rollouts are written, resume is bit-exact, a failing reward command
-# stops the run with a clear message and keeps its rollouts, --fp8 trains and is kept by the run, and reward rises on
-# a trivially learnable task.
+# stops the run with a clear message and keeps its rollouts, --fp8 trains and is kept by the run, an FP8 base is the KL
+# reference FP8 in memory, and reward rises on a trivially learnable task.
 set -eu
 BIN=${DS_BIN:?}
 T=$(mktemp -d)
@@ -64,6 +64,25 @@ awk -v a="$(g "$T/a/metrics.jsonl")" -v f="$(g "$T/f8/metrics.jsonl")" 'BEGIN {
 if grpo --resume "$T/f8" $COMMON --steps 3 2>"$T/err"; then fail "resumed an --fp8 run without --fp8"; fi
 grep -q "fp8 = true, not false" "$T/err" || fail "fp8 resume message: $(cat "$T/err")"
 grpo --resume "$T/f8" $COMMON --steps 3 --fp8 2>/dev/null || fail "--fp8 resume"
+
+# An FP8 base is the KL reference FP8 in memory, on the engine: at step 1 the policy is the dequantized base, so the KL
+# is float rounding (not 0: the policy's forward is the training one), and every step's KL is the f32 copy's. With
+# --fp8 the reference takes the policy's emulated FP8 forward instead, which makes step 1's KL exactly 0.
+$BIN/ds-quantize "$T/base" -o "$T/base8" >/dev/null 2>&1 || fail "ds-quantize"
+$BIN/ds-quantize "$T/base8" -o "$T/base8f32" --to f32 >/dev/null 2>&1 || fail "ds-quantize --to f32"
+KL="--template plain --max-new-tokens 12 --threads 1 --group-size 4 --prompts-per-step 2 $DIGITS --beta 0.04"
+KL="$KL --lr 1e-2 --steps 2"
+grpo "$T/kl8" --model "$T/base8" $KL 2>"$T/err" || fail "FP8 base with --beta: $(cat "$T/err")"
+grep -q "KL reference .*base8: FP8 in memory" "$T/err" || fail "FP8 reference not resident: $(cat "$T/err")"
+grpo "$T/kl32" --model "$T/base8f32" $KL 2>"$T/err" || fail "f32 copy with --beta: $(cat "$T/err")"
+grep -q "FP8" "$T/err" && fail "f32 reference reported as FP8: $(cat "$T/err")"
+grpo "$T/klf8" --model "$T/base8" $KL --fp8 2>"$T/err" || fail "FP8 base with --beta --fp8: $(cat "$T/err")"
+kl() { sed -n "$2s/.*\"kl\":\([^,}]*\).*/\1/p" "$1/metrics.jsonl"; }
+awk -v a1="$(kl "$T/kl8" 1)" -v a2="$(kl "$T/kl8" 2)" -v b1="$(kl "$T/kl32" 1)" -v b2="$(kl "$T/kl32" 2)" \
+  -v f1="$(kl "$T/klf8" 1)" 'BEGIN { d = a2 - b2; if (d < 0) d = -d
+  if (!(a1 < 1e-8 && b1 < 1e-8 && a2 > 1e-3 && d <= 1e-5 * b2 && f1 == 0)) {
+    print "KL at steps 1, 2: fp8 base " a1 ", " a2 "; f32 copy " b1 ", " b2 "; --fp8 " f1; exit 1 } }' ||
+  fail "KL to an FP8 base"
 
 # SIGTERM finishes the step, saves a checkpoint and exits 0; the run resumes from it.
 (eval "exec $BIN/ds-grpo $T/sig $COMMON --steps 100000") 2>/dev/null &  # exec: $! is ds-grpo itself

@@ -42,13 +42,19 @@ $Q "$T/run" -o "$T/fp8b" --json 2>/dev/null | grep -Eq '"total":\{[^}]*"rel_rms_
 # FP8 and BF16 models load wherever a model does; the score on text stays within 1% of f32.
 if [ -x "$BIN/ds-eval" ]; then
   printf 'What is 12 + 30? <think> 2+0=2. 1+3=4. </think> <answer> 42 </answer>\n' >"$T/text"
-  for m in run fp8; do
-    $BIN/ds-eval --model "$T/$m" --text "$T/text" --threads 1 2>/dev/null |
+  for m in run fp8 f32; do
+    $BIN/ds-eval --model "$T/$m" --text "$T/text" --threads 1 2>"$T/ppl.$m" |
       sed -n 's/.*"nll":\([0-9.e+-]*\).*/\1/p' >"$T/nll.$m" || fail "ds-eval on $m"
   done
   awk -v a="$(cat "$T/nll.run")" -v b="$(cat "$T/nll.fp8")" \
     'BEGIN { d = (a - b) / a; if (d < 0) d = -d; if (!(a > 0 && d < 0.01)) { print a, b; exit 1 } }' ||
     fail "fp8 nll differs from f32 by 1% or more"
+  # Text is scored FP8 in memory too, as its dequantized copy ($T/f32) scores it up to float rounding.
+  grep -q 'weights.*(FP8 in memory)' "$T/ppl.fp8" || fail "fp8 not resident scoring text: $(cat "$T/ppl.fp8")"
+  ! grep -q 'FP8' "$T/ppl.f32" || fail "f32 model reported as FP8"
+  awk -v a="$(cat "$T/nll.f32")" -v b="$(cat "$T/nll.fp8")" \
+    'BEGIN { d = (a - b) / a; if (d < 0) d = -d; if (!(a > 0 && d <= 1e-5)) { print a, b; exit 1 } }' ||
+    fail "fp8 nll differs from its f32 copy's by more than 1e-5"
 
   # Generation keeps FP8 weights FP8 in memory and answers greedily exactly as the dequantized copy ($T/f32) does.
   for m in fp8 f32; do
@@ -59,6 +65,15 @@ if [ -x "$BIN/ds-eval" ]; then
   ! grep -q 'FP8' "$T/eval.f32" || fail "f32 model reported as FP8"
   [ "$(wc -l <"$T/samples.fp8")" -eq 4 ] || fail "not 4 samples"
   cmp -s "$T/samples.fp8" "$T/samples.f32" || fail "fp8 greedy answers differ from the dequantized model's"
+
+  # Against the model it was quantized from: at least 14 of 16 greedy completions stay the same.
+  for m in run fp8; do
+    $BIN/ds-eval --model "$T/$m" --greedy --limit 16 --max-new-tokens 24 --samples "$T/held.$m" --threads 1 \
+      >/dev/null 2>&1 || fail "ds-eval held-out on $m"
+  done
+  same=$(paste -d '\n' "$T/held.run" "$T/held.fp8" | sed 's/.*"completion":\("[^"]*"\).*/\1/' | paste - - |
+    awk -F '\t' '$1 == $2' | wc -l)
+  [ "$same" -ge 14 ] || fail "only $same of 16 greedy completions survive FP8 quantization"
 fi
 if [ -x "$BIN/ds-chat" ]; then
   for m in fp8 f32; do

@@ -1,14 +1,22 @@
 // The GRPO objective against values computed by hand for a small fixed batch, every aggregation, mu > 1 (ratio 1 on
-// the first iteration, clipping once logp has moved), and its gradient through the model against finite differences.
+// the first iteration, clipping once logp has moved), its gradient through the model against finite differences, and
+// the KL reference's log-probabilities on the inference engine against the training forward's.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
+#include "ds/checkpoint.h"
 #include "ds/config.h"
+#include "ds/engine.h"
 #include "ds/error.h"
 #include "ds/grpo.h"
+#include "ds/grpo_train.h"
+#include "ds/inference_model.h"
 #include "ds/model.h"
+#include "ds/quantize.h"
+#include "temp_dir.h"
 
 using namespace ds;
 using namespace ds::grpo;
@@ -211,4 +219,49 @@ TEST_CASE("grpo: gradient of the GRPO loss through the model") {
       }
     }
   }
+}
+
+TEST_CASE("grpo: the KL reference's log-probs on the engine are the training forward's, for an FP8 base too") {
+  // Larger weights than the training init, so that the log-probs spread far from -log V.
+  const ModelConfig config = resolve_model_config("tiny");
+  Model<float> base(config);
+  base.init_random(3);
+  for (const auto& p : base.param_infos())
+    if (p.kind == ParamKind::Matrix)
+      for (int64_t i = 0; i < shape_numel(p.shape); ++i) base.params()[size_t(p.offset + i)] *= 10.0f;
+  const Tokenizer tok = Tokenizer::byte_level();
+  TempDir tmp;
+  write_model_dir(tmp / "f32", base, tok);
+  quant::convert_model(tmp / "f32", tmp / "fp8", {});
+
+  const std::vector<uint32_t> p0 = {0, 11, 12, 13}, c0 = {20, 21, 22}, p1 = {0, 30}, c1 = {40, 41, 42, 43, 44, 45};
+  const std::vector<Sequence> seqs = {{p0, c0}, {p1, c1}};
+  const Packed packed = pack(seqs, 2);
+  LossOptions no_aux;
+  no_aux.mtp_weight = 0, no_aux.balance_alpha = 0;
+  auto model_logprobs = [&](Model<float>& model) {  // the Model path, which ds-grpo keeps with --fp8
+    model.forward(packed.inputs.data(), packed.targets.data(), packed.B, packed.Tn, no_aux);
+    const std::vector<double> all = model.target_logprobs();
+    std::vector<double> out;
+    for (int64_t row : packed.rows) out.push_back(all[size_t(row)]);
+    return out;
+  };
+
+  const std::vector<double> want = model_logprobs(base);
+  REQUIRE(want.size() == 9);
+  CHECK(*std::max_element(want.begin(), want.end()) - *std::min_element(want.begin(), want.end()) > 1.0);
+  Engine engine(base, tok);
+  check_close(reference_logprobs(engine, packed), want, 1e-5);
+
+  // An FP8 base: its codes on the engine against the Model over the dequantized weights, which quantization moved
+  // away from the f32 base's.
+  const InferenceModel fp8 = load_inference_model(tmp / "fp8");
+  REQUIRE(fp8.weights.fp8());
+  LoadedModel dequantized = load_model_dir(tmp / "fp8");
+  const std::vector<double> fp8_want = model_logprobs(dequantized.model);
+  Engine fp8_engine(fp8.weights, fp8.tokenizer);
+  check_close(reference_logprobs(fp8_engine, packed), fp8_want, 1e-5);
+  double moved = 0;
+  for (size_t i = 0; i < want.size(); ++i) moved = std::max(moved, std::fabs(fp8_want[i] - want[i]));
+  CHECK(moved > 1e-3);
 }

@@ -126,6 +126,47 @@ TEST_CASE("safetensors save rejects duplicate and reserved names") {
   CHECK(fs::is_empty(dir.path));  // nothing written, no temporary left behind
 }
 
+TEST_CASE("safetensors Writer: bytes handed over in pieces make the file save makes") {
+  TempDir dir;
+  const NamedTensors tensors = {{"b", patterned(DType::U8, {5}, 0)},
+                                {"a", patterned(DType::F32, {3, 4}, 1)},
+                                {"empty", Tensor::zeros(DType::BF16, {0, 2})},
+                                {"c", patterned(DType::F64, {2}, 2)}};
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  save(dir / "whole.safetensors", tensors, metadata);
+
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, t] : tensors) specs.push_back({name, t.dtype(), t.shape()});
+  Writer writer(dir / "pieces.safetensors", specs, metadata);
+  std::vector<std::string> order;
+  for (const TensorInfo& info : writer.layout()) {
+    order.push_back(info.name);
+    const Tensor& t = std::ranges::find(tensors, info.name, &NamedTensors::value_type::first)->second;
+    for (size_t at = 0; at < t.nbytes(); at += 5)
+      writer.write(info.name, {t.bytes() + at, std::min<size_t>(5, t.nbytes() - at)});
+  }
+  CHECK(!fs::exists(dir / "pieces.safetensors"));  // not before commit
+  writer.commit();
+  CHECK(order == std::vector<std::string>{"c", "a", "empty", "b"});
+  CHECK(read_file(dir / "pieces.safetensors") == read_file(dir / "whole.safetensors"));
+}
+
+TEST_CASE("safetensors Writer rejects bytes out of order, past a tensor's end or missing") {
+  TempDir dir;
+  {
+    Writer writer(dir / "w.safetensors", {{"a", DType::F32, {2}}, {"b", DType::F32, {1}}});
+    const std::byte bytes[12] = {};
+    CHECK_THROWS_WITH_AS(writer.write("b", {bytes, 4}), doctest::Contains("tensor \"b\" written out of order"), Error);
+    CHECK_THROWS_WITH_AS(writer.write("x", {bytes, 4}), doctest::Contains("not in the file"), Error);
+    writer.write("a", {bytes, 4});
+    CHECK_THROWS_WITH_AS(writer.write("a", {bytes, 8}), doctest::Contains("past its 8 bytes"), Error);
+    CHECK_THROWS_WITH_AS(writer.commit(), doctest::Contains("tensor \"a\" lacks 4 of its 8 bytes"), Error);
+    writer.write("a", {bytes, 4});
+    CHECK_THROWS_WITH_AS(writer.commit(), doctest::Contains("tensor \"b\" lacks 4 of its 4 bytes"), Error);
+  }
+  CHECK(fs::is_empty(dir.path));  // never committed: nothing left behind
+}
+
 TEST_CASE("safetensors reads files from other writers: trailing spaces, unaligned data, zero-size tensors") {
   TempDir dir;
   const float values[2] = {1.5f, -2.0f};

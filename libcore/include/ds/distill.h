@@ -9,7 +9,9 @@
 //             crosses from one example into another (Model::forward's positions), so a packed example is trained
 //             exactly as it would be alone.
 //   Teacher   logit distillation (ds/kd.h) on the same packed batch, the teacher running forward only, in the same
-//             process; it may be MoE while the student is dense, and must have the same tokenizer.
+//             process; it may be MoE while the student is dense, and must have the same tokenizer. It is held as
+//             inference holds it (an FP8 teacher stays FP8 in memory) and scored by the engine, except with fp8,
+//             where its forward is a Model's in the student's emulated FP8 numerics.
 //   Sampling  without data, the teacher samples k completions of each task prompt and the verifiers keep the
 //             correct ones (rejection sampling, as R1 built its 800k SFT set); they are the training data.
 //
@@ -33,6 +35,7 @@
 #include "ds/chat.h"
 #include "ds/comm.h"
 #include "ds/config.h"
+#include "ds/inference_model.h"
 #include "ds/kd.h"
 #include "ds/model.h"
 #include "ds/optim.h"
@@ -101,7 +104,7 @@ struct SampleResult {
 // correct (ds-eval's "correct"). progress(done, total, accepted) follows this rank's completions. With a comm of
 // several ranks, each samples a contiguous share of the completions and all of them return every rank's: the same
 // result as one process, since completion f's seed does not depend on who samples it.
-SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
+SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
                             const std::vector<Task>& tasks, const SampleOptions& options,
                             const std::function<void(int64_t, int64_t, int64_t)>& progress = nullptr,
                             dist::Comm* comm = nullptr);

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "ds/bad_steps.h"
 #include "ds/comm.h"
@@ -49,7 +50,8 @@ struct GrpoTrainOptions {
   AdamWOptions adamw;
   double clip = 1.0;
   double bias_gamma = 0.0;                   // aux-loss-free router bias updates; 0 keeps the base's routing bias
-  bool fp8 = false;                          // FP8 training GEMMs in the updates (Model::set_fp8); sampling stays f32
+  bool fp8 = false;                          // FP8 training GEMMs in the updates (Model::set_fp8), the KL
+                                             // reference's too (a Model then, not the engine); sampling stays f32
   uint64_t seed = 1234;
   int64_t save_every = 0;
   int keep = 0;
@@ -89,5 +91,11 @@ struct GrpoEvents {
 // Runs until options.steps, options.stop_after, or stop becomes true (then saves and returns). Throws ds::Error;
 // rollouts sampled before a failure are appended to options.rollouts first (unscored ones with "reward": null).
 void grpo_train(const GrpoTrainOptions& options, const std::atomic<bool>& stop, const GrpoEvents& events);
+
+class Engine;  // ds/engine.h
+// The KL reference's log-probabilities: log p(target) at each completion row of p (p.rows), a log-softmax in double
+// of the engine's logits. Model::target_logprobs at those rows up to float rounding, but with the weights as the
+// engine holds them, so that an FP8 base stays FP8 in memory.
+std::vector<double> reference_logprobs(Engine& engine, const grpo::Packed& p);
 
 }  // namespace ds

@@ -70,6 +70,8 @@ class Model {
   // Extra tensors a checkpoint may hold (MTP copies of the embedding and head) are not asked for.
   void load(const std::function<Tensor(const std::string&)>& get, const std::string& source);
   // The checkpoint tensors (F32), named as Hugging Face and DeepSeek do, MTP copies of embed/head included.
+  // In a float model they are views of the parameters, not copies: valid while the model lives, and they change
+  // with params(); other models convert into new tensors.
   std::vector<std::pair<std::string, Tensor>> export_tensors() const;
 
   // Forward over B sequences of Tn tokens (inputs [B*Tn]). With targets ([B*Tn], -1 = no loss) it computes the

@@ -2,7 +2,9 @@
 // AdamW with decoupled weight decay over a model's flat parameter array, global-norm gradient clipping, and the
 // learning-rate schedules (warmup then cosine, or warmup-stable-decay).
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,10 +54,19 @@ class AdamW {
   void step(std::vector<float>& params, const std::vector<float>& grads, double lr);
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }
-  // The moment estimates of the whole array (gathered from every rank: a collective), for checkpoints; and loading
-  // them back, each rank keeping its part, so a run resumes on any number of ranks.
-  std::pair<std::vector<float>, std::vector<float>> state() const;
-  void load_state(const std::vector<float>& m, const std::vector<float>& v);
+  // For checkpoints: one moment estimate of the whole array (exp_avg or exp_avg_sq), handed to sink in consecutive
+  // pieces in flat order. In one process that is this rank's array itself, whole, not a copy. With R > 1 ranks it
+  // is a collective: every rank takes part and gets every piece, all-gathered into one buffer of at most
+  // chunk values, so no rank ever holds more of the moments than its part and one piece.
+  enum class Moment { First, Second };
+  void gather_state(Moment moment, int64_t chunk, const std::function<void(std::span<const float>)>& sink) const;
+  // The moments of the whole array back ([size] each), each rank keeping its part, so a run resumes on any number
+  // of ranks; throws when the sizes differ.
+  void load_state(std::span<const float> m, std::span<const float> v);
+  // Back to a new optimizer's state: zero moments, step 0.
+  void reset();
+  int64_t size() const { return size_; }  // of the whole flat array
+  int rank() const { return comm_ ? comm_->rank() : 0; }
   // This rank's part of the moments (all of them in one process).
   std::vector<float>& m() { return m_; }
   std::vector<float>& v() { return v_; }
@@ -68,6 +79,7 @@ class AdamW {
   std::vector<Range> ranges_;  // clipped to this rank's part
   AdamWOptions options_;
   dist::Comm* comm_;
+  int64_t size_;
   std::vector<int64_t> parts_;  // elements per rank
   int64_t begin_ = 0, end_ = 0;  // this rank's part of the flat array
   std::vector<float> m_, v_;     // [end_ - begin_]

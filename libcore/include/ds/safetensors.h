@@ -5,11 +5,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "ds/fsutil.h"
 #include "ds/tensor.h"
 
 namespace ds::safetensors {
@@ -51,6 +54,35 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // to its element size. Streams tensor bytes to the file; nothing is gathered in memory. Names must be unique.
 void save(const std::string& path, const NamedTensors& tensors,
           const std::map<std::string, std::string>& metadata = {});
+
+// A tensor of a file to write: what its header entry says.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  Shape shape;
+};
+
+// Writes the same file as save() with the tensor bytes handed over in pieces, for data that is never whole in memory
+// (the optimizer state of several ranks, gathered a piece at a time). The constructor checks the tensors and writes
+// the header; write() appends bytes in layout() order; commit() makes the file appear once every byte is there.
+// Destroyed without commit(), nothing appears.
+class Writer {
+ public:
+  Writer(const std::string& path, const std::vector<TensorSpec>& tensors,
+         const std::map<std::string, std::string>& metadata = {});
+
+  const std::vector<TensorInfo>& layout() const { return layout_; }  // in file order
+  // The next bytes of tensor `name`: the one being written, or the next one once it is complete.
+  void write(std::string_view name, std::span<const std::byte> bytes);
+  void commit();  // throws naming the file and tensor when bytes are missing
+
+ private:
+  std::string path_;
+  std::vector<TensorInfo> layout_;
+  size_t current_ = 0;    // the tensor being written
+  uint64_t written_ = 0;  // bytes of the data buffer written so far
+  std::optional<AtomicFile> file_;
+};
 
 // The weights of a Hugging Face model directory: `model.safetensors`, or (when that is absent) the shards listed by
 // `model.safetensors.index.json`. Opening checks that every shard is a valid file holding the tensors the index

@@ -199,25 +199,43 @@ Tensor File::get(std::string_view name) const {
 }
 
 void save(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
-  std::vector<const NamedTensors::value_type*> order;
-  for (const auto& entry : tensors) order.push_back(&entry);
-  std::ranges::sort(order, [](const auto* a, const auto* b) {
-    const size_t sa = dtype_size(a->second.dtype()), sb = dtype_size(b->second.dtype());
-    return sa != sb ? sa > sb : a->first < b->first;
+  std::vector<TensorSpec> specs;
+  std::map<std::string_view, const Tensor*> by_name;
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined()) fail("{}: tensor {} has no data", path, quote(name));
+    specs.push_back({name, t.dtype(), t.shape()});
+    by_name.emplace(name, &t);
+  }
+  Writer writer(path, specs, metadata);
+  for (const TensorInfo& info : writer.layout()) {
+    const Tensor& t = *by_name.at(info.name);
+    writer.write(info.name, {t.bytes(), t.nbytes()});
+  }
+  writer.commit();
+}
+
+Writer::Writer(const std::string& path, const std::vector<TensorSpec>& tensors,
+               const std::map<std::string, std::string>& metadata)
+    : path_(path) {
+  std::vector<const TensorSpec*> order;
+  for (const auto& t : tensors) order.push_back(&t);
+  std::ranges::sort(order, [](const TensorSpec* a, const TensorSpec* b) {
+    const size_t sa = dtype_size(a->dtype), sb = dtype_size(b->dtype);
+    return sa != sb ? sa > sb : a->name < b->name;
   });
 
   json header = json::object();
   if (!metadata.empty()) header[std::string(kMetadataKey)] = metadata;
   uint64_t offset = 0;
-  for (const auto* entry : order) {
-    const auto& [name, t] = *entry;
-    if (name == kMetadataKey) fail("{}: {} is reserved and cannot name a tensor", path, kMetadataKey);
-    if (header.contains(name)) fail("{}: duplicate tensor name {}", path, quote(name));
-    if (!t.defined()) fail("{}: tensor {} has no data", path, quote(name));
-    header[name] = {{"dtype", std::string(dtype_name(t.dtype()))},
-                    {"shape", t.shape()},
-                    {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
+  for (const TensorSpec* t : order) {
+    if (t->name == kMetadataKey) fail("{}: {} is reserved and cannot name a tensor", path, kMetadataKey);
+    if (header.contains(t->name)) fail("{}: duplicate tensor name {}", path, quote(t->name));
+    const uint64_t bytes = uint64_t(shape_numel(t->shape)) * dtype_size(t->dtype);
+    header[t->name] = {{"dtype", std::string(dtype_name(t->dtype))},
+                       {"shape", t->shape},
+                       {"data_offsets", {offset, offset + bytes}}};
+    layout_.push_back({t->name, t->dtype, t->shape, offset, offset + bytes});
+    offset += bytes;
   }
   std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
   text.resize((text.size() + 7) / 8 * 8, ' ');  // so the data, and with the order above every tensor, is aligned
@@ -225,11 +243,30 @@ void save(const std::string& path, const NamedTensors& tensors, const std::map<s
 
   std::byte size_prefix[8];
   for (int i = 0; i < 8; ++i) size_prefix[i] = std::byte(uint64_t(text.size()) >> (8 * i));
-  AtomicFile file(path);
-  file.write(size_prefix);
-  file.write(text);
-  for (const auto* entry : order) file.write({entry->second.bytes(), entry->second.nbytes()});
-  file.commit();
+  file_.emplace(path);
+  file_->write(size_prefix);
+  file_->write(text);
+}
+
+void Writer::write(std::string_view name, std::span<const std::byte> bytes) {
+  // Tensors are contiguous in layout order: pass over complete ones (an empty tensor needs no write at all).
+  while (current_ < layout_.size() && layout_[current_].name != name && written_ == layout_[current_].end) ++current_;
+  if (current_ == layout_.size() || layout_[current_].name != name)
+    fail("{}: tensor {} written out of order (or not in the file)", path_, quote(name));
+  const TensorInfo& t = layout_[current_];
+  if (bytes.size() > t.end - written_)
+    fail("{}: {} bytes written to tensor {} past its {} bytes", path_, bytes.size() - (t.end - written_),
+         quote(name), t.end - t.begin);
+  file_->write(bytes);
+  written_ += bytes.size();
+}
+
+void Writer::commit() {
+  const auto missing = std::ranges::find_if(layout_, [&](const TensorInfo& t) { return t.end > written_; });
+  if (missing != layout_.end())
+    fail("{}: tensor {} lacks {} of its {} bytes", path_, quote(missing->name),
+         missing->end - std::max(written_, missing->begin), missing->end - missing->begin);
+  file_->commit();
 }
 
 ModelFiles::ModelFiles(const std::string& dir) : dir_(dir) {

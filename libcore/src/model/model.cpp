@@ -213,10 +213,14 @@ template <typename T>
 std::vector<std::pair<std::string, Tensor>> Model<T>::export_tensors() const {
   std::vector<std::pair<std::string, Tensor>> out;
   auto as_f32 = [&](int64_t offset, const Shape& shape) {
-    Tensor t = Tensor::empty(DType::F32, shape);
     const T* src = impl_->store.values.data() + offset;
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = float(src[i]);
-    return t;
+    if constexpr (std::is_same_v<T, float>) {
+      return Tensor::view(DType::F32, shape, src, nullptr);
+    } else {
+      Tensor t = Tensor::empty(DType::F32, shape);
+      for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = float(src[i]);
+      return t;
+    }
   };
   for (const auto& p : impl_->store.infos) out.emplace_back(p.name, as_f32(p.offset, p.shape));
   // The released checkpoints store the shared embedding and head again inside each MTP layer.

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "ds/engine.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/inference_model.h"
 #include "ds/jsonl.h"
 #include "ds/ops.h"
 #include "ds/reward_cmd.h"
@@ -220,7 +222,12 @@ class Trainer {
   uint64_t cursor_ = 0;  // tasks consumed
   std::string base_;     // the base model directory: the reference, and the record of where the run started
   std::optional<LoadedModel> policy_;
-  std::optional<Model<float>> reference_;  // frozen base, only when the KL term is on
+  // The frozen base, only when the KL term is on: as inference holds it (an FP8 base stays FP8 in memory), scored
+  // by an engine; with --fp8 a Model in the policy's emulated FP8 numerics instead, which the engine does not have,
+  // so that either way the KL starts at zero (up to float rounding).
+  std::optional<InferenceModel> reference_;
+  std::optional<Engine> reference_engine_;
+  std::optional<Model<float>> fp8_reference_;
   std::optional<TaskStream> tasks_;
   std::optional<ChatTemplate> chat_;
   std::unique_ptr<RewardCommand> command_;
@@ -254,9 +261,12 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (o.resume && saved.config_hash != config_hash(policy_->config))
     fail("{}/trainer_state.json: config hash does not match config.json", *latest);
   policy_->model.set_fp8(o.fp8);
-  if (o.loss.beta > 0) {
-    reference_.emplace(std::move(load_model_dir(base_).model));
-    reference_->set_fp8(o.fp8);  // the same numerics as the policy, so the KL starts at zero
+  if (o.loss.beta > 0 && o.fp8) {
+    fp8_reference_.emplace(std::move(load_model_dir(base_).model));
+    fp8_reference_->set_fp8(true);
+  } else if (o.loss.beta > 0) {
+    reference_.emplace(load_inference_model(base_));
+    reference_engine_.emplace(reference_->weights, reference_->tokenizer);
   }
   tasks_.emplace(load_tasks(o.tasks), o.seed);
   if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
@@ -275,6 +285,9 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
                             command_ ? fmt::format("command '{}'", o.reward_cmd)
                                      : fmt::format("accuracy + {} * format", o.format_weight)));
   }
+  if (events.info && rank_ == 0 && reference_ && reference_->weights.fp8())
+    events.info(fmt::format("KL reference {}: FP8 in memory, {:.1f} MB", reference_->dir,
+                            double(reference_->weights.bytes()) * 1e-6));
   engine_.emplace(model, policy_->tokenizer);
   no_aux_.mtp_weight = 0, no_aux_.balance_alpha = 0;
 }
@@ -424,7 +437,7 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   std::vector<grpo::Sequence> sequences;
   int64_t batch_tokens = 0;
   for (size_t i = 0, first = 0; i < batch.size(); first += size_t(lengths[i]), ++i) {
-    if (!reference_ && adv[i] == 0.0 && i > 0) continue;
+    if (o_.loss.beta == 0 && adv[i] == 0.0 && i > 0) continue;
     sequences.push_back({batch[i].prompt, batch[i].completion.tokens});
     batch_tokens += int64_t(batch[i].prompt.size()) + lengths[i];
     advantage.insert(advantage.end(), size_t(lengths[i]), adv[i]);
@@ -440,11 +453,16 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
     micro.push_back(std::move(mb));
   }
   std::vector<double> ref_logp, old_logp(scale.size());
-  if (reference_)
+  if (o_.loss.beta > 0)
     for (const MicroBatch& mb : micro) {
       const grpo::Packed& p = mb.packed;
-      reference_->forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_);
-      const std::vector<double> lp = gather(reference_->target_logprobs(), p.rows);
+      std::vector<double> lp;
+      if (fp8_reference_) {
+        fp8_reference_->forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_);
+        lp = gather(fp8_reference_->target_logprobs(), p.rows);
+      } else {
+        lp = reference_logprobs(*reference_engine_, p);
+      }
       ref_logp.insert(ref_logp.end(), lp.begin(), lp.end());
     }
 
@@ -463,7 +481,7 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
       // update without KL they do not (rho = 1, so w_t = s_t A_t) and one forward does; otherwise a first forward
       // measures logp and a second carries the weights.
       std::vector<float> weights(p.inputs.size(), 0.0f);
-      const bool known = k == 0 && !reference_;
+      const bool known = k == 0 && o_.loss.beta == 0;
       if (known)
         for (size_t i = 0; i < p.rows.size(); ++i)
           weights[size_t(p.rows[i])] = float(scale[mb.first_token + i] * advantage[mb.first_token + i]);
@@ -523,19 +541,14 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
 // has none; the weights are copied in place, where the engine reads them.
 void Trainer::reload() {
   const std::optional<std::string> dir = run_.latest();
-  const LoadedModel saved = load_model_dir(dir ? *dir : base_);
-  std::vector<float>& params = policy_->model.params();
-  if (saved.model.params().size() != params.size()) fail("{}: the model changed shape during the run", saved.dir);
-  std::copy(saved.model.params().begin(), saved.model.params().end(), params.begin());
+  load_weights(resolve_model_dir(dir ? *dir : base_), policy_->model);
   if (dir) {
     const SavedState s = read_state(*dir, o_);
     step_ = s.step, cursor_ = s.cursor;
     load_optimizer(*dir, s.optimizer_steps);
   } else {
     step_ = 0, cursor_ = 0;
-    const std::vector<float> zeros(params.size(), 0.0f);
-    optimizer_->load_state(zeros, zeros);
-    optimizer_->set_steps(0);
+    optimizer_->reset();
   }
   if (events_.info && rank_ == 0)
     events_.info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the "
@@ -545,8 +558,7 @@ void Trainer::reload() {
 }
 
 void Trainer::load_optimizer(const std::string& dir, int64_t steps) {
-  const auto [m, v] = read_optimizer_state(dir, policy_->model.params().size());
-  optimizer_->load_state(m, v);
+  load_optimizer_state(dir, *optimizer_);
   optimizer_->set_steps(steps);
 }
 
@@ -572,17 +584,14 @@ void Trainer::log(const GrpoRecord& r) {
                            {"reloads", r.reloads},
                            {"skipped", r.skipped},
                            {"elapsed_s", r.elapsed_s}};
-  if (reference_) record["kl"] = r.kl;
+  if (o_.loss.beta > 0) record["kl"] = r.kl;
   run_.append_metrics(record);
   if (events_.log) events_.log(r);
 }
 
 void Trainer::save() {
-  const auto moments = optimizer_->state();  // gathered from every rank; rank 0 writes
-  if (rank_ != 0) return;
-  const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
-    write_model_dir(tmp, policy_->model, policy_->tokenizer);
-    write_optimizer_state(tmp, moments.first, moments.second);
+  const std::string dir = save_checkpoint(run_, step_, o_.keep, policy_->model, policy_->tokenizer, *optimizer_,
+                                          [&](const std::string& tmp) {
     nlohmann::json state = {{"step", step_},
                             {"task_cursor", cursor_},
                             {"optimizer_steps", optimizer_->steps()},
@@ -593,13 +602,28 @@ void Trainer::save() {
     guard_.save(state);
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
   });
-  if (events_.checkpoint) events_.checkpoint(dir);
+  if (rank_ == 0 && events_.checkpoint) events_.checkpoint(dir);
 }
 
 }  // namespace
 
 void grpo_train(const GrpoTrainOptions& options, const std::atomic<bool>& stop, const GrpoEvents& events) {
   Trainer(options, events).run(stop);
+}
+
+std::vector<double> reference_logprobs(Engine& engine, const grpo::Packed& p) {
+  const int64_t V = engine.config().vocab_size;
+  const std::vector<float> logits = engine.forward(p.inputs.data(), p.B, p.Tn);
+  std::vector<double> out(p.rows.size());
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < p.rows.size(); ++i) {
+    const float* z = logits.data() + p.rows[i] * V;
+    const double top = *std::max_element(z, z + V);
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(z[v]) - top);
+    out[i] = double(z[p.targets[size_t(p.rows[i])]]) - top - std::log(sum);
+  }
+  return out;
 }
 
 }  // namespace ds

@@ -47,26 +47,62 @@ LoadedModel load_model_dir(const std::string& path) {
   if (tokenizer.vocab_size() > size_t(config.vocab_size))
     fail("{}: tokenizer has {} tokens, more than vocab_size {}", dir, tokenizer.vocab_size(), config.vocab_size);
   Model<float> model(config);
-  safetensors::ModelFiles files(dir);
-  // FP8 checkpoints (ds-quantize, DeepSeek's releases) load dequantized with their weight_scale_inv.
-  model.load([&](const std::string& name) { return quant::read_dequantized(files, name, dir); }, dir);
+  load_weights(dir, model);
   return {dir, config, std::move(model), std::move(tokenizer)};
 }
 
-void write_optimizer_state(const std::string& dir, const std::vector<float>& m, const std::vector<float>& v) {
-  safetensors::save(dir + "/optimizer.safetensors", {{"exp_avg", Tensor::from_f32(m, {int64_t(m.size())})},
-                                                     {"exp_avg_sq", Tensor::from_f32(v, {int64_t(v.size())})}});
+void load_weights(const std::string& dir, Model<float>& model) {
+  safetensors::ModelFiles files(dir);
+  // FP8 checkpoints (ds-quantize, DeepSeek's releases) load dequantized with their weight_scale_inv.
+  model.load([&](const std::string& name) { return quant::read_dequantized(files, name, dir); }, dir);
+}
+
+namespace {
+// Pieces of the moments gathered over the ranks: 16 MiB, few enough collectives and little memory.
+constexpr int64_t kStateChunk = int64_t(1) << 22;
+constexpr std::pair<const char*, AdamW::Moment> kMoments[] = {{"exp_avg", AdamW::Moment::First},
+                                                               {"exp_avg_sq", AdamW::Moment::Second}};
+
+// One moment of optimizer.safetensors as a view of the mapped file, checked to hold `size` F32 values.
+Tensor optimizer_tensor(const safetensors::File& file, const std::string& dir, const char* name, size_t size) {
+  const Tensor t = file.get(name);
+  if (t.dtype() != DType::F32 || size_t(t.numel()) != size)
+    fail("{}/optimizer.safetensors: '{}' does not match the model", dir, name);
+  return t;
+}
+std::span<const float> values(const Tensor& t) { return {t.data<float>(), size_t(t.numel())}; }
+}  // namespace
+
+void write_optimizer_state(const std::string& dir, const AdamW& optimizer) {
+  std::optional<safetensors::Writer> writer;
+  if (optimizer.rank() == 0) {
+    std::vector<safetensors::TensorSpec> specs;
+    for (const auto& moment : kMoments) specs.push_back({moment.first, DType::F32, {optimizer.size()}});
+    writer.emplace(dir + "/optimizer.safetensors", specs);
+  }
+  for (const auto& [name, moment] : kMoments) {
+    const char* tensor = name;  // a lambda may not capture a structured binding
+    optimizer.gather_state(moment, kStateChunk, [&](std::span<const float> piece) {
+      if (writer) writer->write(tensor, std::as_bytes(piece));
+    });
+  }
+  if (writer) writer->commit();
 }
 
 std::pair<std::vector<float>, std::vector<float>> read_optimizer_state(const std::string& dir, size_t size) {
-  safetensors::File file(dir + "/optimizer.safetensors");
+  const safetensors::File file(dir + "/optimizer.safetensors");
   auto read = [&](const char* name) {
-    const Tensor t = file.get(name);
-    if (t.dtype() != DType::F32 || size_t(t.numel()) != size)
-      fail("{}/optimizer.safetensors: '{}' does not match the model", dir, name);
+    const Tensor t = optimizer_tensor(file, dir, name, size);
     return std::vector<float>(t.data<float>(), t.data<float>() + size);
   };
   return {read("exp_avg"), read("exp_avg_sq")};
+}
+
+void load_optimizer_state(const std::string& dir, AdamW& optimizer) {
+  const safetensors::File file(dir + "/optimizer.safetensors");
+  const auto size = size_t(optimizer.size());
+  optimizer.load_state(values(optimizer_tensor(file, dir, "exp_avg", size)),
+                       values(optimizer_tensor(file, dir, "exp_avg_sq", size)));
 }
 
 std::string config_hash(const ModelConfig& config) {
@@ -133,6 +169,21 @@ std::string RunDir::save(int64_t step, int keep, const std::function<void(const 
       if (steps[i] != name) fs::remove_all(checkpoints + "/" + steps[i]);
   }
   return final_dir;
+}
+
+std::string save_checkpoint(const RunDir& run, int64_t step, int keep, const Model<float>& model,
+                            const Tokenizer& tokenizer, const AdamW& optimizer,
+                            const std::function<void(const std::string&)>& write_state) {
+  if (optimizer.rank() != 0) {
+    write_optimizer_state("", optimizer);  // this rank's part of rank 0's file
+    return "";
+  }
+  return run.save(step, keep, [&](const std::string& tmp) {
+    // The moments first: the other ranks wait in their collectives only until they are written.
+    write_optimizer_state(tmp, optimizer);
+    write_model_dir(tmp, model, tokenizer);
+    write_state(tmp);
+  });
 }
 
 void RunDir::append_metrics(const nlohmann::json& record) const {

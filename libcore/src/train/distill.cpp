@@ -167,7 +167,7 @@ void broadcast_text(dist::Comm& comm, std::string& text, int root) {
 
 }  // namespace
 
-SampleResult sample_teacher(const Model<float>& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
+SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& tokenizer, const ChatTemplate& chat,
                             const std::vector<Task>& tasks, const SampleOptions& o,
                             const std::function<void(int64_t, int64_t, int64_t)>& progress, dist::Comm* comm) {
   if (o.k < 1 || o.batch < 1) fail("samples per prompt and the sampling batch must be positive");
@@ -348,7 +348,11 @@ class Trainer {
   int64_t local_batch_ = 0;     // rows of each step this rank trains on
   int64_t step_ = 0, total_steps_ = 0;
   uint64_t cursor_ = 0, tokens_seen_ = 0;
-  std::optional<LoadedModel> teacher_;
+  // The teacher as inference holds it (an FP8 teacher stays FP8 in memory): it samples, and with alpha > 0 its engine
+  // scores the batches, or with --fp8 a Model does (below).
+  std::optional<InferenceModel> teacher_;
+  std::optional<Engine> teacher_engine_;
+  std::optional<Model<float>> fp8_teacher_;
   ModelConfig config_;
   Tokenizer tokenizer_ = Tokenizer::byte_level();
   std::optional<Model<float>> student_;
@@ -392,7 +396,8 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   }
 
   // The teacher: for logit distillation, or to sample the data of a new run.
-  if (!o.teacher.empty() && (o.alpha > 0 || (o.data.empty() && !o.resume))) teacher_.emplace(load_model_dir(o.teacher));
+  if (!o.teacher.empty() && (o.alpha > 0 || (o.data.empty() && !o.resume)))
+    teacher_.emplace(load_inference_model(o.teacher));
   if (o.resume || !o.student.empty()) {
     LoadedModel s = load_model_dir(o.resume ? *latest : o.student);
     config_ = s.config, tokenizer_ = std::move(s.tokenizer), student_.emplace(std::move(s.model));
@@ -404,7 +409,7 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
     // tokenizer as ds-pretrain's presets do.
     if (is_preset(o.student_config)) {
       const int64_t needed = int64_t(tokenizer_.vocab_size());
-      if (teacher_) config_.vocab_size = teacher_->config.vocab_size;
+      if (teacher_) config_.vocab_size = teacher_->weights.config().vocab_size;
       else if (needed > config_.vocab_size) config_.vocab_size = (needed + 127) / 128 * 128;
     }
     if (tokenizer_.vocab_size() > size_t(config_.vocab_size))
@@ -414,14 +419,21 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   }
   if (o.resume && saved_hash != config_hash(config_)) fail("{}: config hash does not match config.json", state_path);
   // The teacher's forward takes the student's numerics, as ds-grpo's reference takes the policy's: --fp8 stands for
-  // a run on Hopper, where the teacher's GEMMs are FP8 too, and a student equal to its teacher has no KD loss.
+  // a run on Hopper, where the teacher's GEMMs are FP8 too, and a student equal to its teacher has no KD loss. The
+  // engine does not emulate FP8 GEMMs, so with --fp8 that forward is a Model's.
   student_->set_fp8(o.fp8);
-  if (teacher_) teacher_->model.set_fp8(o.fp8);
+  if (teacher_ && o.alpha > 0 && o.fp8) {
+    fp8_teacher_.emplace(std::move(load_model_dir(teacher_->dir).model));
+    fp8_teacher_->set_fp8(true);
+  } else if (teacher_ && o.alpha > 0) {
+    teacher_engine_.emplace(teacher_->weights, teacher_->tokenizer);
+  }
   const std::string student_name = o.student.empty() ? "(new " + o.student_config + ")" : o.student;
   if (teacher_)
-    check_same_tokenizer(teacher_->tokenizer, teacher_->config, tokenizer_, config_, teacher_->dir, student_name);
+    check_same_tokenizer(teacher_->tokenizer, teacher_->weights.config(), tokenizer_, config_, teacher_->dir,
+                         student_name);
   if (o.seq_len > config_.max_position_embeddings ||
-      (teacher_ && o.seq_len > teacher_->config.max_position_embeddings))
+      (teacher_ && o.seq_len > teacher_->weights.config().max_position_embeddings))
     fail("--seq-len {} exceeds the model's max_position_embeddings", o.seq_len);
   if (rank_ == 0) run_.prepare();
   load_data(saved_data_hash);
@@ -429,8 +441,7 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   // ZeRO-1: each rank keeps its part of the moments; a checkpoint holds them whole, so a run resumes on any ranks.
   optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw, comm_, o.bucket_mb);
   if (o.resume) {
-    const auto [m, v] = read_optimizer_state(*latest, student_->params().size());
-    optimizer_->load_state(m, v);
+    load_optimizer_state(*latest, *optimizer_);
     optimizer_->set_steps(optimizer_steps);
   }
   next_token_only_.mtp_weight = 0, next_token_only_.balance_alpha = 0;
@@ -441,6 +452,8 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   info(o.resume ? fmt::format("resumed {} at step {} of {}", *latest, step_, total_steps_)
                 : fmt::format("student {}: {} parameters ({} active per token); teacher {}; {} steps", student_name,
                               pc.total, pc.active, teacher_ ? teacher_->dir : std::string("none"), total_steps_));
+  if (teacher_ && teacher_->weights.fp8() && !fp8_teacher_)
+    info(fmt::format("teacher {}: FP8 in memory, {:.1f} MB", teacher_->dir, double(teacher_->weights.bytes()) * 1e-6));
   if (comm_)
     info(fmt::format("data parallel over {} ranks ({}), {} rows each", ranks_, comm_->backend(), local_batch_));
 }
@@ -469,7 +482,7 @@ void Trainer::load_data(const std::string& hash) {
     info(fmt::format("sampling {} completions of each of {} prompts from the teacher{}", o_.sample.k, tasks.size(),
                      comm_ ? fmt::format(", in shares over {} ranks", ranks_) : ""));
     const SampleResult r = sample_teacher(
-        teacher_->model, teacher_->tokenizer, chat, tasks, o_.sample,
+        teacher_->weights, teacher_->tokenizer, chat, tasks, o_.sample,
         [&](int64_t done, int64_t total, int64_t accepted) {
           if (done == total || done % (16 * o_.sample.batch) == 0)
             info(fmt::format("sampled {}/{}, accepted {}{}", done, total, accepted, comm_ ? " (rank 0's share)" : ""));
@@ -518,12 +531,19 @@ kd::Loss Trainer::step(const Batch& b) {
   const size_t first = size_t(rank_) * size_t(N);
   const int32_t* inputs = b.inputs.data() + first;
   const int32_t* positions = b.positions.data() + first;
-  if (o_.alpha > 0) teacher_->model.forward(inputs, nullptr, local_batch_, b.Tn, {}, nullptr, positions);
+  const float* teacher = nullptr;  // the teacher's logits, with alpha > 0
+  std::vector<float> scored;
+  if (fp8_teacher_) {
+    fp8_teacher_->forward(inputs, nullptr, local_batch_, b.Tn, {}, nullptr, positions);
+    teacher = fp8_teacher_->logits();
+  } else if (teacher_engine_) {
+    scored = teacher_engine_->forward(inputs, local_batch_, b.Tn, positions);
+    teacher = scored.data();
+  }
   s.forward(inputs, nullptr, local_batch_, b.Tn, {}, nullptr, positions);
   grad_.resize(size_t(N * V));
-  const kd::Loss L = kd::distill_loss(s.logits(), o_.alpha > 0 ? teacher_->model.logits() : nullptr,
-                                      b.targets.data() + first, N, V, o_.kd, o_.alpha, grad_.data(),
-                                      double(b.loss_tokens) / double(ranks_));
+  const kd::Loss L = kd::distill_loss(s.logits(), teacher, b.targets.data() + first, N, V, o_.kd, o_.alpha,
+                                      grad_.data(), double(b.loss_tokens) / double(ranks_));
   s.backward(grad_.data(), optimizer_->grad_hook(s.grads()));  // the reduction starts during the backward
   return L;
 }
@@ -613,11 +633,8 @@ void Trainer::run(const std::atomic<bool>& stop) {
 }
 
 void Trainer::save() {
-  const auto moments = optimizer_->state();  // gathered from every rank; rank 0 writes
-  if (rank_ != 0) return;
-  const std::string dir = run_.save(step_, o_.keep, [&](const std::string& tmp) {
-    write_model_dir(tmp, *student_, tokenizer_);
-    write_optimizer_state(tmp, moments.first, moments.second);
+  const std::string dir = save_checkpoint(run_, step_, o_.keep, *student_, tokenizer_, *optimizer_,
+                                          [&](const std::string& tmp) {
     const json state = {{"step", step_},
                         {"row_cursor", cursor_},
                         {"tokens_seen", tokens_seen_},
@@ -629,7 +646,7 @@ void Trainer::save() {
                         {"ranks", ranks_}};
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
   });
-  if (events_.checkpoint) events_.checkpoint(dir);
+  if (rank_ == 0 && events_.checkpoint) events_.checkpoint(dir);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
-#include <numeric>
 
 #include "ds/error.h"
 
@@ -50,7 +49,7 @@ std::vector<int64_t> bucket_counts(const GradBucket& b, const std::vector<int64_
 
 AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions options, dist::Comm* comm,
              double bucket_mb)
-    : options_(options), comm_(comm && comm->size() > 1 ? comm : nullptr) {
+    : options_(options), comm_(comm && comm->size() > 1 ? comm : nullptr), size_(size) {
   parts_ = dist::split_evenly(size, comm_ ? comm_->size() : 1);
   const int rank = comm_ ? comm_->rank() : 0;
   for (int r = 0; r < rank; ++r) begin_ += parts_[size_t(r)];
@@ -131,18 +130,36 @@ void AdamW::step(std::vector<float>& params, const std::vector<float>& grads, do
   if (comm_) comm_->all_gather(params.data(), parts_);
 }
 
-std::pair<std::vector<float>, std::vector<float>> AdamW::state() const {
-  const int64_t total = std::accumulate(parts_.begin(), parts_.end(), int64_t(0));
-  std::vector<float> m(static_cast<size_t>(total), 0.0f), v(static_cast<size_t>(total), 0.0f);
-  std::copy(m_.begin(), m_.end(), m.begin() + begin_);
-  std::copy(v_.begin(), v_.end(), v.begin() + begin_);
-  if (comm_) comm_->all_gather(m.data(), parts_), comm_->all_gather(v.data(), parts_);
-  return {std::move(m), std::move(v)};
+void AdamW::gather_state(Moment moment, int64_t chunk,
+                         const std::function<void(std::span<const float>)>& sink) const {
+  const std::vector<float>& part = moment == Moment::First ? m_ : v_;
+  if (!comm_) {
+    sink(part);
+    return;
+  }
+  if (chunk <= 0) fail("the state is gathered in pieces of a positive number of values, not {}", chunk);
+  std::vector<float> buffer(static_cast<size_t>(std::min(chunk, size_)));
+  for (int64_t begin = 0; begin < size_; begin += chunk) {
+    // This rank's values of the piece go to their place in the buffer; the all-gather brings the others'.
+    const GradBucket piece = {begin, std::min(size_, begin + chunk)};
+    const int64_t b = std::max(begin_, piece.begin), e = std::min(end_, piece.end);
+    if (b < e) std::copy(part.begin() + (b - begin_), part.begin() + (e - begin_), buffer.begin() + (b - piece.begin));
+    comm_->all_gather(buffer.data(), bucket_counts(piece, parts_));
+    sink(std::span(buffer.data(), static_cast<size_t>(piece.size())));
+  }
 }
 
-void AdamW::load_state(const std::vector<float>& m, const std::vector<float>& v) {
+void AdamW::load_state(std::span<const float> m, std::span<const float> v) {
+  if (int64_t(m.size()) != size_ || int64_t(v.size()) != size_)
+    fail("optimizer state of {} and {} values for {} parameters", m.size(), v.size(), size_);
   std::copy_n(m.begin() + begin_, m_.size(), m_.begin());
   std::copy_n(v.begin() + begin_, v_.size(), v_.begin());
+}
+
+void AdamW::reset() {
+  std::fill(m_.begin(), m_.end(), 0.0f);
+  std::fill(v_.begin(), v_.end(), 0.0f);
+  t_ = 0;
 }
 
 double clip_grad_norm(std::vector<float>& grads, double max_norm) {

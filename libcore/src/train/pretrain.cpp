@@ -120,9 +120,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     if (!dir) {
       step = 0, tokens_seen = 0;
       data.seek(0);
-      const std::vector<float> zeros(model.params().size(), 0.0f);
-      optimizer.load_state(zeros, zeros);
-      optimizer.set_steps(0);
+      optimizer.reset();
       return state;
     }
     const std::string state_path = *dir + "/trainer_state.json";
@@ -141,8 +139,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     } catch (const nlohmann::json::exception& e) {
       fail("{}: bad trainer state: {}", state_path, e.what());
     }
-    const auto [m, v] = read_optimizer_state(*dir, model.params().size());
-    optimizer.load_state(m, v);
+    load_optimizer_state(*dir, optimizer);
     optimizer.set_steps(step);
     data.seek(cursor);
     return state;
@@ -167,11 +164,8 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   ScheduleOptions schedule = o.schedule;
   schedule.total = o.steps;
   auto save = [&] {
-    const auto moments = optimizer.state();  // gathered from every rank; rank 0 writes
-    if (rank != 0) return;
-    const std::string dir = run.save(step, o.keep, [&](const std::string& tmp) {
-      write_model_dir(tmp, model, tokenizer);
-      write_optimizer_state(tmp, moments.first, moments.second);
+    const std::string dir = save_checkpoint(run, step, o.keep, model, tokenizer, optimizer,
+                                            [&](const std::string& tmp) {
       nlohmann::json state = {{"step", step},
                               {"tokens_seen", tokens_seen},
                               {"data_cursor", data.cursor()},
@@ -184,7 +178,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       guard.save(state);
       write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     });
-    if (events.checkpoint) events.checkpoint(dir);
+    if (rank == 0 && events.checkpoint) events.checkpoint(dir);
   };
 
   // The last micro-batch's backward finishes the gradients a range at a time: each becomes the mean over the
@@ -228,12 +222,10 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     if (guard.count(r.skipped)) {
       const std::optional<std::string> dir = run.latest();
       restore(dir);
-      if (dir) {
-        const LoadedModel saved = load_model_dir(*dir);
-        std::copy(saved.model.params().begin(), saved.model.params().end(), model.params().begin());
-      } else {
+      if (dir)
+        load_weights(*dir, model);
+      else
         model.init_random(o.seed);
-      }
       info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning "
                        "rate scaled by {:g} (reload {} of at most {})",
                        o.max_bad_steps + 1, dir ? *dir : "the start of the run", step, guard.lr_scale(),
