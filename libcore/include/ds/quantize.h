@@ -46,8 +46,10 @@ struct QuantizedWeight {
 // NaN or Inf in w is a ds::Error. With `error`, adds how far dequantize_weight(result) is from w.
 QuantizedWeight quantize_weight(const Tensor& w, ErrorStats* error = nullptr);
 
-// w[i, j] = e4m3(q[i, j]) * scale_inv[i/128, j/128], rounded to `dtype` (F32 or BF16). A q that is not a 2-D
-// F8_E4M3 tensor, or a scale_inv that is not F32 of weight_scale_shape(q), is a ds::Error naming `what`.
+// Checks a 2-D F8_E4M3 weight against its weight_scale_inv: F32 of weight_scale_shape(q), every scale finite.
+// Anything else is a ds::Error naming `what`.
+void check_weight_scales(const Tensor& q, const Tensor& scale_inv, std::string_view what);
+// w[i, j] = e4m3(q[i, j]) * scale_inv[i/128, j/128], rounded to `dtype` (F32 or BF16), after check_weight_scales.
 Tensor dequantize_weight(const Tensor& q, const Tensor& scale_inv, std::string_view what = "weight",
                          DType dtype = DType::F32);
 

@@ -135,15 +135,8 @@ float WeightMatrix::dot_fp8(int64_t row, const float* x) const {
 }
 
 WeightMatrix fp8_matrix(const Tensor& weight, const Tensor& scale_inv, std::string_view what) {
-  if (weight.dtype() != DType::F8_E4M3 || weight.ndim() != 2)
-    fail("{}: expected a 2-D F8_E4M3 weight, got {} {}", what, dtype_name(weight.dtype()), shape_str(weight.shape()));
-  const Shape expected = quant::weight_scale_shape(weight.shape());
-  if (scale_inv.dtype() != DType::F32 || scale_inv.shape() != expected)
-    fail("{}: weight_scale_inv is {} {}, the weight {} needs F32 {}", what, dtype_name(scale_inv.dtype()),
-         shape_str(scale_inv.shape()), shape_str(weight.shape()), shape_str(expected));
+  quant::check_weight_scales(weight, scale_inv, what);
   const float* s = scale_inv.data<float>();
-  if (!std::all_of(s, s + scale_inv.numel(), [](float v) { return std::isfinite(v); }))
-    fail("{}: weight_scale_inv holds NaN or Inf", what);
   const uint8_t* q = weight.data<uint8_t>();
   if (std::any_of(q, q + weight.numel(), [](uint8_t c) { return (c & 0x7f) == 0x7f; }))
     fail("{}: the weight holds NaN codes", what);

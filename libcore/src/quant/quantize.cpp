@@ -171,19 +171,23 @@ QuantizedWeight quantize_weight(const Tensor& w, ErrorStats* error) {
   }
 }
 
-Tensor dequantize_weight(const Tensor& q, const Tensor& scale_inv, std::string_view what, DType dtype) {
+void check_weight_scales(const Tensor& q, const Tensor& scale_inv, std::string_view what) {
   if (q.dtype() != DType::F8_E4M3 || q.ndim() != 2)
     fail("{}: expected a 2-D F8_E4M3 weight, got {} {}", what, dtype_name(q.dtype()), shape_str(q.shape()));
   const Shape expected = weight_scale_shape(q.shape());
   if (scale_inv.dtype() != DType::F32 || scale_inv.shape() != expected)
     fail("{}: weight_scale_inv is {} {}, the weight {} needs F32 {}", what, dtype_name(scale_inv.dtype()),
          shape_str(scale_inv.shape()), shape_str(q.shape()), shape_str(expected));
+  const float* scale = scale_inv.data<float>();
+  if (!std::all_of(scale, scale + scale_inv.numel(), [](float v) { return std::isfinite(v); }))
+    fail("{}: weight_scale_inv holds NaN or Inf", what);
+}
+
+Tensor dequantize_weight(const Tensor& q, const Tensor& scale_inv, std::string_view what, DType dtype) {
+  check_weight_scales(q, scale_inv, what);
   if (dtype != DType::F32 && dtype != DType::BF16) fail("{}: cannot dequantize to {}", what, dtype_name(dtype));
   const float* scale = scale_inv.data<float>();
-  for (int64_t i = 0; i < scale_inv.numel(); ++i)
-    if (!std::isfinite(scale[i])) fail("{}: weight_scale_inv holds NaN or Inf", what);
-
-  const int64_t rows = q.dim(0), cols = q.dim(1), col_blocks = expected[1];
+  const int64_t rows = q.dim(0), cols = q.dim(1), col_blocks = scale_inv.dim(1);
   Tensor out = Tensor::empty(dtype, q.shape());
   const uint8_t* codes = q.data<uint8_t>();
   const auto run = [&](auto* dst, auto store) {
