@@ -67,6 +67,9 @@ TEST_CASE("gradient buckets are cut at parameter boundaries from the end of the 
   CHECK(plan_grad_buckets(params, 43, 11) == B{{20, 43}, {0, 20}});
   CHECK(plan_grad_buckets(params, 43, 24) == B{{15, 43}, {0, 15}});  // the last bucket may be smaller
   CHECK(plan_grad_buckets(params, 43, 1000) == B{{0, 43}});
+  // A smaller first bucket (DDP's), then the usual size.
+  CHECK(plan_grad_buckets(params, 43, 11, 2) == B{{40, 43}, {20, 40}, {0, 20}});
+  CHECK(plan_grad_buckets(params, 43, 11, 1000) == B{{20, 43}, {0, 20}});
 
   // A real model: contiguous buckets from the end to the start, each at least the size asked but the last.
   const Model<float> model(resolve_model_config("tiny"));

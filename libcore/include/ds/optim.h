@@ -20,9 +20,11 @@ struct GradBucket {
   bool operator==(const GradBucket&) const = default;
 };
 // Buckets over [0, size) cut at parameter boundaries, from the end of the array to its start (the order Model's
-// backward finishes the gradients): each takes parameters until it holds at least bucket_elems values, so a larger
-// parameter is a bucket of its own and the last bucket may be smaller.
-std::vector<GradBucket> plan_grad_buckets(const std::vector<ParamInfo>& params, int64_t size, int64_t bucket_elems);
+// backward finishes the gradients): each takes parameters until it holds at least bucket_elems values (the first
+// only min(first_bucket_elems, bucket_elems)), so a larger parameter is a bucket of its own and the last bucket may
+// be smaller.
+std::vector<GradBucket> plan_grad_buckets(const std::vector<ParamInfo>& params, int64_t size, int64_t bucket_elems,
+                                          int64_t first_bucket_elems = INT64_MAX);
 // How many values of bucket b fall in each rank's part (parts as dist::split_evenly): the reduce-scatter's counts.
 std::vector<int64_t> bucket_counts(const GradBucket& b, const std::vector<int64_t>& parts);
 

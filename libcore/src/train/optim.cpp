@@ -23,17 +23,20 @@ void clip_to(float* x, int64_t n, double norm, double max_norm) {
 }
 }  // namespace
 
-std::vector<GradBucket> plan_grad_buckets(const std::vector<ParamInfo>& params, int64_t size, int64_t bucket_elems) {
+std::vector<GradBucket> plan_grad_buckets(const std::vector<ParamInfo>& params, int64_t size, int64_t bucket_elems,
+                                          int64_t first_bucket_elems) {
   std::vector<int64_t> cuts = {0};
   for (const auto& p : params) cuts.push_back(p.offset);
   std::sort(cuts.begin(), cuts.end());
   std::vector<GradBucket> buckets;
   int64_t end = size;
-  for (size_t i = cuts.size(); i-- > 0;)
-    if (cuts[i] < end && (end - cuts[i] >= bucket_elems || cuts[i] == 0)) {
+  for (size_t i = cuts.size(); i-- > 0;) {
+    const int64_t want = buckets.empty() ? std::min(first_bucket_elems, bucket_elems) : bucket_elems;
+    if (cuts[i] < end && (end - cuts[i] >= want || cuts[i] == 0)) {
       buckets.push_back({cuts[i], end});
       end = cuts[i];
     }
+  }
   return buckets;
 }
 
@@ -62,7 +65,9 @@ AdamW::AdamW(const std::vector<ParamInfo>& params, int64_t size, AdamWOptions op
   if (bucket_mb < 0) fail("the gradient bucket size must not be negative, not {:g} MiB", bucket_mb);
   if (comm_ && bucket_mb > 0) {
     const auto elems = std::max<int64_t>(1, std::llround(bucket_mb * 1024 * 1024 / sizeof(float)));
-    buckets_ = plan_grad_buckets(params, size, elems);
+    // As PyTorch DDP, the first bucket (the last layers, finished first) holds at most 1 MiB, so the reductions
+    // start early in the backward whatever the bucket size.
+    buckets_ = plan_grad_buckets(params, size, elems, (int64_t(1) << 20) / int64_t(sizeof(float)));
     final_.assign(buckets_.size(), 0);
   }
 }
