@@ -36,15 +36,39 @@ void print_table(const std::vector<Row>& rows) {
 std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fraction); }
 
 #ifdef DS_CUDA
+// What the engine's decode on a GPU measures: the model and its sequences.
+struct GpuDecode {
+  std::string model;
+  ds::ModelConfig config;
+  std::vector<int64_t> batches;
+  int64_t context;
+  int steps;
+};
+
 // On a GPU: cuBLASLt BF16 and FP8 block-scaled GEMMs on DeepSeek-V3's shapes (FP8 as a ratio to BF16 measured in
-// the same run), and MLA decode over the latent cache at V3's 128 heads and 4096 cached tokens.
-void run_gpu(const ds::Device& device, const std::string& only, double min_time, bool json) {
-  if (only == "step" || only == "decode")
-    throw CLI::ValidationError("--only", "the training step and CPU decode are measured with --device cpu");
+// the same run), MLA decode over the latent cache at V3's 128 heads and 4096 cached tokens, and the inference
+// engine's prefill and decode of the model.
+void run_gpu(const ds::Device& device, const std::string& only, double min_time, bool json, const GpuDecode& decode) {
+  if (only == "step") throw CLI::ValidationError("--only", "the training step is measured with --device cpu");
   nlohmann::json out = {{"device", device.name()}, {"gpu", ds::bench::gpu_name()}};
   std::vector<Row> gemm_rows = {{"gemm", "M", "N", "K", "BF16 TFLOP/s", "FP8 TFLOP/s", "FP8/BF16"}};
   std::vector<Row> mla_rows = {{"mla decode", "batch", "context", "heads", "ms", "median ms", "GB/s"}};
-  if (only != "mla") {
+  std::vector<Row> engine_rows = {{"engine", "batch", "context", "prefill tok/s", "step ms", "decode tok/s"}};
+  if (only.empty() || only == "decode") {
+    out["decode"] = nlohmann::json::array();
+    for (const int64_t batch : decode.batches) {
+      fmt::print(stderr, "engine decode of {}: batch {}, context {}\n", decode.model, batch, decode.context);
+      const ds::bench::DecodeResult r =
+          ds::bench::decode(decode.config, batch, decode.context, decode.steps, false, device);
+      out["decode"].push_back({{"model", decode.model}, {"batch", batch}, {"context", decode.context},
+                               {"prefill_tokens_per_s", r.prefill_tokens_per_s}, {"step_ms", r.step_ms},
+                               {"tokens_per_s", r.tokens_per_s}});
+      engine_rows.push_back({decode.model, std::to_string(batch), std::to_string(decode.context),
+                             fmt::format("{:.0f}", r.prefill_tokens_per_s), fmt::format("{:.2f}", r.step_ms),
+                             fmt::format("{:.0f}", r.tokens_per_s)});
+    }
+  }
+  if (only.empty() || only == "gemm") {
     out["gemm"] = nlohmann::json::array();
     for (const int64_t M : ds::bench::kGpuGemmTokens)
       for (const auto& s : ds::bench::deepseek_v3_gemm_shapes(M)) {
@@ -59,7 +83,7 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
                              fmt::format("{:.2f}", r.fp8_tflops / r.bf16_tflops)});
       }
   }
-  if (only != "gemm") {
+  if (only.empty() || only == "mla") {
     out["mla_decode"] = nlohmann::json::array();
     for (const int64_t batch : {64, 128}) {
       const int64_t context = 4096, heads = 128;
@@ -77,7 +101,7 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
     return;
   }
   fmt::print("{} ({})\n", out["gpu"].get<std::string>(), device.name());
-  for (const auto* rows : {&gemm_rows, &mla_rows})
+  for (const auto* rows : {&gemm_rows, &mla_rows, &engine_rows})
     if (rows->size() > 1) {
       fmt::print("\n");
       print_table(*rows);
@@ -146,16 +170,14 @@ int main(int argc, char** argv) {
   app.add_option("--decode-steps", decode_steps, "decode: timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--only", only, "measure only one part: gemm, step, decode (CPU), mla (CUDA)")
+  app.add_option("--only", only, "measure only one part: gemm, step (CPU), decode, mla (CUDA)")
       ->check(CLI::IsMember({"gemm", "step", "decode", "mla"}));
   ds::tool::add_compute_options(app, compute);
 
   return ds::tool::run(app, argc, argv, [&] {
     const ds::Device device = ds::tool::apply_compute_options(compute, true);
-#ifdef DS_CUDA
-    if (device.cuda) return run_gpu(device, only, min_time, json);
-#endif
-    if (only == "mla") throw CLI::ValidationError("--only", "mla is measured on a CUDA device (--device cuda)");
+    if (only == "mla" && !device.cuda)
+      throw CLI::ValidationError("--only", "mla is measured on a CUDA device (--device cuda)");
     const ds::ModelConfig config = ds::resolve_model_config(model_config);
     const bool run_step = only.empty() || only == "step", run_gemm = only.empty() || only == "gemm";
     const bool run_decode = only.empty() || only == "decode";
@@ -167,6 +189,10 @@ int main(int argc, char** argv) {
     if (run_step && seq_len > config.max_position_embeddings)
       throw CLI::ValidationError("--seq-len", fmt::format("{} exceeds the model's max_position_embeddings {}",
                                                           seq_len, config.max_position_embeddings));
+#ifdef DS_CUDA
+    if (device.cuda)
+      return run_gpu(device, only, min_time, json, {model_config, config, decode_batches, context, decode_steps});
+#endif
     std::vector<ds::bench::GemmShape> shapes;
     if (run_gemm)
       for (const std::string& spec : shape_specs) {

@@ -131,10 +131,10 @@ int main(int argc, char** argv) {
   ds::tool::add_compute_options(app, compute);
 
   return ds::tool::run(app, argc, argv, [&] {
-    ds::tool::apply_compute_options(compute);
+    const ds::Device device = ds::tool::apply_compute_options(compute, true);
     const ds::ChatFormat format = ds::parse_chat_format(template_name);
     const ds::InferenceModel m = ds::load_inference_model(model_path);
-    ds::ChatSession session(m.weights, m.tokenizer, format, seed);
+    ds::ChatSession session(m.weights, m.tokenizer, format, seed, device);
     session.set_system(system);
     std::atomic<bool>& stop = ds::tool::install_stop_signals();
 

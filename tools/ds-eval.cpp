@@ -94,9 +94,9 @@ void eval_text(const Options& o, const ds::InferenceModel& m) {
     if (is_shard(path)) {
       const std::vector<uint32_t> ids = ds::read_tokens(path);
       ds::check_token_range(path, ids, uint32_t(m.weights.config().vocab_size));
-      score = ds::eval::score_tokens(m.weights, m.tokenizer, ids, window, o.run.batch);
+      score = ds::eval::score_tokens(m.weights, m.tokenizer, ids, window, o.run.batch, o.run.device);
     } else {
-      score = ds::eval::score_text(m.weights, m.tokenizer, ds::read_file(path), window, o.run.batch);
+      score = ds::eval::score_text(m.weights, m.tokenizer, ds::read_file(path), window, o.run.batch, o.run.device);
     }
     if (score.tokens == 0) ds::fail("{}: no tokens to score", path);
     total += score;
@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
     if (o.text.empty() && o.tasks.empty()) o.tasks = "builtin:arith";
     if (!o.text.empty() && !o.samples_path.empty()) throw CLI::ValidationError("--samples", "only with --tasks");
     o.run.format = ds::parse_chat_format(o.template_name);
-    ds::tool::apply_compute_options(compute);
+    o.run.device = ds::tool::apply_compute_options(compute, true);
     // Both run on the inference engine, which keeps FP8 weights FP8.
     const ds::InferenceModel m = ds::load_inference_model(o.model);
     if (o.text.empty()) {

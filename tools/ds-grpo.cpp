@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
     o.schedule.kind = ds::parse_schedule(schedule);
     o.aggregation = ds::grpo::parse_aggregation(loss);
     o.scale_rewards = ds::grpo::parse_scale_rewards(scale_rewards);
-    ds::tool::apply_compute_options(compute);
+    o.device = ds::tool::apply_compute_options(compute, true);
     const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
     o.comm = comm.get(), o.bucket_mb = dist.bucket_mb;
 

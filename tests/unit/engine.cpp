@@ -5,7 +5,9 @@
 #include <random>
 
 #include "ds/config.h"
+#include "ds/cuda.h"
 #include "ds/engine.h"
+#include "ds/error.h"
 #include "ds/model.h"
 #include "ds/sampler.h"
 #include "ds/tokenizer.h"
@@ -97,6 +99,16 @@ TEST_CASE("a batch of sequences of different lengths equals each alone; the late
   CHECK(engine.cache_bytes_per_token() == 2 * (16 + 4) * 4);
   CHECK(engine.naive_cache_bytes_per_token() == 2 * 2 * (12 + 8) * 4);
   CHECK_THROWS(engine.append({{sa, random_tokens(size_t(c.max_position_embeddings), 3, V)}}));
+}
+
+TEST_CASE("an engine on a CUDA device that the build or the machine lacks is a clear error") {
+#ifdef DS_CUDA
+  if (cuda::device_count() > 0) return;  // tests/gpu compares that engine with this one
+#endif
+  const ModelConfig c = resolve_model_config("tiny");
+  const Model<float> model = random_model(c, 4);
+  const Tokenizer tok = Tokenizer::byte_level();
+  CHECK_THROWS_AS(Engine(model, tok, Device{true, 0}), Error);
 }
 
 TEST_CASE("generation: seeds, batch independence, stop strings and length limits") {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ds/config.h"
+#include "ds/cuda.h"
 
 namespace ds::bench {
 
@@ -67,14 +68,16 @@ struct DecodeResult {
   double tokens_per_s = 0;          // batch / step
   double bytes_per_step = 0;        // weights a step reads (expected distinct experts) + the latent cache
   double gb_per_s = 0;              // bytes_per_step / step
-  int64_t cache_bytes_per_token = 0, naive_cache_bytes_per_token = 0;  // latent vs per-head K/V, all layers, F32
+  int64_t cache_bytes_per_token = 0, naive_cache_bytes_per_token = 0;  // latent vs per-head K/V, all layers
 };
 
 // Random weights, held as inference_weights(model, fp8) holds them (F32, or FP8 where ds-quantize would quantize)
 // with the float model freed before timing; `batch` sequences of `context` random tokens prefilled, then steps
 // timed decode steps through the MLA latent cache. Routed experts count as read when at least one sequence picks
-// them, in expectation under uniform routing: n * (1 - (1 - k/n)^batch) per layer.
-DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8 = false);
+// them, in expectation under uniform routing: n * (1 - (1 - k/n)^batch) per layer. On a CUDA device the engine holds
+// everything in BF16 there, and only the times are measured (bytes_per_step and gb_per_s stay 0).
+DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8 = false,
+                    const Device& device = {});
 
 // This process's resident memory (VmRSS of /proc/self/status); 0 where unknown.
 int64_t resident_bytes();

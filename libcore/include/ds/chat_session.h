@@ -24,7 +24,8 @@ struct ChatTurnStats {
 
 class ChatSession {
  public:
-  ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed);
+  ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed,
+              const Device& device = {});
 
   // Adds the user's message and generates the reply. on_text receives the reply as it grows, in pieces that are
   // whole UTF-8 characters; returning false stops the generation (the partial reply is kept).

@@ -109,12 +109,18 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream);
 
 // ---- MLA absorbed decode over the latent cache (reference section 2.6; FlashMLA's formulation) ----
-// One KV head shared by all H query heads: q [B, H, r + dr] f32 holds [q~ = W_UK^T q_nope | q_pe], the cache
-// [B, max_len, r + dr] bf16 holds [c_KV | k_pe] per token, lengths [B] (1..max_len) the tokens of each sequence.
-// out [B, H, r] = softmax_j(scale q.k_j) c_KV_j, the latent of each head before W_UV. r and dr are multiples of
-// 32 with r + dr at most kMlaMaxWidth (V3: 512 + 64).
+// One KV head shared by all H query heads. The cache [slots, capacity, r + dr] bf16 holds [c_KV | k_pe] per token of
+// each slot (a sequence). Query row b, q [B, H, r + dr] f32 holding [q~ = W_UK^T q_nope | q_pe], attends to the first
+// lengths[b] (1..capacity) tokens of slot slots[b] (slots null: slot b): out [B, H, r] = softmax_j(scale q.k_j)
+// c_KV_j, the latent of each head before W_UV. Decode is one row per sequence; prefill a row per new token, each
+// with its own length, which makes the attention causal. r + dr is at most kMlaMaxWidth (V3: 512 + 64).
 inline constexpr int64_t kMlaMaxWidth = 576;
-void mla_decode(float* out, const float* q, const __nv_bfloat16* cache, const int32_t* lengths, int64_t B, int64_t H,
-                int64_t max_len, int64_t r, int64_t dr, float scale, cudaStream_t stream);
+void mla_decode(float* out, const float* q, const __nv_bfloat16* cache, const int32_t* slots, const int32_t* lengths,
+                int64_t B, int64_t H, int64_t capacity, int64_t r, int64_t dr, float scale, cudaStream_t stream);
+// Row i of the cache's slot slots[i] at position pos[i] becomes bf16([latent [R, r] row i | k_pe row i]), the k_pe
+// rows dr values each, k_pe_stride apart.
+void mla_cache_write(__nv_bfloat16* cache, int64_t capacity, const float* latent, const float* k_pe,
+                     int64_t k_pe_stride, const int32_t* slots, const int32_t* pos, int64_t R, int64_t r, int64_t dr,
+                     cudaStream_t stream);
 
 }  // namespace ds::cuda

@@ -5,9 +5,11 @@
 // Prefill and decode are the same operation (append n tokens to a sequence), batched across sequences.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "ds/cuda.h"
 #include "ds/inference_model.h"
 #include "ds/sampler.h"
 #include "ds/tokenizer.h"
@@ -24,12 +26,17 @@ struct Completion {
 class Engine {
  public:
   // The weights' storage (a Model<float>, or an InferenceModel's FP8 or F32 tensors) must outlive the engine. Only
-  // ids below tokenizer.vocab_size() are ever sampled.
-  Engine(const InferenceWeights& weights, const Tokenizer& tokenizer);
+  // ids below tokenizer.vocab_size() are ever sampled. On a CUDA device (builds with DS_CUDA) the weights are copied
+  // there as BF16 and the caches are BF16; the device becomes current for the calling thread.
+  Engine(const InferenceWeights& weights, const Tokenizer& tokenizer, const Device& device = {});
   ~Engine();
 
   const ModelConfig& config() const;
-  // Latent cache bytes per token (all layers, F32) and what a per-head K/V cache would need.
+  // The weights' values changed in place (a training step): on a GPU they are copied there again; on the CPU,
+  // which reads them in place, nothing happens.
+  void reload_weights();
+  // Latent cache bytes per token (all layers, F32 on the CPU, BF16 on a GPU) and what a per-head K/V cache of the
+  // same precision would need.
   int64_t cache_bytes_per_token() const;
   int64_t naive_cache_bytes_per_token() const;
 

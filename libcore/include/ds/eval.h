@@ -61,6 +61,7 @@ struct TaskRunOptions {
   int64_t batch = 16;  // completions decoded together
   uint64_t seed = 0;
   SamplingOptions sampling;
+  Device device;  // where the engine runs
 };
 struct TaskSample {
   size_t task = 0;    // index into the tasks
@@ -95,9 +96,9 @@ struct TextScore {
 // but the first is predicted once, with 1..window tokens of context. `batch` windows run per forward pass, on the
 // inference engine (Engine::forward), so an FP8 model is scored FP8 in memory.
 TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokenizer, std::span<const uint32_t> ids,
-                       int64_t window, int64_t batch);
+                       int64_t window, int64_t batch, const Device& device = {});
 // Text as BOS + its tokens, so every token of the text is predicted; bytes is the text's size.
 TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text,
-                     int64_t window, int64_t batch);
+                     int64_t window, int64_t batch, const Device& device = {});
 
 }  // namespace ds::eval

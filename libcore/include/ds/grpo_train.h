@@ -18,6 +18,7 @@
 
 #include "ds/bad_steps.h"
 #include "ds/comm.h"
+#include "ds/cuda.h"
 #include "ds/grpo.h"
 #include "ds/optim.h"
 #include "ds/sampler.h"
@@ -52,6 +53,7 @@ struct GrpoTrainOptions {
   double bias_gamma = 0.0;                   // aux-loss-free router bias updates; 0 keeps the base's routing bias
   bool fp8 = false;                          // FP8 training GEMMs in the updates (Model::set_fp8), the KL
                                              // reference's too (a Model then, not the engine); sampling stays f32
+  Device device;                             // where the rollouts and the KL reference run; updates stay on the CPU
   uint64_t seed = 1234;
   int64_t save_every = 0;
   int keep = 0;

@@ -187,7 +187,8 @@ double copy_bandwidth(double min_seconds) {
   return 2.0 * double(bytes) / best * 1e-9;
 }
 
-DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8) {
+DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8,
+                    const Device& device) {
   if (batch <= 0 || context <= 0 || steps <= 0) fail("decode benchmark needs positive batch, context and steps");
   if (context + steps > config.max_position_embeddings)
     fail("decode benchmark: context {} + {} steps exceeds max_position_embeddings {}", context, steps,
@@ -198,7 +199,7 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
     return inference_weights(model, fp8);
   }();
   const Tokenizer tokenizer = Tokenizer::byte_level();
-  Engine engine(weights, tokenizer);
+  Engine engine(weights, tokenizer, device);
   std::mt19937_64 rng(1);
   const auto random_tokens = [&](int64_t n) {
     std::vector<uint32_t> ids(static_cast<size_t>(n));
@@ -224,6 +225,9 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
   }
   r.step_ms = median(seconds) * 1e3;
   r.tokens_per_s = double(batch) / median(seconds);
+  r.cache_bytes_per_token = engine.cache_bytes_per_token();
+  r.naive_cache_bytes_per_token = engine.naive_cache_bytes_per_token();
+  if (device.cuda) return r;
 
   // Weights: everything but the routed experts, plus the experts some sequence picks, and of an untied embedding
   // only the rows looked up; the cache at its mid-run length.
@@ -248,8 +252,6 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
   const double cached = double(batch) * (double(context) + 0.5 * double(steps));
   r.bytes_per_step = bytes + cached * double(engine.cache_bytes_per_token());
   r.gb_per_s = r.bytes_per_step / median(seconds) * 1e-9;
-  r.cache_bytes_per_token = engine.cache_bytes_per_token();
-  r.naive_cache_bytes_per_token = engine.naive_cache_bytes_per_token();
   return r;
 }
 

@@ -97,8 +97,8 @@ MlaDecodeResult gpu_mla_decode(int64_t batch, int64_t context, int64_t heads, do
   auto out = filled<float>(batch * heads * r, 0, stream);
   const Timing t = time_calls(
       [&] {
-        cuda::mla_decode(out.data(), q.data(), cache.data(), lengths.data(), batch, heads, context, r, dr, 0.135234f,
-                         stream);
+        cuda::mla_decode(out.data(), q.data(), cache.data(), nullptr, lengths.data(), batch, heads, context, r, dr,
+                         0.135234f, stream);
       },
       stream, min_seconds);
   const double bytes = double(cache.bytes() + q.bytes() + out.bytes());

@@ -20,8 +20,9 @@ size_t complete_utf8_prefix(std::string_view text) {
   return continuation >= need ? text.size() : i - 1;
 }
 
-ChatSession::ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed)
-    : tokenizer_(tokenizer), template_(tokenizer, format), engine_(model, tokenizer), seq_(engine_.open()),
+ChatSession::ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed,
+                         const Device& device)
+    : tokenizer_(tokenizer), template_(tokenizer, format), engine_(model, tokenizer, device), seq_(engine_.open()),
       sampler_(seed) {}
 
 bool ChatSession::reply_starts_in_think() const {

@@ -7,30 +7,70 @@
 #include <cstring>
 
 #include "../model/routing.h"
+#include "ds/cuda.h"
 #include "ds/error.h"
 #include "ds/ops.h"
+#include "engine_backend.h"
 
 namespace ds {
 
+ForwardWeights forward_weights(const InferenceWeights& weights) {
+  const ModelConfig& c = weights.config();
+  const int64_t d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim(), r = c.kv_lora_rank;
+  auto w = [&](const std::string& name, int64_t rows, int64_t cols) { return weights.matrix(name, {rows, cols}); };
+  auto v = [&](const std::string& name, int64_t n) { return weights.vector(name, n); };
+  auto mlp_weights = [&](const std::string& prefix, int64_t hidden) {
+    return MlpWeights{w(prefix + "gate_proj.weight", hidden, d), w(prefix + "up_proj.weight", hidden, d),
+                      w(prefix + "down_proj.weight", d, hidden), hidden};
+  };
+  ForwardWeights f;
+  f.embed = w("model.embed_tokens.weight", c.vocab_size, d);
+  f.final_norm = v("model.norm.weight", d);
+  f.head = c.tie_word_embeddings ? f.embed : w("lm_head.weight", c.vocab_size, d);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    LayerWeights L;
+    L.input_norm = v(p + "input_layernorm.weight", d);
+    L.post_norm = v(p + "post_attention_layernorm.weight", d);
+    if (c.q_lora_rank > 0) {
+      L.q_a = w(p + "self_attn.q_a_proj.weight", c.q_lora_rank, d);
+      L.q_norm = v(p + "self_attn.q_a_layernorm.weight", c.q_lora_rank);
+      L.q_b = w(p + "self_attn.q_b_proj.weight", H * dq, c.q_lora_rank);
+    } else {
+      L.q_proj = w(p + "self_attn.q_proj.weight", H * dq, d);
+    }
+    L.kv_a = w(p + "self_attn.kv_a_proj_with_mqa.weight", r + c.qk_rope_head_dim, d);
+    L.kv_norm = v(p + "self_attn.kv_a_layernorm.weight", r);
+    L.kv_b = w(p + "self_attn.kv_b_proj.weight", H * (c.qk_nope_head_dim + c.v_head_dim), r);
+    L.o_proj = w(p + "self_attn.o_proj.weight", d, H * c.v_head_dim);
+    L.moe = c.is_moe_layer(l);
+    if (L.moe) {
+      L.router = w(p + "mlp.gate.weight", c.n_routed_experts, d);
+      if (c.topk_method == TopkMethod::NoauxTc) L.bias = v(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts);
+      for (int64_t e = 0; e < c.n_routed_experts; ++e)
+        L.experts.push_back(mlp_weights(fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size));
+      if (c.n_shared_experts > 0)
+        L.shared = mlp_weights(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts);
+    } else {
+      L.mlp = mlp_weights(p + "mlp.", c.intermediate_size);
+    }
+    f.layers.push_back(std::move(L));
+  }
+  return f;
+}
+
+ops::RopeTable model_rope_table(const ModelConfig& c) {
+  const RopeScaling& rs = c.rope_scaling;
+  double attention_factor = 1.0;
+  if (rs.yarn && rs.factor > 1.0) {
+    auto m = [&](double mscale) { return 0.1 * mscale * std::log(rs.factor) + 1.0; };
+    attention_factor = rs.mscale != 0.0 && rs.mscale_all_dim != 0.0 ? m(rs.mscale) / m(rs.mscale_all_dim) : m(1.0);
+  }
+  return ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, rs.yarn, rs.factor,
+                         rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, attention_factor);
+}
+
 namespace {
-
-struct MlpWeights {
-  WeightMatrix gate, up, down;
-  int64_t hidden = 0;
-};
-
-struct LayerWeights {
-  const float *input_norm, *post_norm;
-  WeightMatrix q_a, q_b, q_proj;  // q_a and q_b with q_lora_rank, else q_proj
-  const float* q_norm = nullptr;
-  WeightMatrix kv_a, kv_b, o_proj;
-  const float* kv_norm;
-  bool moe = false;
-  MlpWeights mlp, shared;  // dense MLP, or the shared experts of a MoE layer
-  WeightMatrix router;
-  const float* bias = nullptr;
-  std::vector<MlpWeights> experts;
-};
 
 // y[rows, d] = down(silu(gate x) * up x)
 void mlp(float* y, const float* x, int64_t rows, const MlpWeights& w) {
@@ -41,76 +81,54 @@ void mlp(float* y, const float* x, int64_t rows, const MlpWeights& w) {
   ops::linear(y, g.data(), w.down, rows);
 }
 
-}  // namespace
+class CpuBackend final : public EngineBackend {
+ public:
+  explicit CpuBackend(const InferenceWeights& weights)
+      : c(weights.config()), w(forward_weights(weights)), rope(model_rope_table(c)) {}
 
-struct Engine::Impl {
-  const Tokenizer& tokenizer;
-  const ModelConfig c;
-  WeightMatrix embed, head;
-  const float* final_norm;
-  std::vector<LayerWeights> layers;
-  ops::RopeTable rope;
-  struct Sequence {
-    bool open = false;
-    int64_t length = 0;
-    std::vector<uint32_t> tokens;
-    std::vector<std::vector<float>> cache;  // per layer: length x (kv_lora_rank + qk_rope_head_dim)
-  };
-  std::vector<Sequence> seqs;
-
-  Impl(const InferenceWeights& weights, const Tokenizer& t) : tokenizer(t), c(weights.config()) {
-    const int64_t d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim(), r = c.kv_lora_rank;
-    auto w = [&](const std::string& name, int64_t rows, int64_t cols) { return weights.matrix(name, {rows, cols}); };
-    auto v = [&](const std::string& name, int64_t n) { return weights.vector(name, n); };
-    auto mlp_weights = [&](const std::string& prefix, int64_t hidden) {
-      return MlpWeights{w(prefix + "gate_proj.weight", hidden, d), w(prefix + "up_proj.weight", hidden, d),
-                        w(prefix + "down_proj.weight", d, hidden), hidden};
-    };
-    embed = w("model.embed_tokens.weight", c.vocab_size, d);
-    final_norm = v("model.norm.weight", d);
-    head = c.tie_word_embeddings ? embed : w("lm_head.weight", c.vocab_size, d);
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      const std::string p = fmt::format("model.layers.{}.", l);
-      LayerWeights L;
-      L.input_norm = v(p + "input_layernorm.weight", d);
-      L.post_norm = v(p + "post_attention_layernorm.weight", d);
-      if (c.q_lora_rank > 0) {
-        L.q_a = w(p + "self_attn.q_a_proj.weight", c.q_lora_rank, d);
-        L.q_norm = v(p + "self_attn.q_a_layernorm.weight", c.q_lora_rank);
-        L.q_b = w(p + "self_attn.q_b_proj.weight", H * dq, c.q_lora_rank);
-      } else {
-        L.q_proj = w(p + "self_attn.q_proj.weight", H * dq, d);
-      }
-      L.kv_a = w(p + "self_attn.kv_a_proj_with_mqa.weight", r + c.qk_rope_head_dim, d);
-      L.kv_norm = v(p + "self_attn.kv_a_layernorm.weight", r);
-      L.kv_b = w(p + "self_attn.kv_b_proj.weight", H * (c.qk_nope_head_dim + c.v_head_dim), r);
-      L.o_proj = w(p + "self_attn.o_proj.weight", d, H * c.v_head_dim);
-      L.moe = c.is_moe_layer(l);
-      if (L.moe) {
-        L.router = w(p + "mlp.gate.weight", c.n_routed_experts, d);
-        if (c.topk_method == TopkMethod::NoauxTc)
-          L.bias = v(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts);
-        for (int64_t e = 0; e < c.n_routed_experts; ++e)
-          L.experts.push_back(mlp_weights(fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size));
-        if (c.n_shared_experts > 0)
-          L.shared = mlp_weights(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts);
-      } else {
-        L.mlp = mlp_weights(p + "mlp.", c.intermediate_size);
-      }
-      layers.push_back(std::move(L));
+  std::vector<float> extend(const std::vector<int64_t>& seq_of, const std::vector<int32_t>& pos,
+                            const std::vector<uint32_t>& tokens, const std::vector<int64_t>& logit_rows) override {
+    const int64_t d = c.hidden_size, R = int64_t(tokens.size());
+    for (int64_t s : seq_of)
+      if (size_t(s) >= caches.size()) caches.resize(size_t(s) + 1, std::vector<std::vector<float>>(w.layers.size()));
+    std::vector<float> h(size_t(R * d)), x(h.size()), y(h.size()), rstd(static_cast<size_t>(R)), row;
+    for (int64_t i = 0; i < R; ++i) std::copy_n(w.embed.rows_f32(tokens[size_t(i)], 1, row), d, &h[size_t(i * d)]);
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+      const LayerWeights& L = w.layers[l];
+      ops::rmsnorm(x.data(), rstd.data(), h.data(), L.input_norm, R, d, c.rms_norm_eps);
+      attention(y.data(), x.data(), L, l, seq_of, pos);
+      for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
+      ops::rmsnorm(x.data(), rstd.data(), h.data(), L.post_norm, R, d, c.rms_norm_eps);
+      if (L.moe)
+        moe(y.data(), x.data(), R, L);
+      else
+        mlp(y.data(), x.data(), R, L.mlp);
+      for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
     }
-    const RopeScaling& rs = c.rope_scaling;
-    double attention_factor = 1.0;
-    if (rs.yarn && rs.factor > 1.0) {
-      auto m = [&](double mscale) { return 0.1 * mscale * std::log(rs.factor) + 1.0; };
-      attention_factor = rs.mscale != 0.0 && rs.mscale_all_dim != 0.0 ? m(rs.mscale) / m(rs.mscale_all_dim) : m(1.0);
-    }
-    rope = ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, rs.yarn, rs.factor,
-                           rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, attention_factor);
+    const int64_t n = int64_t(logit_rows.size());
+    std::vector<float> last(size_t(n * d)), out(size_t(n * c.vocab_size));
+    for (int64_t i = 0; i < n; ++i) std::copy_n(&h[size_t(logit_rows[size_t(i)] * d)], d, &last[size_t(i * d)]);
+    rstd.resize(size_t(n));
+    ops::rmsnorm(last.data(), rstd.data(), last.data(), w.final_norm, n, d, c.rms_norm_eps);
+    ops::linear(out.data(), last.data(), w.head, n);
+    return out;
   }
 
+  int64_t cache_value_bytes() const override { return int64_t(sizeof(float)); }
+  void reload_weights() override {}  // they are read in place
+
+  void truncate(int64_t seq, int64_t length) override {
+    if (size_t(seq) >= caches.size()) return;
+    const int64_t width = c.kv_lora_rank + c.qk_rope_head_dim;
+    for (auto& layer : caches[size_t(seq)]) {
+      layer.resize(size_t(length * width));
+      if (length == 0) layer.shrink_to_fit();
+    }
+  }
+
+ private:
   // Absorbed MLA over the latent cache for R rows; rows of one sequence are consecutive with rising positions.
-  void attention(float* out, const float* x, const LayerWeights& L, int64_t layer, const std::vector<int64_t>& seq_of,
+  void attention(float* out, const float* x, const LayerWeights& L, size_t layer, const std::vector<int64_t>& seq_of,
                  const std::vector<int32_t>& pos) {
     const int64_t R = int64_t(pos.size()), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim,
                   dq = c.qk_head_dim(), dv = c.v_head_dim, r = c.kv_lora_rank, width = r + dr;
@@ -131,7 +149,7 @@ struct Engine::Impl {
     ops::rmsnorm(latent_kv.data(), rstd.data(), kva.data(), L.kv_norm, R, r, c.rms_norm_eps, width);
     ops::rope(kva.data() + r, pos.data(), R, 1, width, dr, rope, false);
     for (int64_t i = 0; i < R; ++i) {
-      std::vector<float>& cache = seqs[size_t(seq_of[size_t(i)])].cache[size_t(layer)];
+      std::vector<float>& cache = caches[size_t(seq_of[size_t(i)])][layer];
       cache.resize(size_t((pos[size_t(i)] + 1) * width));
       float* row = &cache[size_t(pos[size_t(i)] * width)];
       std::copy_n(&latent_kv[size_t(i * r)], r, row);
@@ -156,7 +174,7 @@ struct Engine::Impl {
 #pragma omp for collapse(2) schedule(static)
       for (int64_t i = 0; i < R; ++i)
         for (int64_t h = 0; h < H; ++h) {
-          const float* cache = seqs[size_t(seq_of[size_t(i)])].cache[size_t(layer)].data();
+          const float* cache = caches[size_t(seq_of[size_t(i)])][layer].data();
           const int64_t n = pos[size_t(i)] + 1;
           const float* qn = &qt[size_t((i * H + h) * r)];
           const float* qp = &q[size_t(i * H * dq + h * dq + dn)];
@@ -196,7 +214,7 @@ struct Engine::Impl {
     ops::linear(out, o.data(), L.o_proj, R);
   }
 
-  void moe(float* y, const float* x, int64_t R, const LayerWeights& L) {
+  void moe(float* y, const float* x, int64_t R, const LayerWeights& L) const {
     const int64_t d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
     std::vector<float> scores(size_t(R * E)), weights(size_t(R * K));
     std::vector<int32_t> chosen(size_t(R * K));
@@ -228,11 +246,35 @@ struct Engine::Impl {
     }
   }
 
-  // Appends each listed sequence's tokens to it in one batched pass; the last layer's hidden states of every
-  // appended token, [tokens, hidden_size] in batch order.
-  std::vector<float> extend(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch) {
-    const int64_t d = c.hidden_size, V = c.vocab_size;
-    std::vector<int64_t> seq_of;
+
+  const ModelConfig c;
+  const ForwardWeights w;
+  const ops::RopeTable rope;
+  std::vector<std::vector<std::vector<float>>> caches;  // [sequence][layer]: length x (kv_lora_rank + qk_rope_head_dim)
+};
+
+}  // namespace
+
+std::unique_ptr<EngineBackend> make_cpu_backend(const InferenceWeights& weights) {
+  return std::make_unique<CpuBackend>(weights);
+}
+
+struct Engine::Impl {
+  Impl(const Tokenizer& t, const ModelConfig& config) : tokenizer(t), c(config) {}
+  const Tokenizer& tokenizer;
+  const ModelConfig c;
+  std::unique_ptr<EngineBackend> backend;
+  struct Sequence {
+    bool open = false;
+    int64_t length = 0;
+    std::vector<uint32_t> tokens;
+  };
+  std::vector<Sequence> seqs;
+
+  // Appends each listed sequence's tokens to it in one batched pass; the logits of the last appended token of each
+  // (all: of every appended token), in batch order.
+  std::vector<float> extend(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch, bool all) {
+    std::vector<int64_t> seq_of, logit_rows;
     std::vector<int32_t> pos;
     std::vector<uint32_t> tokens;
     for (const auto& [seq, ids] : batch) {
@@ -242,55 +284,48 @@ struct Engine::Impl {
       if (start + int64_t(ids.size()) > c.max_position_embeddings)
         fail("{} tokens exceed the model's context of {}", start + int64_t(ids.size()), c.max_position_embeddings);
       for (size_t i = 0; i < ids.size(); ++i) {
-        if (ids[i] >= uint32_t(V)) fail("token id {} is outside the vocabulary of {}", ids[i], V);
+        if (ids[i] >= uint32_t(c.vocab_size)) fail("token id {} is outside the vocabulary of {}", ids[i], c.vocab_size);
+        if (all || i + 1 == ids.size()) logit_rows.push_back(int64_t(tokens.size()));
         seq_of.push_back(seq), pos.push_back(int32_t(start + int64_t(i))), tokens.push_back(ids[i]);
       }
     }
-    const int64_t R = int64_t(tokens.size());
-    std::vector<float> h(size_t(R * d)), x(h.size()), y(h.size()), rstd(static_cast<size_t>(R)), row;
-    for (int64_t i = 0; i < R; ++i) std::copy_n(embed.rows_f32(tokens[size_t(i)], 1, row), d, &h[size_t(i * d)]);
-    for (size_t l = 0; l < layers.size(); ++l) {
-      const LayerWeights& L = layers[l];
-      ops::rmsnorm(x.data(), rstd.data(), h.data(), L.input_norm, R, d, c.rms_norm_eps);
-      attention(y.data(), x.data(), L, int64_t(l), seq_of, pos);
-      for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
-      ops::rmsnorm(x.data(), rstd.data(), h.data(), L.post_norm, R, d, c.rms_norm_eps);
-      if (L.moe)
-        moe(y.data(), x.data(), R, L);
-      else
-        mlp(y.data(), x.data(), R, L.mlp);
-      for (size_t i = 0; i < h.size(); ++i) h[i] += y[i];
-    }
+    std::vector<float> logits = backend->extend(seq_of, pos, tokens, logit_rows);
     for (const auto& [seq, ids] : batch) {
       seqs[size_t(seq)].length += int64_t(ids.size());
       seqs[size_t(seq)].tokens.insert(seqs[size_t(seq)].tokens.end(), ids.begin(), ids.end());
     }
-    return h;
-  }
-
-  // The logits [n, vocab_size] of n last-layer hidden states, which are normalised in place.
-  std::vector<float> logits(std::vector<float>& h, int64_t n) {
-    std::vector<float> rstd(static_cast<size_t>(n)), out(size_t(n * c.vocab_size));
-    ops::rmsnorm(h.data(), rstd.data(), h.data(), final_norm, n, c.hidden_size, c.rms_norm_eps);
-    ops::linear(out.data(), h.data(), head, n);
-    return out;
+    return logits;
   }
 };
 
-Engine::Engine(const InferenceWeights& weights, const Tokenizer& tokenizer)
-    : impl_(std::make_unique<Impl>(weights, tokenizer)) {}
+Engine::Engine(const InferenceWeights& weights, const Tokenizer& tokenizer, const Device& device)
+    : impl_(std::make_unique<Impl>(tokenizer, weights.config())) {
+  if (!device.cuda) {
+    impl_->backend = make_cpu_backend(weights);
+  } else {
+#ifdef DS_CUDA
+    cuda::select_device(device.index);
+    impl_->backend = make_cuda_backend(weights);
+#else
+    fail("'{}' is not available: this build runs on the CPU only", device.name());
+#endif
+  }
+}
 Engine::~Engine() = default;
 
 const ModelConfig& Engine::config() const { return impl_->c; }
 
+void Engine::reload_weights() { impl_->backend->reload_weights(); }
+
 int64_t Engine::cache_bytes_per_token() const {
   const ModelConfig& c = impl_->c;
-  return c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * int64_t(sizeof(float));
+  return c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * impl_->backend->cache_value_bytes();
 }
 
 int64_t Engine::naive_cache_bytes_per_token() const {
   const ModelConfig& c = impl_->c;
-  return c.num_hidden_layers * c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim) * int64_t(sizeof(float));
+  return c.num_hidden_layers * c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim) *
+         impl_->backend->cache_value_bytes();
 }
 
 int64_t Engine::open() {
@@ -300,14 +335,13 @@ int64_t Engine::open() {
   it->open = true;
   it->length = 0;
   it->tokens.clear();
-  it->cache.assign(size_t(impl_->c.num_hidden_layers), {});
   return int64_t(it - seqs.begin());
 }
 
 void Engine::close(int64_t seq) {
   auto& s = impl_->seqs.at(size_t(seq));
   s.open = false;
-  s.cache.clear();
+  impl_->backend->truncate(seq, 0);
 }
 
 int64_t Engine::length(int64_t seq) const { return impl_->seqs.at(size_t(seq)).length; }
@@ -315,8 +349,7 @@ int64_t Engine::length(int64_t seq) const { return impl_->seqs.at(size_t(seq)).l
 void Engine::truncate(int64_t seq, int64_t length) {
   auto& s = impl_->seqs.at(size_t(seq));
   if (length < 0 || length > s.length) fail("cannot truncate sequence {} of {} tokens to {}", seq, s.length, length);
-  const int64_t width = impl_->c.kv_lora_rank + impl_->c.qk_rope_head_dim;
-  for (auto& layer : s.cache) layer.resize(size_t(length * width));
+  impl_->backend->truncate(seq, length);
   s.tokens.resize(size_t(length));
   s.length = length;
 }
@@ -324,15 +357,7 @@ void Engine::truncate(int64_t seq, int64_t length) {
 const std::vector<uint32_t>& Engine::tokens(int64_t seq) const { return impl_->seqs.at(size_t(seq)).tokens; }
 
 std::vector<float> Engine::append(const std::vector<std::pair<int64_t, std::vector<uint32_t>>>& batch) {
-  const int64_t d = impl_->c.hidden_size;
-  const std::vector<float> h = impl_->extend(batch);
-  std::vector<float> last;
-  size_t row = 0;
-  for (const auto& item : batch) {
-    row += item.second.size();
-    last.insert(last.end(), &h[(row - 1) * size_t(d)], &h[row * size_t(d)]);
-  }
-  return impl_->logits(last, int64_t(batch.size()));
+  return impl_->extend(batch, false);
 }
 
 std::vector<float> Engine::forward(const int32_t* inputs, int64_t B, int64_t Tn, const int32_t* positions) {
@@ -358,8 +383,7 @@ std::vector<float> Engine::forward(const int32_t* inputs, int64_t B, int64_t Tn,
     previous = p;
   }
   if (docs.empty()) return {};
-  std::vector<float> h = impl_->extend(docs);
-  return impl_->logits(h, B * Tn);
+  return impl_->extend(docs, true);
 }
 
 std::vector<Completion> Engine::generate(const std::vector<std::vector<uint32_t>>& prompts,

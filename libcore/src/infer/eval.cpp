@@ -99,7 +99,7 @@ TaskRun run_tasks(const InferenceWeights& model, const Tokenizer& tokenizer, std
 
   TaskRun run;
   const size_t k = size_t(o.k), total = tasks.size() * k;
-  Engine engine(model, tokenizer);
+  Engine engine(model, tokenizer, o.device);
   const auto start = std::chrono::steady_clock::now();
   for (size_t first = 0; first < total; first += size_t(o.batch)) {
     const size_t end = std::min(total, first + size_t(o.batch));
@@ -125,7 +125,7 @@ TaskRun run_tasks(const InferenceWeights& model, const Tokenizer& tokenizer, std
 }
 
 TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokenizer, std::span<const uint32_t> ids,
-                       int64_t window, int64_t batch) {
+                       int64_t window, int64_t batch, const Device& device) {
   const ModelConfig& c = weights.config();
   if (window < 1 || window > c.max_position_embeddings)
     fail("a window of {} tokens does not fit the model's context of {}", window, c.max_position_embeddings);
@@ -135,7 +135,7 @@ TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokeniz
       fail("token {} (id {}) is outside the model's vocabulary of {}", i, ids[i], c.vocab_size);
   TextScore score;
   if (ids.size() < 2) return score;
-  Engine engine(weights, tokenizer);
+  Engine engine(weights, tokenizer, device);
   const auto predicted = int64_t(ids.size()) - 1, full = predicted / window;
   // B windows of Tn inputs each, the first starting at ids[first * window].
   auto run = [&](int64_t first, int64_t B, int64_t Tn) {
@@ -157,11 +157,11 @@ TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokeniz
 }
 
 TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text,
-                     int64_t window, int64_t batch) {
+                     int64_t window, int64_t batch, const Device& device) {
   std::vector<uint32_t> ids = {tokenizer.bos_id()};
   const std::vector<uint32_t> body = tokenizer.encode(text, false);
   ids.insert(ids.end(), body.begin(), body.end());
-  return score_tokens(weights, tokenizer, ids, window, batch);
+  return score_tokens(weights, tokenizer, ids, window, batch, device);
 }
 
 }  // namespace ds::eval

@@ -232,7 +232,7 @@ class Trainer {
   std::optional<ChatTemplate> chat_;
   std::unique_ptr<RewardCommand> command_;
   std::optional<AdamW> optimizer_;
-  std::optional<Engine> engine_;  // reads the weights in place, so it samples from the policy as it is updated
+  std::optional<Engine> engine_;  // samples from the policy: its weights in place, or a GPU copy reloaded each step
   dist::Comm* comm_ = nullptr;    // data parallel when set (more than one rank)
   int rank_ = 0, ranks_ = 1;
   LossOptions no_aux_;            // RL trains the next-token policy only
@@ -266,7 +266,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
     fp8_reference_->set_fp8(true);
   } else if (o.loss.beta > 0) {
     reference_.emplace(load_inference_model(base_));
-    reference_engine_.emplace(reference_->weights, reference_->tokenizer);
+    reference_engine_.emplace(reference_->weights, reference_->tokenizer, o.device);
   }
   tasks_.emplace(load_tasks(o.tasks), o.seed);
   if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
@@ -288,7 +288,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (events.info && rank_ == 0 && reference_ && reference_->weights.fp8())
     events.info(fmt::format("KL reference {}: FP8 in memory, {:.1f} MB", reference_->dir,
                             double(reference_->weights.bytes()) * 1e-6));
-  engine_.emplace(model, policy_->tokenizer);
+  engine_.emplace(model, policy_->tokenizer, o.device);
   no_aux_.mtp_weight = 0, no_aux_.balance_alpha = 0;
 }
 
@@ -364,6 +364,7 @@ Sampled Trainer::sample() {
     }
     // Completion i of the round samples with seed + i, counted over all ranks, as one process would.
     const uint64_t seed = mix(mix(o_.seed) + uint64_t(step_) * 1024 + uint64_t(round)) + uint64_t(before) * G;
+    engine_->reload_weights();  // the policy as the last update (or a reload) left it
     std::vector<Completion> completions = engine_->generate(prompts, o_.sampling, seed);
     for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].completion = std::move(completions[i]);
     try {
