@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
     o.schedule.kind = ds::parse_schedule(schedule);
     o.kd.divergence = ds::kd::parse_divergence(divergence);
     o.sample.seed = o.seed;
-    ds::tool::apply_compute_options(compute);
+    o.device = o.sample.device = ds::tool::apply_compute_options(compute, true);
     const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
     o.comm = comm.get();
     o.bucket_mb = dist.bucket_mb;

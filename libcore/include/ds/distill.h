@@ -35,6 +35,7 @@
 #include "ds/chat.h"
 #include "ds/comm.h"
 #include "ds/config.h"
+#include "ds/cuda.h"
 #include "ds/inference_model.h"
 #include "ds/kd.h"
 #include "ds/model.h"
@@ -93,6 +94,7 @@ struct SampleOptions {
   SamplingOptions sampling;
   uint64_t seed = 0;           // completion f (sample f % k of prompt f / k) samples with seed + f
   int64_t batch = 64;          // completions decoded together
+  Device device;               // where the teacher's engine runs
 };
 struct SampleResult {
   std::vector<nlohmann::json> accepted;  // {"id", "prompt", "completion", "answer"}, in task order
@@ -141,6 +143,7 @@ struct DistillOptions {
   int64_t eval_every = 0;                   // validation loss every N steps; 0 = at the end only
   int64_t max_bad_steps = 10;
   bool fp8 = false;                         // emulate the FP8 training GEMMs (Model::set_fp8), the teacher's too
+  Device device;                            // where the teacher samples and scores; the student trains on the CPU
   // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on the r-th
   // contiguous share of the rows one process would take, so R ranks follow the 1-rank run up to float rounding.
   dist::Comm* comm = nullptr;

@@ -183,7 +183,7 @@ SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& to
   }
   const auto start = std::chrono::steady_clock::now();
   SampleResult r;
-  Engine engine(teacher, tokenizer);
+  Engine engine(teacher, tokenizer, o.device);
   const size_t k = size_t(o.k);
   const int ranks = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
   const auto [begin, total] = share_of(tasks.size() * k, ranks, rank);  // this rank's completions
@@ -426,7 +426,7 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
     fp8_teacher_.emplace(std::move(load_model_dir(teacher_->dir).model));
     fp8_teacher_->set_fp8(true);
   } else if (teacher_ && o.alpha > 0) {
-    teacher_engine_.emplace(teacher_->weights, teacher_->tokenizer);
+    teacher_engine_.emplace(teacher_->weights, teacher_->tokenizer, o.device);
   }
   const std::string student_name = o.student.empty() ? "(new " + o.student_config + ")" : o.student;
   if (teacher_)
