@@ -125,3 +125,19 @@ TEST_CASE("CUDA engine: a prompt past the first cache capacity, then decode; gre
   REQUIRE(!got.tokens.empty());
   CHECK(got.tokens[0] == want.tokens[0]);
 }
+
+TEST_CASE("CUDA engine: after the weights change in place, reload_weights makes it follow them") {
+  const ModelConfig c = resolve_model_config("tiny");
+  Model<float> model = random_model(c, 9);
+  const Tokenizer tok = Tokenizer::byte_level();
+  Engine cpu(model, tok), gpu(model, tok, Device{true, 0});
+  const auto prompt = random_tokens(8, 10, c.vocab_size);
+  const std::vector<float> before = gpu.append({{gpu.open(), prompt}});
+  for (float& w : model.params()) w *= 0.8f;  // as an optimizer step would, under both engines
+  gpu.reload_weights();
+  const std::vector<float> after = gpu.append({{gpu.open(), prompt}});
+  check_logits(after, cpu.append({{cpu.open(), prompt}}), "reloaded");
+  double moved = 0;
+  for (size_t i = 0; i < after.size(); ++i) moved = std::max(moved, double(std::fabs(after[i] - before[i])));
+  CHECK(moved > 0.1);
+}
