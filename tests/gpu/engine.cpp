@@ -4,39 +4,20 @@
 // weights and GEMM inputs to BF16, so logits agree to a tolerance relative to their scale.
 #include <algorithm>
 #include <cmath>
-#include <random>
 
 #include "ds/config.h"
 #include "ds/engine.h"
 #include "ds/inference_model.h"
 #include "ds/model.h"
+#include "../unit/random_model.h"
 #include "gpu_test.h"
 
 using namespace ds;
 
 namespace {
 
-Model<float> random_model(const ModelConfig& c, uint64_t seed) {
-  Model<float> model(c);
-  model.init_random(seed);
-  // Larger weights than the training init, so attention and routing are far from uniform.
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.1f);
-  for (const auto& p : model.param_infos())
-    for (int64_t i = 0; i < shape_numel(p.shape); ++i) {
-      float& w = model.params()[size_t(p.offset + i)];
-      if (p.kind == ParamKind::Matrix) w *= 15.0f;
-      if (p.kind == ParamKind::RouterBias) w = normal(rng);
-    }
-  return model;
-}
-
-std::vector<uint32_t> random_tokens(size_t n, uint64_t seed, int64_t vocab) {
-  std::mt19937_64 rng(seed);
-  std::vector<uint32_t> t(n);
-  for (auto& x : t) x = uint32_t(rng() % uint64_t(vocab));
-  return t;
-}
+using test::random_model;
+using test::random_tokens;
 
 // Every logit within 3% of the largest magnitude: BF16 GEMM inputs, not a wrong head, position or cache row.
 void check_logits(const std::vector<float>& gpu, const std::vector<float>& cpu, const char* what) {

@@ -11,32 +11,14 @@
 #include "ds/model.h"
 #include "ds/sampler.h"
 #include "ds/tokenizer.h"
+#include "random_model.h"
 
 using namespace ds;
 
 namespace {
 
-Model<float> random_model(const ModelConfig& c, uint64_t seed) {
-  Model<float> model(c);
-  model.init_random(seed);
-  // Larger weights than the training init, so attention and routing are far from uniform.
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.1f);
-  for (const auto& p : model.param_infos())
-    for (int64_t i = 0; i < shape_numel(p.shape); ++i) {
-      float& w = model.params()[size_t(p.offset + i)];
-      if (p.kind == ParamKind::Matrix) w *= 15.0f;
-      if (p.kind == ParamKind::RouterBias) w = normal(rng);
-    }
-  return model;
-}
-
-std::vector<uint32_t> random_tokens(size_t n, uint64_t seed, int64_t vocab) {
-  std::mt19937_64 rng(seed);
-  std::vector<uint32_t> t(n);
-  for (auto& x : t) x = uint32_t(rng() % uint64_t(vocab));
-  return t;
-}
+using test::random_model;
+using test::random_tokens;
 
 // Prefill `split` tokens, then decode the rest one at a time; every step's logits equal the full forward's.
 void check_cache_matches_forward(const ModelConfig& c) {

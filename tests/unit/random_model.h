@@ -1,0 +1,34 @@
+#pragma once
+// Random models and token sequences for the engine tests (CPU and GPU), with weights large enough that attention and
+// routing are far from uniform.
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "ds/config.h"
+#include "ds/model.h"
+
+namespace ds::test {
+
+inline Model<float> random_model(const ModelConfig& c, uint64_t seed) {
+  Model<float> model(c);
+  model.init_random(seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  for (const auto& p : model.param_infos())
+    for (int64_t i = 0; i < shape_numel(p.shape); ++i) {
+      float& w = model.params()[size_t(p.offset + i)];
+      if (p.kind == ParamKind::Matrix) w *= 15.0f;
+      if (p.kind == ParamKind::RouterBias) w = normal(rng);
+    }
+  return model;
+}
+
+inline std::vector<uint32_t> random_tokens(size_t n, uint64_t seed, int64_t vocab) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint32_t> t(n);
+  for (auto& x : t) x = uint32_t(rng() % uint64_t(vocab));
+  return t;
+}
+
+}  // namespace ds::test
