@@ -14,23 +14,20 @@
 namespace ds::arith {
 
 struct Problem {
-  std::string id;        // "arith-corpus-000017", "arith-train-000017", "arith-test-000017"
+  std::string id;        // "arith-train-000017", "arith-test-000017"
   std::string prompt;    // "What is 47 + 38?"
   std::string answer;    // "85"
   std::string solution;  // the full completion: "<think> ... </think> <answer> 85 </answer>"
 };
 
-// Each problem (a, op, b) belongs to exactly one split, by a stable hash: test iff hash % 10 == 0 (held out from
-// everything), train iff hash % 10 is 1 or 2 (the reinforcement-learning prompts, builtin:arith:train), corpus
-// otherwise (the pretraining documents). So pretraining never sees an RL prompt or a held-out problem, and RL never
-// sees a held-out one, whatever the seeds: what RL improves on its prompts is what the base has to generalise to, as
-// on the test problems.
-enum class Split { corpus, train, test };
+// Each problem (a, op, b) belongs to exactly one split, by a stable hash: test iff hash % 10 == 0. So training data
+// never contains a held-out problem, whatever the seeds.
+enum class Split { train, test };
 
 // An endless, deterministic stream of problems of one split; the same seed gives the same stream on every platform.
 class Generator {
  public:
-  explicit Generator(uint64_t seed, Split split = Split::corpus, int max_digits = 2);  // max_digits: 1..3
+  explicit Generator(uint64_t seed, Split split = Split::train, int max_digits = 2);  // max_digits: 1..3
   Problem next();
 
  private:

@@ -9,8 +9,7 @@
 // since a misspelt field would otherwise silently change what is measured. Blank lines are skipped.
 //
 // builtin:arith and builtin:arith:test: the first kArithTestTasks held-out arithmetic problems (arith::test_set with
-// seed 0, the same set everywhere); builtin:arith:train: kArithTrainTasks problems of the RL split, which the
-// pretraining corpus never contains (ds/arith.h).
+// seed 0, the same set everywhere); builtin:arith:train: kArithTrainTasks problems of the training split.
 #include <cstddef>
 #include <string>
 #include <string_view>

@@ -30,11 +30,7 @@ int uniform(uint64_t& state, int lo, int hi) {
   return lo + int(mix(state) % uint64_t(hi - lo + 1));
 }
 
-Split split_of(int a, Op op, int b) {
-  const uint64_t bucket = mix((uint64_t(a) << 32) | (uint64_t(op) << 16) | uint64_t(b)) % 10;
-  return bucket == 0 ? Split::test : bucket <= 2 ? Split::train : Split::corpus;
-}
-bool is_test(int a, Op op, int b) { return split_of(a, op, b) == Split::test; }
+bool is_test(int a, Op op, int b) { return mix((uint64_t(a) << 32) | (uint64_t(op) << 16) | uint64_t(b)) % 10 == 0; }
 
 int apply(int a, Op op, int b) { return op == Op::add ? a + b : op == Op::sub ? a - b : a * b; }
 
@@ -88,8 +84,7 @@ std::string worked_steps(int a, Op op, int b) {
 }
 
 std::string problem_id(Split split, uint64_t index) {
-  return fmt::format("arith-{}-{:06d}", split == Split::test ? "test" : split == Split::train ? "train" : "corpus",
-                     index);
+  return fmt::format("arith-{}-{:06d}", split == Split::test ? "test" : "train", index);
 }
 
 Problem make_problem(int a, Op op, int b, std::string id) {
@@ -124,7 +119,7 @@ Problem Generator::next() {
     int a = operand(state_, op == Op::mul ? std::min(max_digits_, 2) : max_digits_);
     int b = op == Op::mul ? uniform(state_, 0, 9) : operand(state_, max_digits_);
     if (op == Op::sub && a < b) std::swap(a, b);  // keep differences non-negative
-    if (split_of(a, op, b) != split_) continue;
+    if (is_test(a, op, b) != (split_ == Split::test)) continue;
     return make_problem(a, op, b, problem_id(split_, count_++));
   }
 }

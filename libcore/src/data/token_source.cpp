@@ -35,7 +35,7 @@ TokenSource TokenSource::builtin_arith(const Tokenizer& tokenizer, uint64_t seed
 }
 
 void TokenSource::restart_generator() {
-  generator_ = std::make_shared<Generator>(Generator{arith::Generator(seed_, arith::Split::corpus, max_digits_)});
+  generator_ = std::make_shared<Generator>(Generator{arith::Generator(seed_, arith::Split::train, max_digits_)});
   tokens_.clear();
   buffer_start_ = 0;
 }
