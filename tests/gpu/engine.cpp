@@ -66,15 +66,7 @@ TEST_CASE("CUDA engine equals the CPU engine: tiny (q_lora, noaux_tc MoE, widths
 }
 
 TEST_CASE("CUDA engine equals the CPU engine: no q_lora, tied, YaRN, softmax routing") {
-  ModelConfig c = resolve_model_config("tiny");
-  c.q_lora_rank = 0;
-  c.tie_word_embeddings = true;
-  c.rope_scaling.yarn = true;
-  c.rope_scaling.factor = 4;
-  c.rope_scaling.original_max_position_embeddings = 4;
-  c.rope_scaling.mscale_all_dim = 0.707;
-  c.topk_method = TopkMethod::GroupLimitedGreedy;
-  c.scoring_func = ScoringFunc::Softmax;
+  const ModelConfig c = test::tiny_variant();
   const Model<float> model = random_model(c, 4);
   check_engine(c, model);
 }

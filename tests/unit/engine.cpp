@@ -54,16 +54,7 @@ TEST_CASE("absorbed latent-cache decode equals the naive forward: q_lora, noaux_
 }
 
 TEST_CASE("absorbed latent-cache decode equals the naive forward: no q_lora, tied, YaRN, softmax routing") {
-  ModelConfig c = resolve_model_config("tiny");
-  c.q_lora_rank = 0;
-  c.tie_word_embeddings = true;
-  c.rope_scaling.yarn = true;
-  c.rope_scaling.factor = 4;
-  c.rope_scaling.original_max_position_embeddings = 4;
-  c.rope_scaling.mscale_all_dim = 0.707;
-  c.topk_method = TopkMethod::GroupLimitedGreedy;
-  c.scoring_func = ScoringFunc::Softmax;
-  check_cache_matches_forward(c);
+  check_cache_matches_forward(test::tiny_variant());
 }
 
 TEST_CASE("a batch of sequences of different lengths equals each alone; the latent cache is smaller") {

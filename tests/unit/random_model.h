@@ -1,5 +1,5 @@
 #pragma once
-// Random models and token sequences for the engine tests (CPU and GPU), with weights large enough that attention and
+// Random models, configs and token sequences for the engine tests (CPU and GPU), with weights large enough that attention and
 // routing are far from uniform.
 #include <cstdint>
 #include <random>
@@ -22,6 +22,20 @@ inline Model<float> random_model(const ModelConfig& c, uint64_t seed) {
       if (p.kind == ParamKind::RouterBias) w = normal(rng);
     }
   return model;
+}
+
+// tiny through the architecture's other branches: no q_lora, tied embeddings, YaRN, group-limited softmax routing.
+inline ModelConfig tiny_variant() {
+  ModelConfig c = resolve_model_config("tiny");
+  c.q_lora_rank = 0;
+  c.tie_word_embeddings = true;
+  c.rope_scaling.yarn = true;
+  c.rope_scaling.factor = 4;
+  c.rope_scaling.original_max_position_embeddings = 4;
+  c.rope_scaling.mscale_all_dim = 0.707;
+  c.topk_method = TopkMethod::GroupLimitedGreedy;
+  c.scoring_func = ScoringFunc::Softmax;
+  return c;
 }
 
 inline std::vector<uint32_t> random_tokens(size_t n, uint64_t seed, int64_t vocab) {
