@@ -81,6 +81,7 @@ void mlp(float* y, const float* x, int64_t rows, const MlpWeights& w) {
   ops::linear(y, g.data(), w.down, rows);
 }
 
+// On the CPU, reading the weights in place (FP8 ones dequantized inside the GEMMs).
 class CpuBackend final : public EngineBackend {
  public:
   explicit CpuBackend(const InferenceWeights& weights)
@@ -246,7 +247,6 @@ class CpuBackend final : public EngineBackend {
     }
   }
 
-
   const ModelConfig c;
   const ForwardWeights w;
   const ops::RopeTable rope;
@@ -254,10 +254,6 @@ class CpuBackend final : public EngineBackend {
 };
 
 }  // namespace
-
-std::unique_ptr<EngineBackend> make_cpu_backend(const InferenceWeights& weights) {
-  return std::make_unique<CpuBackend>(weights);
-}
 
 struct Engine::Impl {
   Impl(const Tokenizer& t, const ModelConfig& config) : tokenizer(t), c(config) {}
@@ -301,7 +297,7 @@ struct Engine::Impl {
 Engine::Engine(const InferenceWeights& weights, const Tokenizer& tokenizer, const Device& device)
     : impl_(std::make_unique<Impl>(tokenizer, weights.config())) {
   if (!device.cuda) {
-    impl_->backend = make_cpu_backend(weights);
+    impl_->backend = std::make_unique<CpuBackend>(weights);
   } else {
 #ifdef DS_CUDA
     cuda::select_device(device.index);

@@ -52,8 +52,6 @@ class EngineBackend {
   virtual void reload_weights() = 0;
 };
 
-// On the CPU, reading the weights in place (FP8 ones dequantized inside the GEMMs).
-std::unique_ptr<EngineBackend> make_cpu_backend(const InferenceWeights& weights);
 #ifdef DS_CUDA
 // On the current CUDA device: the weights copied there as BF16 (FP8 ones dequantized first), the caches as BF16.
 std::unique_ptr<EngineBackend> make_cuda_backend(const InferenceWeights& weights);

@@ -32,7 +32,6 @@ struct DeviceMlp {
 struct DeviceLayer {
   DeviceBuffer<float> input_norm, post_norm, q_norm, kv_norm, bias;
   DeviceBuffer<Bf16> q_a, q_b, q_proj, kv_a, kv_b, o_proj, router;
-  bool moe = false;
   DeviceMlp mlp, shared;
   std::vector<DeviceMlp> experts;
   std::vector<const Bf16*> expert_gate, expert_up, expert_down;  // device pointers, for the grouped GEMMs
@@ -71,7 +70,6 @@ class CudaBackend final : public EngineBackend {
       upload(D.kv_norm, L.kv_norm, c.kv_lora_rank);
       upload(D.kv_b, L.kv_b);
       upload(D.o_proj, L.o_proj);
-      D.moe = L.moe;
       if (L.moe) {
         upload(D.router, L.router);
         if (L.bias) upload(D.bias, L.bias, c.n_routed_experts);
@@ -105,11 +103,12 @@ class CudaBackend final : public EngineBackend {
     DeviceBuffer<float> h(size_t(R * d)), x(h.size()), rstd(static_cast<size_t>(R));
     const DeviceBuffer<int32_t> ids = cuda::to_device(std::vector<int32_t>(tokens.begin(), tokens.end()), stream);
     cuda::moe_gather(h.data(), embed.data(), ids.data(), R, d, stream);
-    for (DeviceLayer& L : layers) {
+    for (size_t l = 0; l < layers.size(); ++l) {
+      DeviceLayer& L = layers[l];
       cuda::rmsnorm(x.data(), rstd.data(), h.data(), L.input_norm.data(), R, d, float(c.rms_norm_eps), d, stream);
       attention(h.data(), x.data(), L, rows);
       cuda::rmsnorm(x.data(), rstd.data(), h.data(), L.post_norm.data(), R, d, float(c.rms_norm_eps), d, stream);
-      if (L.moe)
+      if (host.layers[l].moe)
         moe(h.data(), x.data(), R, L);
       else
         mlp(h.data(), x.data(), R, L.mlp);

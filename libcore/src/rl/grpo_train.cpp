@@ -340,6 +340,7 @@ Sampled Trainer::sample() {
   Sampled s;
   // This rank's share of the prompts; each round the ranks take consecutive runs of the task stream, in rank order.
   const int64_t share = dist::split_evenly(o_.prompts_per_step, ranks_)[size_t(rank_)];
+  engine_->reload_weights();  // the policy as the last update (or a reload) left it, for every round
   for (int64_t round = 0; round < (o_.dynamic_sampling ? o_.max_sampling_rounds : 1); ++round) {
     const size_t want = size_t(share) - s.batch.size() / G;
     std::vector<int64_t> wants(size_t(ranks_), 0);
@@ -364,7 +365,6 @@ Sampled Trainer::sample() {
     }
     // Completion i of the round samples with seed + i, counted over all ranks, as one process would.
     const uint64_t seed = mix(mix(o_.seed) + uint64_t(step_) * 1024 + uint64_t(round)) + uint64_t(before) * G;
-    engine_->reload_weights();  // the policy as the last update (or a reload) left it
     std::vector<Completion> completions = engine_->generate(prompts, o_.sampling, seed);
     for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].completion = std::move(completions[i]);
     try {
