@@ -108,6 +108,31 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* v, const float* o, const float* lse, int64_t B, int64_t T, int64_t H,
                         int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream);
 
+// ---- Training (kernels/train.cu): the backward passes and reductions a training step adds ----
+// y = a + b over n values (y may be a or b): residual connections, and gradients that meet.
+void add(float* y, const float* a, const float* b, int64_t n, cudaStream_t stream);
+// x *= s over n values (gradient clipping).
+void scale(float* x, float s, int64_t n, cudaStream_t stream);
+// The embedding's backward: dtable[tokens[n]] += dout[n] for N rows of d values. Repeated tokens add with atomics,
+// so the last bits of the result vary from run to run.
+void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t d,
+                        cudaStream_t stream);
+// dst[n, c] += sum_h src[n, h, offset + c] for c < width: the gradient of MLA's RoPE key, which every head shares.
+// src rows hold H heads head_stride apart (row stride H * head_stride); dst rows are dst_stride apart.
+void sum_heads(float* dst, int64_t dst_stride, const float* src, int64_t N, int64_t H, int64_t head_stride,
+               int64_t offset, int64_t width, cudaStream_t stream);
+// moe_combine's backward for y += sum_k weights[n, k] ye[row_of[n K + k]]: dye[row_of[n K + k]] = weights[n, k] dy[n]
+// (every row of dye is written, each exactly once) and dweights[n, k] = dy[n] . ye[row_of[n K + k]].
+void moe_combine_backward(float* dye, float* dweights, const float* dy, const float* ye, const int32_t* row_of,
+                          const float* weights, int64_t N, int64_t K, int64_t d, cudaStream_t stream);
+// route's backward: from d(weights) [N, K] through the renormalisation and routed_scaling_factor to d(scores) of the
+// chosen experts, then through the score function to dlogits [N, E] (overwritten), as Moe::backward on the CPU.
+// The correction bias only chose the experts, so it has no gradient.
+void route_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen, int64_t N,
+                    const ModelConfig& config, cudaStream_t stream);
+// *out (device memory) = sum of x[i]^2 in double, in a fixed order (the same value every run).
+void sum_squares(double* out, const float* x, int64_t n, cudaStream_t stream);
+
 // ---- MLA absorbed decode over the latent cache (reference section 2.6; FlashMLA's formulation) ----
 // One KV head shared by all H query heads. The cache [slots, capacity, r + dr] bf16 holds [c_KV | k_pe] per token of
 // each slot (a sequence). Query row b, q [B, H, r + dr] f32 holding [q~ = W_UK^T q_nope | q_pe], attends to the first

@@ -1,0 +1,189 @@
+// The kernels a training step needs beyond the forward's (ds/cuda_ops.h, "Training"): the backward passes of the
+// embedding, MLA's shared RoPE key, the MoE combine and the routing weights, and the global gradient norm. Each is
+// small next to the GEMMs, so each is plainly the CPU's loop (libcore/src/model, libcore/src/train/optim.cpp).
+#include "common.cuh"
+#include "ds/cuda_ops.h"
+
+namespace ds::cuda {
+
+namespace {
+
+__global__ void add_kernel(float* y, const float* a, const float* b, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = a[i] + b[i];
+}
+
+__global__ void scale_kernel(float* x, float s, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+
+// A token may appear several times in a batch, so its row takes the additions of several threads: atomics. The
+// order of those additions varies from run to run, which changes the last bits of the embedding's gradient.
+__global__ void embedding_backward_kernel(float* dtable, const float* dout, const int32_t* tokens, int64_t N,
+                                          int64_t d) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * d) return;
+  atomicAdd(dtable + int64_t(tokens[i / d]) * d + i % d, dout[i]);
+}
+
+__global__ void sum_heads_kernel(float* dst, int64_t dst_stride, const float* src, int64_t N, int64_t H,
+                                 int64_t head_stride, int64_t offset, int64_t width) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * width) return;
+  const int64_t n = i / width, c = i % width;
+  const float* s = src + n * H * head_stride + offset + c;
+  float acc = 0;
+  for (int64_t h = 0; h < H; ++h) acc += s[h * head_stride];
+  dst[n * dst_stride + c] += acc;
+}
+
+// One warp per assignment (n, k): lanes across the d values of the row.
+__global__ void moe_combine_backward_kernel(float* dye, float* dweights, const float* dy, const float* ye,
+                                            const int32_t* row_of, const float* weights, int64_t N, int64_t K,
+                                            int64_t d) {
+  const int64_t a = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (a >= N * K) return;  // whole warps leave together
+  const int64_t n = a / K, row = row_of[a];
+  const float w = weights[a];
+  const float* g = dy + n * d;
+  const float* out = ye + row * d;
+  float* dr = dye + row * d;
+  float dot = 0;
+  for (int64_t j = lane; j < d; j += 32) {
+    dr[j] = w * g[j];
+    dot += g[j] * out[j];
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) dweights[a] = dot;
+}
+
+struct RouteBackwardParams {
+  int E, K;
+  bool sigmoid, renormalise;
+  float routed_scale;
+};
+
+// One thread per token. Only the chosen experts' weights depend on the scores, so d(scores) is zero elsewhere; the
+// score function then spreads it: sigmoid elementwise, softmax over the whole row.
+__global__ void route_backward_kernel(float* dlogits, const float* dweights, const float* scores,
+                                      const int32_t* chosen, int64_t N, RouteBackwardParams p) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const float* s = scores + n * p.E;
+  const int32_t* ch = chosen + n * p.K;
+  const float* dw = dweights + n * p.K;
+  float* dl = dlogits + n * p.E;
+  // d(scores) of the chosen experts, as moe.cpp: through w = scale * s / (sum of chosen s) when renormalised.
+  float ds[kMaxRoutedExperts];
+  float sum = 0, dot = 0;
+  for (int k = 0; k < p.K; ++k) sum += s[ch[k]];
+  const float z = sum + 1e-20f;
+  for (int k = 0; k < p.K; ++k) dot += dw[k] * s[ch[k]];
+  for (int k = 0; k < p.K; ++k)
+    ds[k] = p.renormalise ? p.routed_scale * (dw[k] / z - dot / (z * z)) : p.routed_scale * dw[k];
+  if (p.sigmoid) {
+    for (int e = 0; e < p.E; ++e) dl[e] = 0.0f;
+    for (int k = 0; k < p.K; ++k) dl[ch[k]] = ds[k] * s[ch[k]] * (1.0f - s[ch[k]]);
+  } else {
+    float sdot = 0;
+    for (int k = 0; k < p.K; ++k) sdot += ds[k] * s[ch[k]];
+    for (int e = 0; e < p.E; ++e) dl[e] = -s[e] * sdot;
+    for (int k = 0; k < p.K; ++k) dl[ch[k]] += s[ch[k]] * ds[k];
+  }
+}
+
+// Sum of squares in double: a fixed grid of blocks strides over x into one partial sum each, and one block adds the
+// partial sums in a fixed order, so the result does not depend on scheduling.
+constexpr int kSumBlocks = 1024, kSumThreads = 256;
+
+__device__ inline double block_sum_double(double v, double* shared) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : 0.0;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+__global__ void sum_squares_partial_kernel(double* partial, const float* x, int64_t n) {
+  __shared__ double shared[32];
+  double acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    acc += double(x[i]) * double(x[i]);
+  acc = block_sum_double(acc, shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+__global__ void sum_partials_kernel(double* out, const double* partial, int count) {
+  __shared__ double shared[32];
+  double acc = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = block_sum_double(acc, shared);
+  if (threadIdx.x == 0) *out = acc;
+}
+
+}  // namespace
+
+void add(float* y, const float* a, const float* b, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(y, a, b, n);
+  DS_CUDA_LAUNCHED();
+}
+
+void scale(float* x, float s, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  scale_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(x, s, n);
+  DS_CUDA_LAUNCHED();
+}
+
+void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t d,
+                        cudaStream_t stream) {
+  if (N * d == 0) return;
+  embedding_backward_kernel<<<blocks_for(N * d, 256), 256, 0, stream>>>(dtable, dout, tokens, N, d);
+  DS_CUDA_LAUNCHED();
+}
+
+void sum_heads(float* dst, int64_t dst_stride, const float* src, int64_t N, int64_t H, int64_t head_stride,
+               int64_t offset, int64_t width, cudaStream_t stream) {
+  if (N * width == 0) return;
+  sum_heads_kernel<<<blocks_for(N * width, 256), 256, 0, stream>>>(dst, dst_stride, src, N, H, head_stride, offset,
+                                                                   width);
+  DS_CUDA_LAUNCHED();
+}
+
+void moe_combine_backward(float* dye, float* dweights, const float* dy, const float* ye, const int32_t* row_of,
+                          const float* weights, int64_t N, int64_t K, int64_t d, cudaStream_t stream) {
+  if (N * K == 0) return;
+  moe_combine_backward_kernel<<<blocks_for(N * K * 32, 256), 256, 0, stream>>>(dye, dweights, dy, ye, row_of, weights,
+                                                                               N, K, d);
+  DS_CUDA_LAUNCHED();
+}
+
+void route_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen, int64_t N,
+                    const ModelConfig& config, cudaStream_t stream) {
+  RouteBackwardParams p{};
+  p.E = int(config.n_routed_experts);
+  p.K = int(config.num_experts_per_tok);
+  p.sigmoid = config.scoring_func == ScoringFunc::Sigmoid;
+  p.renormalise = config.norm_topk_prob && p.K > 1;
+  p.routed_scale = float(config.routed_scaling_factor);
+  if (p.E < 1 || p.E > int(kMaxRoutedExperts) || p.K < 1 || p.K > p.E)
+    fail_text("route_backward: unsupported routing (" + std::to_string(p.E) + " experts, top " +
+              std::to_string(p.K) + ")");
+  if (N == 0) return;
+  route_backward_kernel<<<blocks_for(N, 128), 128, 0, stream>>>(dlogits, dweights, scores, chosen, N, p);
+  DS_CUDA_LAUNCHED();
+}
+
+void sum_squares(double* out, const float* x, int64_t n, cudaStream_t stream) {
+  DeviceBuffer<double> partial(static_cast<size_t>(kSumBlocks));
+  sum_squares_partial_kernel<<<kSumBlocks, kSumThreads, 0, stream>>>(partial.data(), x, n);
+  DS_CUDA_LAUNCHED();
+  sum_partials_kernel<<<1, kSumThreads, 0, stream>>>(out, partial.data(), kSumBlocks);
+  DS_CUDA_LAUNCHED();
+}
+
+}  // namespace ds::cuda

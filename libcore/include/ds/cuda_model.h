@@ -1,0 +1,98 @@
+#pragma once
+// TrainModel: Model<float>'s forward and backward for pretraining on a CUDA device, over the kernels of
+// ds/cuda_ops.h and the GEMMs of ds/cuda_gemm.h, and DeviceAdamW, ds::AdamW's update on the same device.
+//
+// The device holds the FP32 master parameters in Model's flat layout (the same ParamInfo offsets), FP32 gradients
+// in the same layout, and a BF16 copy of the parameters that the GEMMs read, refreshed whenever the parameters
+// change. Activations are FP32 and rounded to BF16 as GEMM inputs; GEMMs accumulate in FP32. Under set_fp8(true)
+// the linear layers DeepSeek-V3 runs in FP8 (all but the router gate and MTP's eh_proj; the head and the embedding
+// are not linear layers) run their three GEMMs in e4m3 with 1x128 activation and 128x128 weight scales, as the
+// CPU's emulation rounds them; their input and output sizes must then be multiples of 16.
+//
+// It covers what pretraining uses: rows of plain causal sequences (positions 0..Tn-1, no packed documents, no
+// per-token loss weights), the mean cross-entropy over targets, the MTP modules, and the expert loads for the
+// aux-loss-free balancing. The sequence-wise balance loss (balance_alpha > 0) and expert parallelism are not
+// supported. Everything runs on one stream of the device current at construction.
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "ds/model.h"
+#include "ds/optim.h"
+
+namespace ds::cuda {
+
+class TrainModel {
+ public:
+  // The config and parameters of model, copied to the current device.
+  explicit TrainModel(const Model<float>& model);
+  ~TrainModel();
+  TrainModel(const TrainModel&) = delete;
+  TrainModel& operator=(const TrainModel&) = delete;
+
+  const ModelConfig& config() const;
+  const std::vector<ParamInfo>& param_infos() const;
+  int64_t size() const;  // values in the flat parameter array
+
+  // Forward over B sequences of Tn tokens (host arrays inputs and targets [B*Tn], target -1 = no loss), keeping
+  // the activations for backward(). Returns the losses and expert loads as Model<float>::forward does; balance_alpha
+  // must be 0. Waits for the device (the losses and the routing come back to the host).
+  ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
+                       const LossOptions& options = {});
+  // Gradients of the last forward's loss, added into the device gradients. Queued; returns before they are done.
+  void backward();
+  void zero_grads();
+  void set_fp8(bool on);
+  // Model::update_router_bias on the device copy.
+  void update_router_bias(const std::vector<std::vector<int64_t>>& expert_load, double gamma);
+
+  // Host copies of the flat arrays, and uploads of new values (the BF16 copy follows the parameters).
+  std::vector<float> params() const;
+  std::vector<float> grads() const;
+  void set_params(std::span<const float> values);
+  void set_grads(std::span<const float> values);
+
+  // The device arrays, for DeviceAdamW: after changing the parameters, call params_changed().
+  float* device_params();
+  float* device_grads();
+  void params_changed();  // refreshes the BF16 copy
+  cudaStream_t stream() const;  // where all of the model's work is queued
+  void synchronize() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ds::AdamW for one process on the model's device: the same moments, bias corrections, decoupled decay (matrices
+// only), router biases left alone, and clipping to the global gradient norm, computed on the device.
+class DeviceAdamW {
+ public:
+  DeviceAdamW(TrainModel& model, AdamWOptions options);
+  ~DeviceAdamW();
+  DeviceAdamW(const DeviceAdamW&) = delete;
+  DeviceAdamW& operator=(const DeviceAdamW&) = delete;
+
+  // Clips the model's gradients to the global norm max_norm (when > 0) as clip_grad_norm does, and returns the norm
+  // before clipping. Waits for the device.
+  double reduce_grads(double max_norm);
+  // One update at learning rate lr; refreshes the model's BF16 copy.
+  void step(double lr);
+  int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }
+  // Host copies of the moments ([size] each) and uploads of them, for checkpoints in ds::AdamW's format.
+  std::vector<float> m() const;
+  std::vector<float> v() const;
+  void load_state(std::span<const float> m, std::span<const float> v);
+  void reset();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int64_t t_ = 0;
+};
+
+}  // namespace ds::cuda

@@ -1,0 +1,311 @@
+// The device training model against Model<float> on the CPU, on random tiny models (MoE with two MTP depths and
+// q_lora, the variant without q_lora with tied embeddings, YaRN and softmax routing, and a dense model with MTP):
+// losses, gradients and expert loads of one forward and backward, the device AdamW on the CPU's gradients, a few
+// whole training steps, and FP8 GEMMs at sizes that are multiples of 128.
+//
+// Both sides start from the same BF16-representable parameters. The device rounds activations to BF16 at every GEMM
+// input (relative error 2^-9 each), so losses agree to about a percent and gradients to a few percent, far below what
+// a missing or wrong term gives (an error of order one in some tensor). The router's BF16 logits may move a token
+// whose best experts nearly tie to another expert: loads may differ by a few assignments, and then the routed
+// experts' gradients are compared only as part of the whole.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "ds/bf16.h"
+#include "ds/config.h"
+#include "ds/cuda_model.h"
+#include "ds/error.h"
+#include "ds/model.h"
+#include "ds/optim.h"
+#include "../unit/random_model.h"
+#include "gpu_test.h"
+
+using namespace ds;
+
+namespace {
+
+struct Batch {
+  int64_t B = 0, Tn = 0;
+  std::vector<int32_t> inputs, targets;
+};
+
+// B rows of Tn tokens, each target the next token of its row; two positions carry no loss.
+Batch make_batch(int64_t vocab, int64_t B, int64_t Tn, uint64_t seed) {
+  const std::vector<uint32_t> t = test::random_tokens(size_t(B * (Tn + 1)), seed, vocab);
+  Batch batch{B, Tn, std::vector<int32_t>(size_t(B * Tn)), std::vector<int32_t>(size_t(B * Tn))};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < Tn; ++i) {
+      batch.inputs[size_t(b * Tn + i)] = int32_t(t[size_t(b * (Tn + 1) + i)]);
+      batch.targets[size_t(b * Tn + i)] = int32_t(t[size_t(b * (Tn + 1) + i + 1)]);
+    }
+  batch.targets[3] = -1;
+  batch.targets[size_t(B * Tn - 2)] = -1;
+  return batch;
+}
+
+Model<float> bf16_model(const ModelConfig& c, uint64_t seed) {
+  Model<float> model = test::random_model(c, seed);
+  for (float& x : model.params()) x = bf16_to_float(float_to_bf16(x));
+  return model;
+}
+
+double norm(const float* x, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
+  return std::sqrt(sum);
+}
+// |got - want| / |want| over n values (L2).
+double relative_error(const float* got, const float* want, size_t n) {
+  double diff = 0;
+  for (size_t i = 0; i < n; ++i) diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+  return std::sqrt(diff) / std::max(norm(want, n), 1e-30);
+}
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  return relative_error(got.data(), want.data(), got.size());
+}
+
+void check_loss(double gpu, double cpu, double rel, const char* what) {
+  MESSAGE(what << ": device " << gpu << ", CPU " << cpu);
+  CHECK(std::isfinite(gpu));
+  CHECK(std::fabs(gpu - cpu) <= rel * std::fabs(cpu) + 1e-6);
+}
+
+// Assignments routed to another expert than on the CPU; true when none.
+bool check_loads(const ForwardStats& gpu, const ForwardStats& cpu, int64_t tokens, int64_t top_k) {
+  REQUIRE(gpu.expert_load.size() == cpu.expert_load.size());
+  int64_t moved = 0;
+  for (size_t l = 0; l < cpu.expert_load.size(); ++l) {
+    REQUIRE(gpu.expert_load[l].size() == cpu.expert_load[l].size());
+    int64_t total = 0;
+    for (size_t e = 0; e < cpu.expert_load[l].size(); ++e) {
+      moved += std::llabs(gpu.expert_load[l][e] - cpu.expert_load[l][e]);
+      total += gpu.expert_load[l][e];
+    }
+    CHECK(total == tokens * top_k);
+  }
+  moved /= 2;
+  const int64_t assignments = int64_t(cpu.expert_load.size()) * tokens * top_k;
+  MESSAGE("expert loads: " << moved << " of " << assignments << " assignments moved");
+  CHECK(moved <= std::max<int64_t>(2, assignments / 50));
+  return moved == 0;
+}
+
+// The whole gradient within 5% of the CPU's, and each tensor with a gradient within 15% (the routed experts' only
+// when the routing agreed). Router biases get no gradient on either side.
+void check_gradients(const std::vector<ParamInfo>& infos, const std::vector<float>& gpu, const std::vector<float>& cpu,
+                     bool same_routing) {
+  const double whole = relative_error(gpu, cpu);
+  MESSAGE("gradient: relative error " << whole << " of norm " << norm(cpu.data(), cpu.size()));
+  CHECK(norm(cpu.data(), cpu.size()) > 0);
+  CHECK(whole < 0.05);
+  double worst = 0;
+  std::string worst_name;
+  for (const ParamInfo& p : infos) {
+    const size_t n = size_t(shape_numel(p.shape));
+    const float *g = gpu.data() + p.offset, *w = cpu.data() + p.offset;
+    if (p.kind == ParamKind::RouterBias) {
+      CHECK(norm(g, n) == 0);
+      continue;
+    }
+    if (!same_routing && p.name.find(".mlp.experts.") != std::string::npos) continue;
+    if (norm(w, n) == 0) continue;  // an expert no token chose, or the MTP copies of a skipped module
+    const double e = relative_error(g, w, n);
+    if (e > worst) worst = e, worst_name = p.name;
+    if (e > 0.15) FAIL_CHECK(p.name << ": relative error " << e);
+  }
+  MESSAGE("worst tensor: " << worst_name << " at " << worst);
+}
+
+ModelConfig moe_config() {
+  ModelConfig c = resolve_model_config("tiny");
+  c.num_nextn_predict_layers = 2;
+  return c;
+}
+ModelConfig dense_config() {
+  ModelConfig c = resolve_model_config("tiny-dense");
+  c.num_nextn_predict_layers = 1;
+  return c;
+}
+
+// Multiples of 128 wherever an FP8 GEMM sees a size, so every eligible linear layer runs in FP8.
+ModelConfig fp8_config() {
+  ModelConfig c = resolve_model_config("tiny");
+  c.hidden_size = 128, c.intermediate_size = 256, c.moe_intermediate_size = 128;
+  c.q_lora_rank = 128, c.kv_lora_rank = 128, c.qk_nope_head_dim = 64, c.qk_rope_head_dim = 128, c.v_head_dim = 128;
+  return c;
+}
+
+void check_forward_backward(const ModelConfig& c, int64_t B, int64_t Tn) {
+  Model<float> cpu = bf16_model(c, 7);
+  cuda::TrainModel gpu(cpu);
+  const Batch batch = make_batch(c.vocab_size, B, Tn, 11);
+  const LossOptions options;
+  const ForwardStats want = cpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options);
+  const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options);
+  CHECK(got.tokens == want.tokens);
+  check_loss(got.main_loss, want.main_loss, 0.02, "main loss");
+  check_loss(got.mtp_loss, want.mtp_loss, 0.02, "MTP loss");
+  check_loss(got.loss, want.loss, 0.02, "loss");
+  const bool same_routing = check_loads(got, want, B * Tn, c.num_experts_per_tok);
+  cpu.zero_grads();
+  cpu.backward();
+  gpu.zero_grads();
+  gpu.backward();
+  check_gradients(cpu.param_infos(), gpu.grads(), cpu.grads(), same_routing);
+  CHECK(gpu.params() == cpu.params());  // a forward and backward change no parameter
+}
+
+}  // namespace
+
+TEST_CASE("device model: losses, expert loads and gradients match the CPU model") {
+  SUBCASE("MoE, q_lora, two MTP depths") { check_forward_backward(moe_config(), 2, 16); }
+  SUBCASE("MoE, q_proj, tied embeddings, YaRN, softmax group-limited routing") {
+    check_forward_backward(test::tiny_variant(), 3, 11);
+  }
+  SUBCASE("dense with an MTP depth") { check_forward_backward(dense_config(), 2, 13); }
+}
+
+TEST_CASE("device model: MTP weight 0 skips the MTP modules as the CPU does") {
+  const ModelConfig c = moe_config();
+  Model<float> cpu = bf16_model(c, 3);
+  cuda::TrainModel gpu(cpu);
+  const Batch batch = make_batch(c.vocab_size, 2, 9, 5);
+  LossOptions options;
+  options.mtp_weight = 0;
+  const ForwardStats want = cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 9, options);
+  const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), 2, 9, options);
+  CHECK(got.mtp_loss == 0);
+  CHECK(got.expert_load.size() == want.expert_load.size());  // the main model's MoE layers only
+  check_loss(got.loss, want.loss, 0.02, "loss");
+  cpu.zero_grads(), gpu.zero_grads();
+  cpu.backward(), gpu.backward();
+  check_gradients(cpu.param_infos(), gpu.grads(), cpu.grads(), check_loads(got, want, 18, c.num_experts_per_tok));
+}
+
+TEST_CASE("device AdamW: clipping, moments, bias corrections and decay equal ds::AdamW on the same gradients") {
+  const ModelConfig c = moe_config();
+  Model<float> cpu = bf16_model(c, 5);
+  cuda::TrainModel gpu(cpu);
+  const Batch batch = make_batch(c.vocab_size, 2, 12, 9);
+  const std::vector<float> start = cpu.params();
+  AdamWOptions options;
+  options.weight_decay = 0.1;
+  AdamW cpu_opt(cpu.param_infos(), int64_t(start.size()), options);
+  cuda::DeviceAdamW gpu_opt(gpu, options);
+  for (int step = 0; step < 3; ++step) {
+    cpu.zero_grads();
+    cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 12);
+    cpu.backward();
+    gpu.set_grads(cpu.grads());
+    const double max_norm = step == 1 ? 1e9 : 0.5 * norm(cpu.grads().data(), cpu.grads().size());  // clip, or not
+    const double want_norm = cpu_opt.reduce_grads(cpu.grads(), max_norm);
+    const double got_norm = gpu_opt.reduce_grads(max_norm);
+    CHECK(std::fabs(got_norm - want_norm) <= 1e-9 * want_norm);
+    CHECK(relative_error(gpu.grads(), cpu.grads()) < 1e-6);
+    cpu_opt.step(cpu.params(), cpu.grads(), 1e-2);
+    gpu_opt.step(1e-2);
+    CHECK(gpu_opt.steps() == cpu_opt.steps());
+  }
+  const std::vector<float> got = gpu.params(), want = cpu.params();
+  std::vector<float> got_delta(got.size()), want_delta(want.size());
+  for (size_t i = 0; i < got.size(); ++i) got_delta[i] = got[i] - start[i], want_delta[i] = want[i] - start[i];
+  MESSAGE("update: relative error " << relative_error(got_delta, want_delta));
+  CHECK(relative_error(got_delta, want_delta) < 1e-4);
+  CHECK(relative_error(gpu_opt.m(), cpu_opt.m()) < 1e-5);
+  CHECK(relative_error(gpu_opt.v(), cpu_opt.v()) < 1e-5);
+  for (const ParamInfo& p : cpu.param_infos())  // router biases are not moved by gradients
+    if (p.kind == ParamKind::RouterBias)
+      for (int64_t i = 0; i < shape_numel(p.shape); ++i) CHECK(got[size_t(p.offset + i)] == start[size_t(p.offset + i)]);
+
+  // The aux-loss-free rule moves the biases identically from the same loads.
+  const ForwardStats stats = cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 12);
+  gpu.set_params(cpu.params());
+  const std::vector<float> before = cpu.params();
+  cpu.update_router_bias(stats.expert_load, 1e-3);
+  gpu.update_router_bias(stats.expert_load, 1e-3);
+  CHECK(gpu.params() == cpu.params());
+  CHECK(cpu.params() != before);
+
+  // Checkpoint round trip: the moments and step count come back as they were.
+  cuda::DeviceAdamW resumed(gpu, options);
+  resumed.load_state(cpu_opt.m(), cpu_opt.v());
+  resumed.set_steps(cpu_opt.steps());
+  CHECK(resumed.m() == cpu_opt.m());
+  CHECK(resumed.v() == cpu_opt.v());
+  resumed.reset();
+  CHECK(resumed.steps() == 0);
+  const std::vector<float> cleared = resumed.m();
+  CHECK(norm(cleared.data(), cleared.size()) == 0);
+}
+
+TEST_CASE("device training steps track the CPU's") {
+  const ModelConfig c = moe_config();
+  Model<float> cpu = bf16_model(c, 13);
+  cuda::TrainModel gpu(cpu);
+  AdamWOptions options;
+  AdamW cpu_opt(cpu.param_infos(), int64_t(cpu.params().size()), options);
+  cuda::DeviceAdamW gpu_opt(gpu, options);
+  for (int step = 0; step < 4; ++step) {
+    CAPTURE(step);
+    const Batch batch = make_batch(c.vocab_size, 2, 16, 20 + uint64_t(step));
+    cpu.zero_grads(), gpu.zero_grads();
+    const ForwardStats want = cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 16);
+    const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), 2, 16);
+    check_loss(got.loss, want.loss, 0.03, "loss");
+    cpu.backward(), gpu.backward();
+    const double want_norm = cpu_opt.reduce_grads(cpu.grads(), 1.0), got_norm = gpu_opt.reduce_grads(1.0);
+    CHECK(std::fabs(got_norm - want_norm) <= 0.05 * want_norm);
+    cpu_opt.step(cpu.params(), cpu.grads(), 3e-3);
+    gpu_opt.step(3e-3);
+    // Each side balances from its own loads, as a run on either device would.
+    cpu.update_router_bias(want.expert_load, 1e-3);
+    gpu.update_router_bias(got.expert_load, 1e-3);
+  }
+}
+
+TEST_CASE("device model in FP8: close to BF16 and to the CPU's emulation, and refused where shapes do not fit") {
+  const ModelConfig c = fp8_config();
+  Model<float> cpu = bf16_model(c, 17);
+  cuda::TrainModel gpu(cpu);
+  const Batch batch = make_batch(c.vocab_size, 2, 24, 19);
+  const ForwardStats bf16 = gpu.forward(batch.inputs.data(), batch.targets.data(), 2, 24);
+  gpu.zero_grads();
+  gpu.backward();
+  const std::vector<float> bf16_grads = gpu.grads();
+
+  gpu.set_fp8(true);
+  cpu.set_fp8(true);
+  const ForwardStats fp8 = gpu.forward(batch.inputs.data(), batch.targets.data(), 2, 24);
+  const ForwardStats emulated = cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 24);
+  check_loss(fp8.loss, bf16.loss, 0.05, "FP8 against BF16");
+  check_loss(fp8.loss, emulated.loss, 0.02, "FP8 against the CPU's FP8 emulation");
+  CHECK(fp8.loss != bf16.loss);
+  gpu.zero_grads();
+  gpu.backward();
+  const std::vector<float> fp8_grads = gpu.grads();
+  CHECK(std::isfinite(norm(fp8_grads.data(), fp8_grads.size())));
+  MESSAGE("FP8 gradient against BF16: relative difference " << relative_error(fp8_grads, bf16_grads));
+  CHECK(relative_error(fp8_grads, bf16_grads) < 0.3);
+
+  // tiny's q_b_proj has 24 outputs: no FP8 GEMM takes it.
+  const ModelConfig small = resolve_model_config("tiny");
+  cuda::TrainModel odd(bf16_model(small, 1));
+  odd.set_fp8(true);
+  const Batch b = make_batch(small.vocab_size, 1, 8, 2);
+  CHECK_THROWS_AS(odd.forward(b.inputs.data(), b.targets.data(), 1, 8), Error);
+}
+
+TEST_CASE("device model refuses what it does not implement") {
+  const ModelConfig c = moe_config();
+  cuda::TrainModel gpu(bf16_model(c, 1));
+  const Batch batch = make_batch(c.vocab_size, 1, 8, 3);
+  LossOptions balance;
+  balance.balance_alpha = 1e-3;
+  CHECK_THROWS_AS(gpu.forward(batch.inputs.data(), batch.targets.data(), 1, 8, balance), Error);
+  CHECK_THROWS_AS(gpu.backward(), Error);  // no complete forward yet
+  std::vector<int32_t> bad = batch.inputs;
+  bad[0] = int32_t(c.vocab_size);
+  CHECK_THROWS_AS(gpu.forward(bad.data(), batch.targets.data(), 1, 8), Error);
+}
