@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
     o.resume = !resume_dir.empty();
     o.schedule.kind = ds::parse_schedule(schedule);
     if (o.data.size() == 1 && o.data[0] == "builtin:arith") o.data.clear();
-    ds::tool::apply_compute_options(compute);
+    o.device = ds::tool::apply_compute_options(compute, true);
     const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
     o.comm = comm.get(), o.expert_parallel = dist.expert_parallel, o.bucket_mb = dist.bucket_mb;
 

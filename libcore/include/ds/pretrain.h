@@ -9,6 +9,7 @@
 
 #include "ds/bad_steps.h"
 #include "ds/comm.h"
+#include "ds/cuda.h"
 #include "ds/model.h"
 #include "ds/optim.h"
 
@@ -28,7 +29,11 @@ struct PretrainOptions {
   double clip = 1.0;
   LossOptions loss;
   double bias_gamma = 0.001;  // aux-loss-free bias update speed
-  bool fp8 = false;           // emulate the FP8 training GEMMs (Model::set_fp8)
+  bool fp8 = false;           // FP8 training GEMMs: emulated on the CPU (Model::set_fp8), e4m3 on a GPU
+  // Where forward, backward and AdamW run. On a CUDA device (one process only, no balance loss) the parameters and
+  // the AdamW moments live there (ds/cuda_model.h) and come back to the host for checkpoints, whose format is the
+  // same on either device, so a run resumes on either.
+  Device device;
   uint64_t seed = 1234;
   int64_t save_every = 0;     // 0: only at the end
   int keep = 0;               // checkpoints kept; 0 = all

@@ -13,6 +13,7 @@
 #include "ds/fsutil.h"
 #include "ds/ops.h"
 #include "ds/safetensors.h"
+#include "pretrain_device.h"
 
 namespace ds {
 
@@ -79,6 +80,12 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   if (o.batch % ranks != 0)
     fail("--batch {} is the global batch: it must be a multiple of the {} ranks", o.batch, ranks);
   const int64_t local_batch = o.batch / ranks;
+  if (o.device.cuda && ranks > 1)
+    fail("--device {} trains in one process; data-parallel runs ({} ranks) train on the CPU", o.device.name(), ranks);
+  if (o.device.cuda && o.loss.balance_alpha != 0)
+    fail("--balance-alpha: the sequence-wise balance loss is not implemented on CUDA devices (--device {})",
+         o.device.name());
+  if (o.device.cuda && !kCudaBuild) fail("--device {}: this build runs on the CPU only", o.device.name());
   RunDir run(o.run_dir);
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
   if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
@@ -161,9 +168,19 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     return;
   }
 
+  // On a GPU the model and AdamW train there; model and optimizer stay the host copies checkpoints read and write.
+  std::unique_ptr<DeviceTrainer> gpu;
+#ifdef DS_CUDA
+  if (o.device.cuda) {
+    gpu = make_cuda_trainer(model, optimizer, o.adamw, o.fp8);
+    info(fmt::format("training on {}", o.device.name()));
+  }
+#endif
+
   ScheduleOptions schedule = o.schedule;
   schedule.total = o.steps;
   auto save = [&] {
+    if (gpu) gpu->download(model, optimizer);
     const std::string dir = save_checkpoint(run, step, o.keep, model, tokenizer, optimizer,
                                             [&](const std::string& tmp) {
       nlohmann::json state = {{"step", step},
@@ -197,15 +214,22 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   uint64_t interval_tokens = 0;
   double interval_comm = comm_seconds(o.comm, ep_comm.get());
   while (step < o.steps) {
-    model.zero_grads();
+    if (gpu)
+      gpu->zero_grads();
+    else
+      model.zero_grads();
     ForwardStats sum;
     std::vector<std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       data.next_batch(o.batch, o.seq_len, inputs, targets);  // the global batch; this rank takes its rows
       const int64_t first = rank * local_batch * o.seq_len;
-      const ForwardStats s =
-          model.forward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
-      model.backward(micro + 1 == o.grad_accum ? finish : GradReady());
+      ForwardStats s;
+      if (gpu) {
+        s = gpu->forward_backward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
+      } else {
+        s = model.forward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
+        model.backward(micro + 1 == o.grad_accum ? finish : GradReady());
+      }
       sum.loss += s.loss / double(o.grad_accum);
       sum.main_loss += s.main_loss / double(o.grad_accum);
       sum.mtp_loss += s.mtp_loss / double(o.grad_accum);
@@ -215,7 +239,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     bool stopping = stop;
     if (ranks > 1) average_over_ranks(*o.comm, sum, loads, stopping);
     const double lr = learning_rate(schedule, step) * guard.lr_scale();
-    const double norm = optimizer.reduce_grads(grads, o.clip);
+    const double norm = gpu ? gpu->reduce_grads(o.grad_accum, o.clip) : optimizer.reduce_grads(grads, o.clip);
     StepRecord r;
     // The loss and the norm are the same on every rank (all-reduced), so every rank takes the same decision.
     r.skipped = !std::isfinite(sum.loss) || !std::isfinite(norm);
@@ -226,6 +250,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
         load_weights(*dir, model);
       else
         model.init_random(o.seed);
+      if (gpu) gpu->upload(model, optimizer);
       info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning "
                        "rate scaled by {:g} (reload {} of at most {})",
                        o.max_bad_steps + 1, dir ? *dir : "the start of the run", step, guard.lr_scale(),
@@ -233,8 +258,12 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       continue;
     }
     if (!r.skipped) {
-      optimizer.step(model.params(), grads, lr);
-      model.update_router_bias(loads, o.bias_gamma);
+      if (gpu) {
+        gpu->step(lr, loads, o.bias_gamma);
+      } else {
+        optimizer.step(model.params(), grads, lr);
+        model.update_router_bias(loads, o.bias_gamma);
+      }
     }
     ++step, ++steps_this_run;
     const uint64_t step_tokens = uint64_t(o.batch * o.seq_len * o.grad_accum);
