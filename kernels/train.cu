@@ -63,10 +63,13 @@ struct RouteBackwardParams {
   int E, K;
   bool sigmoid, renormalise;
   float routed_scale;
+  const float* balance_f;  // [B, E], or null without the balance loss
+  float balance_scale;
+  int64_t T;
 };
 
-// One thread per token. Only the chosen experts' weights depend on the scores, so d(scores) is zero elsewhere; the
-// score function then spreads it: sigmoid elementwise, softmax over the whole row.
+// One thread per token, its d(scores) in registers (E is at most kMaxRoutedExperts), then spread by the score
+// function: sigmoid elementwise, softmax over the whole row.
 __global__ void route_backward_kernel(float* dlogits, const float* dweights, const float* scores,
                                       const int32_t* chosen, int64_t N, RouteBackwardParams p) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -75,22 +78,32 @@ __global__ void route_backward_kernel(float* dlogits, const float* dweights, con
   const int32_t* ch = chosen + n * p.K;
   const float* dw = dweights + n * p.K;
   float* dl = dlogits + n * p.E;
-  // d(scores) of the chosen experts, as moe.cpp: through w = scale * s / (sum of chosen s) when renormalised.
   float ds[kMaxRoutedExperts];
-  float sum = 0, dot = 0;
-  for (int k = 0; k < p.K; ++k) sum += s[ch[k]];
-  const float z = sum + 1e-20f;
-  for (int k = 0; k < p.K; ++k) dot += dw[k] * s[ch[k]];
-  for (int k = 0; k < p.K; ++k)
-    ds[k] = p.renormalise ? p.routed_scale * (dw[k] / z - dot / (z * z)) : p.routed_scale * dw[k];
-  if (p.sigmoid) {
-    for (int e = 0; e < p.E; ++e) dl[e] = 0.0f;
-    for (int k = 0; k < p.K; ++k) dl[ch[k]] = ds[k] * s[ch[k]] * (1.0f - s[ch[k]]);
+  for (int e = 0; e < p.E; ++e) ds[e] = 0.0f;
+  // Through w = scale * s / (sum of chosen s) when renormalised, else w = scale * s.
+  if (p.renormalise) {
+    float sum = 0, dot = 0;
+    for (int k = 0; k < p.K; ++k) sum += s[ch[k]];
+    const float z = sum + 1e-20f;
+    for (int k = 0; k < p.K; ++k) dot += dw[k] * s[ch[k]];
+    for (int k = 0; k < p.K; ++k) ds[ch[k]] += p.routed_scale * (dw[k] / z - dot / (z * z));
   } else {
-    float sdot = 0;
-    for (int k = 0; k < p.K; ++k) sdot += ds[k] * s[ch[k]];
-    for (int e = 0; e < p.E; ++e) dl[e] = -s[e] * sdot;
-    for (int k = 0; k < p.K; ++k) dl[ch[k]] += s[ch[k]] * ds[k];
+    for (int k = 0; k < p.K; ++k) ds[ch[k]] += p.routed_scale * dw[k];
+  }
+  // The balance loss alpha/B sum_i f_i P_i of the token's sequence, P_i the mean over its tokens of s_i / sum_j s_j.
+  if (p.balance_f) {
+    const float* f = p.balance_f + (n / p.T) * p.E;
+    float total = 0, dot = 0;
+    for (int e = 0; e < p.E; ++e) total += s[e];
+    for (int e = 0; e < p.E; ++e) dot += p.balance_scale * f[e] * s[e] / total;
+    for (int e = 0; e < p.E; ++e) ds[e] += (p.balance_scale * f[e] - dot) / total;
+  }
+  if (p.sigmoid) {
+    for (int e = 0; e < p.E; ++e) dl[e] = ds[e] * s[e] * (1.0f - s[e]);
+  } else {
+    float dot = 0;
+    for (int e = 0; e < p.E; ++e) dot += ds[e] * s[e];
+    for (int e = 0; e < p.E; ++e) dl[e] = s[e] * (ds[e] - dot);
   }
 }
 
@@ -163,16 +176,19 @@ void moe_combine_backward(float* dye, float* dweights, const float* dy, const fl
 }
 
 void route_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen, int64_t N,
-                    const ModelConfig& config, cudaStream_t stream) {
+                    const ModelConfig& config, const float* balance_f, float balance_scale, int64_t T,
+                    cudaStream_t stream) {
   RouteBackwardParams p{};
   p.E = int(config.n_routed_experts);
   p.K = int(config.num_experts_per_tok);
   p.sigmoid = config.scoring_func == ScoringFunc::Sigmoid;
   p.renormalise = config.norm_topk_prob && p.K > 1;
   p.routed_scale = float(config.routed_scaling_factor);
+  p.balance_f = balance_f, p.balance_scale = balance_scale, p.T = T;
   if (p.E < 1 || p.E > int(kMaxRoutedExperts) || p.K < 1 || p.K > p.E)
     fail_text("route_backward: unsupported routing (" + std::to_string(p.E) + " experts, top " +
               std::to_string(p.K) + ")");
+  if (balance_f && T < 1) fail_text("route_backward: the balance loss needs sequences of at least one token");
   if (N == 0) return;
   route_backward_kernel<<<blocks_for(N, 128), 128, 0, stream>>>(dlogits, dweights, scores, chosen, N, p);
   DS_CUDA_LAUNCHED();

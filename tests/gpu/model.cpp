@@ -1,7 +1,7 @@
 // The device training model against Model<float> on the CPU, on random tiny models (MoE with two MTP depths and
 // q_lora, the variant without q_lora with tied embeddings, YaRN and softmax routing, and a dense model with MTP):
-// losses, gradients and expert loads of one forward and backward, the device AdamW on the CPU's gradients, a few
-// whole training steps, and FP8 GEMMs at sizes that are multiples of 128.
+// losses, gradients and expert loads of one forward and backward (with the sequence-wise balance loss too), the
+// device AdamW on the CPU's gradients, a few whole training steps, and FP8 GEMMs at sizes that are multiples of 128.
 //
 // Both sides start from the same BF16-representable parameters. The device rounds activations to BF16 at every GEMM
 // input (relative error 2^-9 each), so losses agree to about a percent and gradients to a few percent, far below what
@@ -217,7 +217,7 @@ TEST_CASE("device AdamW: clipping, moments, bias corrections and decay equal ds:
   CHECK(relative_error(gpu_opt.v(), cpu_opt.v()) < 1e-5);
   for (const ParamInfo& p : cpu.param_infos())  // router biases are not moved by gradients
     if (p.kind == ParamKind::RouterBias)
-      for (int64_t i = 0; i < shape_numel(p.shape); ++i) CHECK(got[size_t(p.offset + i)] == start[size_t(p.offset + i)]);
+      for (int64_t i = p.offset; i < p.offset + shape_numel(p.shape); ++i) CHECK(got[size_t(i)] == start[size_t(i)]);
 
   // The aux-loss-free rule moves the biases identically from the same loads.
   const ForwardStats stats = cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 12);
@@ -297,14 +297,30 @@ TEST_CASE("device model in FP8: close to BF16 and to the CPU's emulation, and re
   CHECK_THROWS_AS(odd.forward(b.inputs.data(), b.targets.data(), 1, 8), Error);
 }
 
-TEST_CASE("device model refuses what it does not implement") {
+TEST_CASE("device model: the sequence-wise balance loss and its gradient match the CPU's") {
+  for (const ModelConfig& c : {moe_config(), test::tiny_variant()}) {
+    Model<float> cpu = bf16_model(c, 23);
+    cuda::TrainModel gpu(cpu);
+    const Batch batch = make_batch(c.vocab_size, 3, 10, 29);
+    LossOptions options;
+    options.balance_alpha = 0.1;  // large enough that its gradient is a visible part of the router's
+    const ForwardStats want = cpu.forward(batch.inputs.data(), batch.targets.data(), 3, 10, options);
+    const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), 3, 10, options);
+    CHECK(want.balance_loss > 0);
+    check_loss(got.balance_loss, want.balance_loss, 0.02, "balance loss");
+    check_loss(got.loss, want.loss, 0.02, "loss");
+    const bool same_routing = check_loads(got, want, 30, c.num_experts_per_tok);
+    cpu.zero_grads(), gpu.zero_grads();
+    cpu.backward(), gpu.backward();
+    check_gradients(cpu.param_infos(), gpu.grads(), cpu.grads(), same_routing);
+  }
+}
+
+TEST_CASE("device model refuses what it cannot do") {
   const ModelConfig c = moe_config();
   cuda::TrainModel gpu(bf16_model(c, 1));
   const Batch batch = make_batch(c.vocab_size, 1, 8, 3);
-  LossOptions balance;
-  balance.balance_alpha = 1e-3;
-  CHECK_THROWS_AS(gpu.forward(batch.inputs.data(), batch.targets.data(), 1, 8, balance), Error);
-  CHECK_THROWS_AS(gpu.backward(), Error);  // no complete forward yet
+  CHECK_THROWS_AS(gpu.backward(), Error);  // no forward yet
   std::vector<int32_t> bad = batch.inputs;
   bad[0] = int32_t(c.vocab_size);
   CHECK_THROWS_AS(gpu.forward(bad.data(), batch.targets.data(), 1, 8), Error);

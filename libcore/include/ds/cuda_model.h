@@ -10,9 +10,9 @@
 // CPU's emulation rounds them; their input and output sizes must then be multiples of 16.
 //
 // It covers what pretraining uses: rows of plain causal sequences (positions 0..Tn-1, no packed documents, no
-// per-token loss weights), the mean cross-entropy over targets, the MTP modules, and the expert loads for the
-// aux-loss-free balancing. The sequence-wise balance loss (balance_alpha > 0) and expert parallelism are not
-// supported. Everything runs on one stream of the device current at construction.
+// per-token loss weights), the mean cross-entropy over targets, the MTP modules, the sequence-wise balance loss, and
+// the expert loads for the aux-loss-free balancing. Expert parallelism is not supported. Everything runs on one
+// stream of the device current at construction.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -38,8 +38,8 @@ class TrainModel {
   int64_t size() const;  // values in the flat parameter array
 
   // Forward over B sequences of Tn tokens (host arrays inputs and targets [B*Tn], target -1 = no loss), keeping
-  // the activations for backward(). Returns the losses and expert loads as Model<float>::forward does; balance_alpha
-  // must be 0. Waits for the device (the losses and the routing come back to the host).
+  // the activations for backward(). Returns the losses and expert loads as Model<float>::forward does. Waits for the
+  // device (the losses and the routing come back to the host).
   ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
                        const LossOptions& options = {});
   // Gradients of the last forward's loss, added into the device gradients. Queued; returns before they are done.

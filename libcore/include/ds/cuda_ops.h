@@ -127,9 +127,12 @@ void moe_combine_backward(float* dye, float* dweights, const float* dy, const fl
                           const float* weights, int64_t N, int64_t K, int64_t d, cudaStream_t stream);
 // route's backward: from d(weights) [N, K] through the renormalisation and routed_scaling_factor to d(scores) of the
 // chosen experts, then through the score function to dlogits [N, E] (overwritten), as Moe::backward on the CPU.
-// The correction bias only chose the experts, so it has no gradient.
+// The correction bias only chose the experts, so it has no gradient. With balance_f ([B, E], the f_i of each
+// sequence of T tokens; null: none) it adds the sequence-wise balance loss's gradient, balance_scale being
+// alpha / (B T).
 void route_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen, int64_t N,
-                    const ModelConfig& config, cudaStream_t stream);
+                    const ModelConfig& config, const float* balance_f, float balance_scale, int64_t T,
+                    cudaStream_t stream);
 // *out (device memory) = sum of x[i]^2 in double, in a fixed order (the same value every run).
 void sum_squares(double* out, const float* x, int64_t n, cudaStream_t stream);
 

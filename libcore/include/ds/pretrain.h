@@ -30,9 +30,9 @@ struct PretrainOptions {
   LossOptions loss;
   double bias_gamma = 0.001;  // aux-loss-free bias update speed
   bool fp8 = false;           // FP8 training GEMMs: emulated on the CPU (Model::set_fp8), e4m3 on a GPU
-  // Where forward, backward and AdamW run. On a CUDA device (one process only, no balance loss) the parameters and
-  // the AdamW moments live there (ds/cuda_model.h) and come back to the host for checkpoints, whose format is the
-  // same on either device, so a run resumes on either.
+  // Where forward, backward and AdamW run. On a CUDA device (one process only) the parameters and the AdamW moments
+  // live there (ds/cuda_model.h) and come back to the host for checkpoints, whose format is the same on either
+  // device, so a run resumes on either.
   Device device;
   uint64_t seed = 1234;
   int64_t save_every = 0;     // 0: only at the end

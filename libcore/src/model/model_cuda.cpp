@@ -64,6 +64,8 @@ struct Layer {
   DeviceBuffer<int32_t> chosen, offsets, source, row_of;
   std::vector<int32_t> host_offsets;
   MlpActs expert_acts;  // all experts' rows, expert-major
+  double balance_alpha = 0;
+  DeviceBuffer<float> balance_f;  // [B, E] the balance loss's f_i per sequence (constant in the gradient)
 };
 
 // MTP module k (model.cpp's MtpModule).
@@ -403,7 +405,8 @@ struct TrainModel::Impl {
   }
 
   // ---- DeepSeekMoE (moe.cpp): router, routed experts over expert-major rows, shared experts ----
-  void moe_forward(Layer& L, float* y, const float* x, std::vector<int64_t>& load) {
+  // Returns the sequence-wise balance loss (alpha-weighted, averaged over sequences); 0 when alpha is 0.
+  double moe_forward(Layer& L, float* y, const float* x, std::vector<int64_t>& load, double balance_alpha) {
     const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size,
                   hid = c.moe_intermediate_size;
     DeviceBuffer<float> logits = buffer(N * E);
@@ -432,6 +435,31 @@ struct TrainModel::Impl {
     else
       DS_CUDA_CHECK(cudaMemsetAsync(y, 0, size_t(N * d) * sizeof(float), stream));
     moe_combine(y, L.ye.data(), L.row_of.data(), L.weights.data(), N, K, d, stream);
+
+    L.balance_alpha = balance_alpha;
+    if (balance_alpha == 0) return 0;
+    // L = alpha * sum_i f_i P_i per sequence, f_i = E/(K T) * (tokens choosing i), P_i = mean_t s_i / sum_j s_j: on
+    // the host, in the CPU's order, from the routing it already waited for.
+    const std::vector<int32_t> chosen = to_host(L.chosen, stream);
+    const std::vector<float> scores = to_host(L.scores, stream);
+    std::vector<float> f(size_t(B * E), 0.0f);
+    double loss = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<double> P(size_t(E), 0.0);
+      for (int64_t t = 0; t < Tn; ++t) {
+        const int64_t n = b * Tn + t;
+        for (int64_t k = 0; k < K; ++k)
+          f[size_t(b * E + chosen[size_t(n * K + k)])] += float(double(E) / double(K * Tn));
+        const float* s = &scores[size_t(n * E)];
+        double total = 0;
+        for (int64_t e = 0; e < E; ++e) total += s[e];
+        for (int64_t e = 0; e < E; ++e) P[size_t(e)] += double(s[e]) / total / double(Tn);
+      }
+      for (int64_t e = 0; e < E; ++e)
+        loss += balance_alpha * double(f[size_t(b * E + e)]) * P[size_t(e)] / double(B);
+    }
+    L.balance_f = to_device(f, stream);
+    return loss;
   }
 
   void moe_backward(Layer& L, float* dx, const float* dy, const float* x) {
@@ -450,7 +478,9 @@ struct TrainModel::Impl {
     }
     moe_combine(dx, dxe.data(), L.row_of.data(), nullptr, N, K, d, stream);  // the gather's backward
     DeviceBuffer<float> dlogits = buffer(N * E);
-    route_backward(dlogits.data(), dweights.data(), L.scores.data(), L.chosen.data(), N, c, stream);
+    route_backward(dlogits.data(), dweights.data(), L.scores.data(), L.chosen.data(), N, c,
+                   L.balance_alpha != 0 ? L.balance_f.data() : nullptr, float(L.balance_alpha / double(B * Tn)), Tn,
+                   stream);
     linear_backward(dx, dlogits.data(), x, L.router, N);
   }
 
@@ -465,7 +495,8 @@ struct TrainModel::Impl {
     add(L.h_mid.data(), h_in, out.data(), N * d, stream);
     norm_forward(L.x2.data(), L.rstd2.data(), L.h_mid.data(), L.post_norm, N);
     if (L.moe) {
-      moe_forward(L, out.data(), L.x2.data(), stats.expert_load.emplace_back());
+      stats.balance_loss +=
+          moe_forward(L, out.data(), L.x2.data(), stats.expert_load.emplace_back(), options.balance_alpha);
     } else {
       mlp_forward(out.data(), L.mlp_acts, L.x2.data(), L.mlp, N);
     }
@@ -500,9 +531,6 @@ struct TrainModel::Impl {
   ForwardStats forward(const int32_t* in, const int32_t* tg, int64_t B_, int64_t Tn_, const LossOptions& opts) {
     const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
     if (!in || !tg) fail("the device model's forward needs inputs and targets");
-    if (opts.balance_alpha != 0)
-      fail("the sequence-wise balance loss (balance_alpha {}) is not implemented on CUDA devices",
-           opts.balance_alpha);
     if (Tn_ > c.max_position_embeddings)
       fail("sequence length {} exceeds max_position_embeddings {}", Tn_, c.max_position_embeddings);
     B = B_, Tn = Tn_, N = B * Tn, options = opts;
@@ -574,7 +602,7 @@ struct TrainModel::Impl {
       prev = m.h_out.data();
     }
     if (mtp_depths > 0) stats.mtp_loss /= double(mtp_depths);
-    stats.loss = stats.main_loss + options.mtp_weight * stats.mtp_loss;
+    stats.loss = stats.main_loss + options.mtp_weight * stats.mtp_loss + stats.balance_loss;
     with_loss = true;
     return stats;
   }

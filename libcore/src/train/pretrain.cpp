@@ -82,9 +82,6 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   const int64_t local_batch = o.batch / ranks;
   if (o.device.cuda && ranks > 1)
     fail("--device {} trains in one process; data-parallel runs ({} ranks) train on the CPU", o.device.name(), ranks);
-  if (o.device.cuda && o.loss.balance_alpha != 0)
-    fail("--balance-alpha: the sequence-wise balance loss is not implemented on CUDA devices (--device {})",
-         o.device.name());
   if (o.device.cuda && !kCudaBuild) fail("--device {}: this build runs on the CPU only", o.device.name());
   RunDir run(o.run_dir);
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
