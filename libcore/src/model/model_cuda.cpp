@@ -232,14 +232,13 @@ struct TrainModel::Impl {
     gemm_bf16(false, true, M, l.out, l.in, 1.0f, xb.data(), l.in, params_bf16.data() + l.w, l.in, 0.0f, y,
               OutType::F32, l.out, stream);
   }
-  // dx [M, in] += dy W (dx may be null) and dW += dy^T x.
+  // dx [M, in] += dy W and dW += dy^T x.
   void linear_backward(float* dx, const float* dy, const float* x, const Lin& l, int64_t M) {
     if (M == 0) return;
     if (in_fp8(l)) return fp8_backward(dx, dy, x, l, M);
     const DeviceBuffer<Bf16> dyb = bf16(dy, M * l.out), xb = bf16(x, M * l.in);
-    if (dx)
-      gemm_bf16(false, false, M, l.in, l.out, 1.0f, dyb.data(), l.out, params_bf16.data() + l.w, l.in, 1.0f, dx,
-                OutType::F32, l.in, stream);
+    gemm_bf16(false, false, M, l.in, l.out, 1.0f, dyb.data(), l.out, params_bf16.data() + l.w, l.in, 1.0f, dx,
+              OutType::F32, l.in, stream);
     gemm_bf16(true, false, l.out, l.in, M, 1.0f, dyb.data(), l.out, xb.data(), l.in, 1.0f, g(l.w), OutType::F32,
               l.in, stream);
   }
@@ -292,15 +291,13 @@ struct TrainModel::Impl {
     DeviceBuffer<float> dypad, xpad;
     const float* dyp = padded(dy, M, Mp, l.out, dypad);
     const float* xp = padded(x, M, Mp, l.in, xpad);
-    if (dx) {
-      Fp8Buffers dyq = fp8_buffers(Fp8Scaling::Groups, Mp, l.out), wtq = fp8_buffers(Fp8Scaling::Blocks, l.in, l.out);
-      quantize_groups(dyq.codes.data(), dyq.scales.data(), dyp, Mp, l.out, stream);
-      quantize_blocks_transposed(wtq.codes.data(), wtq.scales.data(), w(l.w), l.out, l.in, stream);
-      DeviceBuffer<float> product = buffer(Mp * l.in);
-      gemm_fp8(dyq.operand(Fp8Scaling::Groups), wtq.operand(Fp8Scaling::Blocks), Mp, l.in, l.out, 0.0f,
-               product.data(), OutType::F32, stream);
-      add(dx, dx, product.data(), M * l.in, stream);
-    }
+    Fp8Buffers dyq = fp8_buffers(Fp8Scaling::Groups, Mp, l.out), wtq = fp8_buffers(Fp8Scaling::Blocks, l.in, l.out);
+    quantize_groups(dyq.codes.data(), dyq.scales.data(), dyp, Mp, l.out, stream);
+    quantize_blocks_transposed(wtq.codes.data(), wtq.scales.data(), w(l.w), l.out, l.in, stream);
+    DeviceBuffer<float> product = buffer(Mp * l.in);
+    gemm_fp8(dyq.operand(Fp8Scaling::Groups), wtq.operand(Fp8Scaling::Blocks), Mp, l.in, l.out, 0.0f, product.data(),
+             OutType::F32, stream);
+    add(dx, dx, product.data(), M * l.in, stream);
     Fp8Buffers dytq = fp8_buffers(Fp8Scaling::Groups, l.out, Mp), xtq = fp8_buffers(Fp8Scaling::Groups, l.in, Mp);
     quantize_groups_transposed(dytq.codes.data(), dytq.scales.data(), dyp, Mp, l.out, stream);
     quantize_groups_transposed(xtq.codes.data(), xtq.scales.data(), xp, Mp, l.in, stream);
@@ -309,10 +306,10 @@ struct TrainModel::Impl {
       gemm_fp8(dytq.operand(Fp8Scaling::Groups), xtq.operand(Fp8Scaling::Groups), l.out, l.in, Mp, 1.0f, dw,
                OutType::F32, stream);
     } else {  // the flat array places this weight off a 16-byte boundary
-      DeviceBuffer<float> product = buffer(l.out * l.in);
+      DeviceBuffer<float> dw_product = buffer(l.out * l.in);
       gemm_fp8(dytq.operand(Fp8Scaling::Groups), xtq.operand(Fp8Scaling::Groups), l.out, l.in, Mp, 0.0f,
-               product.data(), OutType::F32, stream);
-      add(dw, dw, product.data(), l.out * l.in, stream);
+               dw_product.data(), OutType::F32, stream);
+      add(dw, dw, dw_product.data(), l.out * l.in, stream);
     }
   }
 
