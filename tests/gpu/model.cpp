@@ -4,10 +4,12 @@
 // device AdamW on the CPU's gradients, a few whole training steps, and FP8 GEMMs at sizes that are multiples of 128.
 //
 // Both sides start from the same BF16-representable parameters. The device rounds activations to BF16 at every GEMM
-// input (relative error 2^-9 each), so losses agree to about a percent and gradients to a few percent, far below what
-// a missing or wrong term gives (an error of order one in some tensor). The router's BF16 logits may move a token
-// whose best experts nearly tie to another expert: loads may differ by a few assignments, and then the routed
-// experts' gradients are compared only as part of the whole.
+// input (relative error 2^-9 each). On the CPU, perturbing these models' weights by 2^-8 moves their losses by under
+// 1e-3 relative and their gradients by under 1% (2% in the worst tensor), so the tolerances below (1% on losses, 3%
+// on the whole gradient, 10% per tensor) leave room for the device's rounding and summation order while a missing
+// or wrong term (an error of order one in some tensor) still fails. The router's BF16 logits may move a token whose
+// best experts nearly tie to another expert; one moved token changes the routed experts' gradients by tens of
+// percent, so where the loads differ only the whole gradient is compared, within 30%.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -44,8 +46,11 @@ Batch make_batch(int64_t vocab, int64_t B, int64_t Tn, uint64_t seed) {
   return batch;
 }
 
+// Matrices at 3 times init_random's scale: attention and routing far from uniform, and the model not so chaotic that
+// BF16 rounding changes its gradients by more than the tolerances above (at random_model's default of 15, a 2^-8
+// perturbation moves them by 5-10%).
 Model<float> bf16_model(const ModelConfig& c, uint64_t seed) {
-  Model<float> model = test::random_model(c, seed);
+  Model<float> model = test::random_model(c, seed, 3.0f);
   for (float& x : model.params()) x = bf16_to_float(float_to_bf16(x));
   return model;
 }
@@ -88,18 +93,18 @@ bool check_loads(const ForwardStats& gpu, const ForwardStats& cpu, int64_t token
   moved /= 2;
   const int64_t assignments = int64_t(cpu.expert_load.size()) * tokens * top_k;
   MESSAGE("expert loads: " << moved << " of " << assignments << " assignments moved");
-  CHECK(moved <= std::max<int64_t>(2, assignments / 50));
+  CHECK(moved <= std::max<int64_t>(4, assignments / 25));
   return moved == 0;
 }
 
-// The whole gradient within 5% of the CPU's, and each tensor with a gradient within 15% (the routed experts' only
-// when the routing agreed). Router biases get no gradient on either side.
+// The whole gradient within 3% of the CPU's and each tensor with a gradient within 10%, or where the routing moved,
+// the whole within 30%. Router biases get no gradient on either side.
 void check_gradients(const std::vector<ParamInfo>& infos, const std::vector<float>& gpu, const std::vector<float>& cpu,
                      bool same_routing) {
   const double whole = relative_error(gpu, cpu);
   MESSAGE("gradient: relative error " << whole << " of norm " << norm(cpu.data(), cpu.size()));
   CHECK(norm(cpu.data(), cpu.size()) > 0);
-  CHECK(whole < 0.05);
+  CHECK(whole < (same_routing ? 0.03 : 0.3));
   double worst = 0;
   std::string worst_name;
   for (const ParamInfo& p : infos) {
@@ -109,13 +114,12 @@ void check_gradients(const std::vector<ParamInfo>& infos, const std::vector<floa
       CHECK(norm(g, n) == 0);
       continue;
     }
-    if (!same_routing && p.name.find(".mlp.experts.") != std::string::npos) continue;
-    if (norm(w, n) == 0) continue;  // an expert no token chose, or the MTP copies of a skipped module
+    if (!same_routing || norm(w, n) == 0) continue;  // zero: an expert no token chose, or a skipped MTP module
     const double e = relative_error(g, w, n);
     if (e > worst) worst = e, worst_name = p.name;
-    if (e > 0.15) FAIL_CHECK(p.name << ": relative error " << e);
+    if (e > 0.1) FAIL_CHECK(p.name << ": relative error " << e);
   }
-  MESSAGE("worst tensor: " << worst_name << " at " << worst);
+  if (same_routing) MESSAGE("worst tensor: " << worst_name << " at " << worst);
 }
 
 ModelConfig moe_config() {
@@ -145,9 +149,9 @@ void check_forward_backward(const ModelConfig& c, int64_t B, int64_t Tn) {
   const ForwardStats want = cpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options);
   const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options);
   CHECK(got.tokens == want.tokens);
-  check_loss(got.main_loss, want.main_loss, 0.02, "main loss");
-  check_loss(got.mtp_loss, want.mtp_loss, 0.02, "MTP loss");
-  check_loss(got.loss, want.loss, 0.02, "loss");
+  check_loss(got.main_loss, want.main_loss, 0.01, "main loss");
+  check_loss(got.mtp_loss, want.mtp_loss, 0.01, "MTP loss");
+  check_loss(got.loss, want.loss, 0.01, "loss");
   const bool same_routing = check_loads(got, want, B * Tn, c.num_experts_per_tok);
   cpu.zero_grads();
   cpu.backward();
@@ -178,7 +182,7 @@ TEST_CASE("device model: MTP weight 0 skips the MTP modules as the CPU does") {
   const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), 2, 9, options);
   CHECK(got.mtp_loss == 0);
   CHECK(got.expert_load.size() == want.expert_load.size());  // the main model's MoE layers only
-  check_loss(got.loss, want.loss, 0.02, "loss");
+  check_loss(got.loss, want.loss, 0.01, "loss");
   cpu.zero_grads(), gpu.zero_grads();
   cpu.backward(), gpu.backward();
   check_gradients(cpu.param_infos(), gpu.grads(), cpu.grads(), check_loads(got, want, 18, c.num_experts_per_tok));
@@ -287,7 +291,7 @@ TEST_CASE("device model in FP8: close to BF16 and to the CPU's emulation, and re
   const std::vector<float> fp8_grads = gpu.grads();
   CHECK(std::isfinite(norm(fp8_grads.data(), fp8_grads.size())));
   MESSAGE("FP8 gradient against BF16: relative difference " << relative_error(fp8_grads, bf16_grads));
-  CHECK(relative_error(fp8_grads, bf16_grads) < 0.3);
+  CHECK(relative_error(fp8_grads, bf16_grads) < 0.4);  // e4m3's 3 mantissa bits, and moved tokens
 
   // tiny's q_b_proj has 24 outputs: no FP8 GEMM takes it.
   const ModelConfig small = resolve_model_config("tiny");
@@ -307,8 +311,8 @@ TEST_CASE("device model: the sequence-wise balance loss and its gradient match t
     const ForwardStats want = cpu.forward(batch.inputs.data(), batch.targets.data(), 3, 10, options);
     const ForwardStats got = gpu.forward(batch.inputs.data(), batch.targets.data(), 3, 10, options);
     CHECK(want.balance_loss > 0);
-    check_loss(got.balance_loss, want.balance_loss, 0.02, "balance loss");
-    check_loss(got.loss, want.loss, 0.02, "loss");
+    check_loss(got.balance_loss, want.balance_loss, 0.03, "balance loss");  // a moved token moves f
+    check_loss(got.loss, want.loss, 0.01, "loss");
     const bool same_routing = check_loads(got, want, 30, c.num_experts_per_tok);
     cpu.zero_grads(), gpu.zero_grads();
     cpu.backward(), gpu.backward();

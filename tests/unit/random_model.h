@@ -10,7 +10,8 @@
 
 namespace ds::test {
 
-inline Model<float> random_model(const ModelConfig& c, uint64_t seed) {
+// Matrices are init_random's times matrix_scale.
+inline Model<float> random_model(const ModelConfig& c, uint64_t seed, float matrix_scale = 15.0f) {
   Model<float> model(c);
   model.init_random(seed);
   std::mt19937_64 rng(seed);
@@ -18,7 +19,7 @@ inline Model<float> random_model(const ModelConfig& c, uint64_t seed) {
   for (const auto& p : model.param_infos())
     for (int64_t i = 0; i < shape_numel(p.shape); ++i) {
       float& w = model.params()[size_t(p.offset + i)];
-      if (p.kind == ParamKind::Matrix) w *= 15.0f;
+      if (p.kind == ParamKind::Matrix) w *= matrix_scale;
       if (p.kind == ParamKind::RouterBias) w = normal(rng);
     }
   return model;
