@@ -63,7 +63,7 @@ $BIN "$T/b" --model-config "$T/bad.json" 2>"$T/err"; [ $? -eq 1 ] && grep -q "ba
 $BIN "$T/b" --model-config nosuch 2>"$T/err"; [ $? -eq 1 ] && grep -q "unknown model config" "$T/err" || fail "preset"
 $BIN "$T/b" --batch x 2>/dev/null; [ $? -eq 2 ] || fail "bad option value is a usage error"
 $BIN 2>/dev/null; [ $? -eq 2 ] || fail "missing run directory is a usage error"
-$BIN "$T/b" --device cuda 2>/dev/null; [ $? -eq 2 ] || fail "unavailable device is a usage error"
+$BIN "$T/b" --device cuda:99 2>/dev/null; [ $? -eq 2 ] || fail "unavailable device is a usage error"
 printf 'abc' >"$T/odd.tok"
 $BIN "$T/d" $COMMON --data "$T/odd.tok" 2>"$T/err"; [ $? -eq 1 ] && grep -q "odd.tok" "$T/err" || fail "bad shard"
 set -e
