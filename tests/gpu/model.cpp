@@ -72,7 +72,7 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
 }
 
 void check_loss(double gpu, double cpu, double rel, const char* what) {
-  MESSAGE(what << ": device " << gpu << ", CPU " << cpu);
+  MESSAGE(std::string(what) << ": device " << gpu << ", CPU " << cpu);
   CHECK(std::isfinite(gpu));
   CHECK(std::fabs(gpu - cpu) <= rel * std::fabs(cpu) + 1e-6);
 }
