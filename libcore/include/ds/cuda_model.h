@@ -7,7 +7,7 @@
 // change. Activations are FP32 and rounded to BF16 as GEMM inputs; GEMMs accumulate in FP32. Under set_fp8(true)
 // the linear layers DeepSeek-V3 runs in FP8 (all but the router gate and MTP's eh_proj; the head and the embedding
 // are not linear layers) run their three GEMMs in e4m3 with 1x128 activation and 128x128 weight scales, as the
-// CPU's emulation rounds them; their input and output sizes must then be multiples of 16.
+// CPU's emulation rounds them; their input and output sizes must then be multiples of 8.
 //
 // It covers what pretraining uses: rows of plain causal sequences (positions 0..Tn-1, no packed documents, no
 // per-token loss weights), the mean cross-entropy over targets, the MTP modules, the sequence-wise balance loss, and

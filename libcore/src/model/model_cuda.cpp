@@ -243,21 +243,21 @@ struct TrainModel::Impl {
               l.in, stream);
   }
 
-  // FP8: the token dimension is padded with zero rows to whole 128-token groups, so the weight gradient's K (the
-  // tokens) is made of full scale tiles whatever the batch or an expert's share of it. Padding changes no scale: a
-  // zero row is a group of its own in 1x128 tiles, and adds nothing to a column's amax in 128x1 tiles.
-  static constexpr int64_t kFp8Rows = kFp8Tile;
+  // FP8: every GEMM's K is padded with zeros to whole 128-wide scale tiles (the tokens of the weight gradient, the
+  // features of the others), whatever the batch, an expert's share of it, or the layer's sizes. Padding changes no
+  // value and no scale: zeros add nothing to a tile's amax, and a zero row of 1x128 tiles is a group of its own.
   void check_fp8(const Lin& l) const {
-    if (l.in % 16 != 0 || l.out % 16 != 0)
-      fail("FP8 training GEMMs of {} [{}, {}]: both sizes must be multiples of 16 (cuBLASLt's FP8 alignment); "
+    if (l.in % 8 != 0 || l.out % 8 != 0)
+      fail("FP8 training GEMMs of {} [{}, {}]: both sizes must be multiples of 8 (cuBLASLt's FP8 alignment); "
            "train this config without FP8",
            l.name, l.out, l.in);
   }
-  // x [M, cols] as [Mp, cols]: x itself when Mp == M, else a zero-padded copy held by keep.
-  const float* padded(const float* x, int64_t M, int64_t Mp, int64_t cols, DeviceBuffer<float>& keep) {
-    if (Mp == M) return x;
-    keep = zeros(Mp * cols);
-    DS_CUDA_CHECK(cudaMemcpyAsync(keep.data(), x, size_t(M * cols) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  // x [rows, cols] inside a zero [rows_p, cols_p]: x itself when nothing is added, else a copy held by keep.
+  const float* padded(const float* x, int64_t rows, int64_t cols, int64_t rows_p, int64_t cols_p,
+                      DeviceBuffer<float>& keep) {
+    if (rows_p == rows && cols_p == cols) return x;
+    keep = zeros(rows_p * cols_p);
+    copy_columns(keep.data(), cols_p, x, cols, cols, rows);
     return keep.data();
   }
   struct Fp8Buffers {
@@ -269,38 +269,45 @@ struct TrainModel::Impl {
     return {DeviceBuffer<uint8_t>(size_t(rows * K)), DeviceBuffer<float>(size_t(fp8_scale_count(s, rows, K)))};
   }
 
+  // y [M, out] = x W^T: x in 1x128 groups, W in 128x128 blocks, K = in.
   void fp8_forward(float* y, const float* x, const Lin& l, int64_t M) {
     check_fp8(l);
-    const int64_t Mp = round_up(M, kFp8Rows);
-    DeviceBuffer<float> xpad;
-    const float* xp = padded(x, M, Mp, l.in, xpad);
-    Fp8Buffers xq = fp8_buffers(Fp8Scaling::Groups, Mp, l.in), wq = fp8_buffers(Fp8Scaling::Blocks, l.out, l.in);
-    quantize_groups(xq.codes.data(), xq.scales.data(), xp, Mp, l.in, stream);
-    quantize_blocks(wq.codes.data(), wq.scales.data(), w(l.w), l.out, l.in, stream);
+    const int64_t Mp = round_up(M, kFp8Tile), K = round_up(l.in, kFp8Tile);
+    DeviceBuffer<float> xpad, wpad;
+    const float* xp = padded(x, M, l.in, Mp, K, xpad);
+    const float* wp = padded(w(l.w), l.out, l.in, l.out, K, wpad);
+    Fp8Buffers xq = fp8_buffers(Fp8Scaling::Groups, Mp, K), wq = fp8_buffers(Fp8Scaling::Blocks, l.out, K);
+    quantize_groups(xq.codes.data(), xq.scales.data(), xp, Mp, K, stream);
+    quantize_blocks(wq.codes.data(), wq.scales.data(), wp, l.out, K, stream);
     DeviceBuffer<float> yp = buffer(Mp * l.out);  // gemm_fp8 needs a 16-byte aligned output
-    gemm_fp8(xq.operand(Fp8Scaling::Groups), wq.operand(Fp8Scaling::Blocks), Mp, l.out, l.in, 0.0f, yp.data(),
+    gemm_fp8(xq.operand(Fp8Scaling::Groups), wq.operand(Fp8Scaling::Blocks), Mp, l.out, K, 0.0f, yp.data(),
              OutType::F32, stream);
     DS_CUDA_CHECK(cudaMemcpyAsync(y, yp.data(), size_t(M * l.out) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
   }
 
-  // Data gradient: dy in 1x128 groups along out, W^T in 128x128 blocks. Weight gradient: dy^T and x^T in groups of
-  // 128 tokens (128x1 tiles of dy and x), as Linear::backward rounds them on the CPU.
+  // Data gradient dx += dy W: dy in 1x128 groups along out, W^T in 128x128 blocks, K = out. Weight gradient
+  // dW += dy^T x: dy^T and x^T in groups of 128 tokens (128x1 tiles of dy and x), K = tokens. As Linear::backward
+  // rounds them on the CPU.
   void fp8_backward(float* dx, const float* dy, const float* x, const Lin& l, int64_t M) {
     check_fp8(l);
-    const int64_t Mp = round_up(M, kFp8Rows);
-    DeviceBuffer<float> dypad, xpad;
-    const float* dyp = padded(dy, M, Mp, l.out, dypad);
-    const float* xp = padded(x, M, Mp, l.in, xpad);
-    Fp8Buffers dyq = fp8_buffers(Fp8Scaling::Groups, Mp, l.out), wtq = fp8_buffers(Fp8Scaling::Blocks, l.in, l.out);
-    quantize_groups(dyq.codes.data(), dyq.scales.data(), dyp, Mp, l.out, stream);
-    quantize_blocks_transposed(wtq.codes.data(), wtq.scales.data(), w(l.w), l.out, l.in, stream);
+    const int64_t Mp = round_up(M, kFp8Tile), K = round_up(l.out, kFp8Tile);
+    DeviceBuffer<float> dypad, wpad;
+    const float* dyp = padded(dy, M, l.out, Mp, K, dypad);
+    const float* wp = padded(w(l.w), l.out, l.in, K, l.in, wpad);
+    Fp8Buffers dyq = fp8_buffers(Fp8Scaling::Groups, Mp, K), wtq = fp8_buffers(Fp8Scaling::Blocks, l.in, K);
+    quantize_groups(dyq.codes.data(), dyq.scales.data(), dyp, Mp, K, stream);
+    quantize_blocks_transposed(wtq.codes.data(), wtq.scales.data(), wp, K, l.in, stream);
     DeviceBuffer<float> product = buffer(Mp * l.in);
-    gemm_fp8(dyq.operand(Fp8Scaling::Groups), wtq.operand(Fp8Scaling::Blocks), Mp, l.in, l.out, 0.0f, product.data(),
+    gemm_fp8(dyq.operand(Fp8Scaling::Groups), wtq.operand(Fp8Scaling::Blocks), Mp, l.in, K, 0.0f, product.data(),
              OutType::F32, stream);
     add(dx, dx, product.data(), M * l.in, stream);
+
+    DeviceBuffer<float> dy_rows, x_rows;
+    const float* dyt = padded(dy, M, l.out, Mp, l.out, dy_rows);
+    const float* xt = padded(x, M, l.in, Mp, l.in, x_rows);
     Fp8Buffers dytq = fp8_buffers(Fp8Scaling::Groups, l.out, Mp), xtq = fp8_buffers(Fp8Scaling::Groups, l.in, Mp);
-    quantize_groups_transposed(dytq.codes.data(), dytq.scales.data(), dyp, Mp, l.out, stream);
-    quantize_groups_transposed(xtq.codes.data(), xtq.scales.data(), xp, Mp, l.in, stream);
+    quantize_groups_transposed(dytq.codes.data(), dytq.scales.data(), dyt, Mp, l.out, stream);
+    quantize_groups_transposed(xtq.codes.data(), xtq.scales.data(), xt, Mp, l.in, stream);
     float* dw = g(l.w);
     if (reinterpret_cast<uintptr_t>(dw) % 16 == 0) {
       gemm_fp8(dytq.operand(Fp8Scaling::Groups), xtq.operand(Fp8Scaling::Groups), l.out, l.in, Mp, 1.0f, dw,
