@@ -1,4 +1,5 @@
-// ds-bench: sgemm and training-step throughput, as ratios to the sgemm peak measured in the same run.
+// ds-bench: GEMM and training-step throughput, as ratios to the peak measured in the same run (sgemm on the CPU,
+// BF16 GEMMs on a GPU), and decode throughput.
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
@@ -36,34 +37,55 @@ void print_table(const std::vector<Row>& rows) {
 std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fraction); }
 
 #ifdef DS_CUDA
-// What the engine's decode on a GPU measures: the model and its sequences.
-struct GpuDecode {
-  std::string model;
+// The model a GPU run measures: the training step's sequences and the engine's decode.
+struct GpuModel {
+  std::string name;
   ds::ModelConfig config;
-  std::vector<int64_t> batches;
-  int64_t context;
+  int64_t batch, seq_len;
   int steps;
+  std::vector<int64_t> decode_batches;
+  int64_t context;
+  int decode_steps;
 };
 
-// On a GPU: cuBLASLt BF16 and FP8 block-scaled GEMMs on DeepSeek-V3's shapes (FP8 as a ratio to BF16 measured in
-// the same run), MLA decode over the latent cache at V3's 128 heads and 4096 cached tokens, and the inference
-// engine's prefill and decode of the model.
-void run_gpu(const ds::Device& device, const std::string& only, double min_time, bool json, const GpuDecode& decode) {
-  if (only == "step") throw CLI::ValidationError("--only", "the training step is measured with --device cpu");
+// On a GPU: the BF16 dense peak of a large cuBLASLt GEMM and the model's training step in BF16 and in FP8 with its
+// MFU against it, cuBLASLt BF16 and FP8 block-scaled GEMMs on DeepSeek-V3's shapes (FP8 as a ratio to BF16
+// measured in the same run), MLA decode over the latent cache at V3's 128 heads and 4096 cached tokens, and the
+// inference engine's prefill and decode of the model.
+void run_gpu(const ds::Device& device, const std::string& only, double min_time, bool json, const GpuModel& m) {
   nlohmann::json out = {{"device", device.name()}, {"gpu", ds::bench::gpu_name()}};
   std::vector<Row> gemm_rows = {{"gemm", "M", "N", "K", "BF16 TFLOP/s", "FP8 TFLOP/s", "FP8/BF16"}};
   std::vector<Row> mla_rows = {{"mla decode", "batch", "context", "heads", "ms", "median ms", "GB/s"}};
   std::vector<Row> engine_rows = {{"engine", "batch", "context", "prefill tok/s", "step ms", "decode tok/s"}};
+  std::vector<Row> step_rows = {{"train step", "GEMMs", "batch x seq", "step ms", "tokens/s", "TFLOP/s", "MFU"}};
+  double peak = 0;
+  if (only.empty() || only == "step") {
+    fmt::print(stderr, "measuring the BF16 dense peak\n");
+    peak = ds::bench::gpu_bf16_peak(min_time);
+    out["bf16_peak_tflops"] = peak;
+    out["step"] = nlohmann::json::array();
+    for (const bool fp8 : {false, true}) {
+      const std::string gemms = fp8 ? "fp8" : "bf16";
+      fmt::print(stderr, "training step of {} in {} on {} x {} tokens: 1 warm-up and {} timed steps\n", m.name, gemms,
+                 m.batch, m.seq_len, m.steps);
+      const ds::bench::StepResult r = ds::bench::gpu_train_step(m.config, m.batch, m.seq_len, 1, m.steps, fp8, peak);
+      out["step"].push_back({{"config", m.name}, {"gemms", gemms}, {"batch", m.batch}, {"seq_len", m.seq_len},
+                             {"steps", m.steps}, {"step_ms", r.step_ms}, {"tokens_per_s", r.tokens_per_s},
+                             {"flops_per_token", r.flops_per_token}, {"tflops", r.gflops * 1e-3}, {"mfu", r.mfu}});
+      step_rows.push_back({m.name, gemms, fmt::format("{} x {}", m.batch, m.seq_len), fmt::format("{:.1f}", r.step_ms),
+                           fmt::format("{:.0f}", r.tokens_per_s), fmt::format("{:.1f}", r.gflops * 1e-3),
+                           percent(r.mfu)});
+    }
+  }
   if (only.empty() || only == "decode") {
     out["decode"] = nlohmann::json::array();
-    for (const int64_t batch : decode.batches) {
-      fmt::print(stderr, "engine decode of {}: batch {}, context {}\n", decode.model, batch, decode.context);
-      const ds::bench::DecodeResult r =
-          ds::bench::decode(decode.config, batch, decode.context, decode.steps, false, device);
-      out["decode"].push_back({{"model", decode.model}, {"batch", batch}, {"context", decode.context},
+    for (const int64_t batch : m.decode_batches) {
+      fmt::print(stderr, "engine decode of {}: batch {}, context {}\n", m.name, batch, m.context);
+      const ds::bench::DecodeResult r = ds::bench::decode(m.config, batch, m.context, m.decode_steps, false, device);
+      out["decode"].push_back({{"model", m.name}, {"batch", batch}, {"context", m.context},
                                {"prefill_tokens_per_s", r.prefill_tokens_per_s}, {"step_ms", r.step_ms},
                                {"tokens_per_s", r.tokens_per_s}});
-      engine_rows.push_back({decode.model, std::to_string(batch), std::to_string(decode.context),
+      engine_rows.push_back({m.name, std::to_string(batch), std::to_string(m.context),
                              fmt::format("{:.0f}", r.prefill_tokens_per_s), fmt::format("{:.2f}", r.step_ms),
                              fmt::format("{:.0f}", r.tokens_per_s)});
     }
@@ -101,7 +123,8 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
     return;
   }
   fmt::print("{} ({})\n", out["gpu"].get<std::string>(), device.name());
-  for (const auto* rows : {&gemm_rows, &mla_rows, &engine_rows})
+  if (peak > 0) fmt::print("\nBF16 dense peak {:.1f} TFLOP/s (cuBLASLt, square GEMMs of 4096 and 8192)\n", peak);
+  for (const auto* rows : {&step_rows, &gemm_rows, &mla_rows, &engine_rows})
     if (rows->size() > 1) {
       fmt::print("\n");
       print_table(*rows);
@@ -170,7 +193,7 @@ int main(int argc, char** argv) {
   app.add_option("--decode-steps", decode_steps, "decode: timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--only", only, "measure only one part: gemm, step (CPU), decode, mla (CUDA)")
+  app.add_option("--only", only, "measure only one part: gemm, step, decode, mla (CUDA)")
       ->check(CLI::IsMember({"gemm", "step", "decode", "mla"}));
   ds::tool::add_compute_options(app, compute);
 
@@ -191,7 +214,8 @@ int main(int argc, char** argv) {
                                                           seq_len, config.max_position_embeddings));
 #ifdef DS_CUDA
     if (device.cuda)
-      return run_gpu(device, only, min_time, json, {model_config, config, decode_batches, context, decode_steps});
+      return run_gpu(device, only, min_time, json,
+                     {model_config, config, batch, seq_len, steps, decode_batches, context, decode_steps});
 #endif
     std::vector<ds::bench::GemmShape> shapes;
     if (run_gemm)

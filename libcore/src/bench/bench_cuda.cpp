@@ -1,13 +1,16 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <random>
 
 #include "ds/cuda_bench.h"
 #include "ds/cuda_gemm.h"
 #include "ds/cuda_memory.h"
+#include "ds/cuda_model.h"
 #include "ds/cuda_ops.h"
 #include "ds/cuda_stream.h"
 #include "ds/error.h"
+#include "ds/flops.h"
 
 namespace ds::bench {
 
@@ -16,6 +19,11 @@ namespace {
 struct Timing {
   double best_ms = 0, median_ms = 0;
 };
+
+double sorted_median(const std::vector<double>& x) {
+  const size_t n = x.size();
+  return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+}
 
 // One warm-up call, then timed calls (GPU time by events) until min_seconds of wall time and at least 3 calls.
 Timing time_calls(const std::function<void()>& call, cudaStream_t stream, double min_seconds) {
@@ -31,8 +39,7 @@ Timing time_calls(const std::function<void()>& call, cudaStream_t stream, double
     ms.push_back(timer.stop_ms());
   }
   std::sort(ms.begin(), ms.end());
-  const size_t n = ms.size();
-  return {ms.front(), n % 2 ? ms[n / 2] : (ms[n / 2 - 1] + ms[n / 2]) / 2};
+  return {ms.front(), sorted_median(ms)};
 }
 
 // A buffer of n elements of T filled with the byte `pattern` (0x3c: bf16 0.0115, e4m3 1.0, f32 0.0115).
@@ -41,6 +48,22 @@ cuda::DeviceBuffer<T> filled(int64_t n, int pattern, cudaStream_t stream) {
   cuda::DeviceBuffer<T> b(static_cast<size_t>(n));
   DS_CUDA_CHECK(cudaMemsetAsync(b.data(), pattern, b.bytes(), stream));
   return b;
+}
+
+// y[M,N] = x[M,K] W[N,K]^T with bf16 operands and output, timed as time_calls does.
+Timing time_bf16_gemm(int64_t M, int64_t N, int64_t K, double min_seconds, cudaStream_t stream) {
+  const auto x = filled<__nv_bfloat16>(M * K, 0x3c, stream), w = filled<__nv_bfloat16>(N * K, 0x3c, stream);
+  auto y = filled<__nv_bfloat16>(M * N, 0, stream);
+  return time_calls(
+      [&] {
+        cuda::gemm_bf16(false, true, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(), cuda::OutType::BF16, N,
+                        stream);
+      },
+      stream, min_seconds);
+}
+
+double tflops(int64_t M, int64_t N, int64_t K, double ms) {
+  return 2.0 * double(M) * double(N) * double(K) / (ms * 1e-3) / 1e12;
 }
 
 }  // namespace
@@ -56,20 +79,11 @@ std::string gpu_name() {
 GpuGemmResult gpu_gemm(int64_t M, int64_t N, int64_t K, double min_seconds) {
   if (M <= 0 || N <= 0 || K <= 0) fail("GEMM sizes must be positive, got {}x{}x{}", M, N, K);
   cuda::Stream stream;
-  const double flop = 2.0 * double(M) * double(N) * double(K);
-  auto tflops = [&](double ms) { return flop / (ms * 1e-3) / 1e12; };
   GpuGemmResult r;
   {
-    const auto x = filled<__nv_bfloat16>(M * K, 0x3c, stream), w = filled<__nv_bfloat16>(N * K, 0x3c, stream);
-    auto y = filled<__nv_bfloat16>(M * N, 0, stream);
-    const Timing t = time_calls(
-        [&] {
-          cuda::gemm_bf16(false, true, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(), cuda::OutType::BF16, N,
-                          stream);
-        },
-        stream, min_seconds);
-    r.bf16_tflops = tflops(t.best_ms);
-    r.bf16_median_tflops = tflops(t.median_ms);
+    const Timing t = time_bf16_gemm(M, N, K, min_seconds, stream);
+    r.bf16_tflops = tflops(M, N, K, t.best_ms);
+    r.bf16_median_tflops = tflops(M, N, K, t.median_ms);
   }
   {
     using cuda::Fp8Scaling;
@@ -80,9 +94,59 @@ GpuGemmResult gpu_gemm(int64_t M, int64_t N, int64_t K, double min_seconds) {
     const cuda::Fp8Operand a{xq.data(), xs.data(), Fp8Scaling::Groups}, b{wq.data(), ws.data(), Fp8Scaling::Blocks};
     const Timing t = time_calls([&] { cuda::gemm_fp8(a, b, M, N, K, 0.0f, y.data(), cuda::OutType::BF16, stream); },
                                 stream, min_seconds);
-    r.fp8_tflops = tflops(t.best_ms);
-    r.fp8_median_tflops = tflops(t.median_ms);
+    r.fp8_tflops = tflops(M, N, K, t.best_ms);
+    r.fp8_median_tflops = tflops(M, N, K, t.median_ms);
   }
+  return r;
+}
+
+double gpu_bf16_peak(double min_seconds) {
+  cuda::Stream stream;
+  double peak = 0;
+  for (const int64_t n : {4096, 8192})
+    peak = std::max(peak, tflops(n, n, n, time_bf16_gemm(n, n, n, min_seconds, stream).best_ms));
+  return peak;
+}
+
+StepResult gpu_train_step(const ModelConfig& config, int64_t batch, int64_t seq_len, int warmup, int steps, bool fp8,
+                          double peak_tflops) {
+  if (batch <= 0 || seq_len <= 0 || steps <= 0 || warmup < 0)
+    fail("training step benchmark needs positive batch, seq_len and steps, got {}, {}, {}", batch, seq_len, steps);
+  Model<float> host(config);
+  host.init_random(1234);
+  cuda::TrainModel model(host);
+  model.set_fp8(fp8);
+  cuda::DeviceAdamW optimizer(model, AdamWOptions{});
+  const int64_t tokens = batch * seq_len;
+  std::mt19937_64 rng(1);
+  std::vector<int32_t> inputs(static_cast<size_t>(tokens)), targets(static_cast<size_t>(tokens));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    inputs[i] = int32_t(rng() % uint64_t(config.vocab_size));
+    targets[i] = int32_t(rng() % uint64_t(config.vocab_size));
+  }
+
+  // Wall time of whole steps, as ds-pretrain takes them: forward waits for its losses, the clipping for the norm,
+  // and the step ends when the update is done.
+  std::vector<double> ms;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    model.zero_grads();
+    model.forward(inputs.data(), targets.data(), batch, seq_len);
+    model.backward();
+    optimizer.reduce_grads(1.0);
+    optimizer.step(1e-4);
+    model.synchronize();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+
+  StepResult r;
+  r.step_ms = sorted_median(ms);
+  r.tokens_per_s = double(tokens) / (r.step_ms * 1e-3);
+  r.flops_per_token = model_flops(config, seq_len).training_per_token;
+  r.gflops = r.flops_per_token * r.tokens_per_s * 1e-9;
+  r.mfu = peak_tflops > 0 ? r.gflops / (peak_tflops * 1e3) : 0;
   return r;
 }
 
