@@ -86,7 +86,9 @@ Device apply_compute_options(const ComputeOptions& options, bool cuda_capable) {
 }
 
 void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel) {
-  app.add_option("--comm", options.backend, "collectives between the ranks of an mpirun or srun launch: auto, single, mpi")
+  app.add_option("--comm", options.backend,
+                 "collectives between the ranks of an mpirun or srun launch: auto, single, mpi, nccl (ds-pretrain "
+                 "--device cuda, where auto picks it)")
       ->capture_default_str();
   app.add_option("--comm-timeout", options.timeout_s, "seconds a collective may wait for the other ranks")
       ->capture_default_str()
@@ -101,9 +103,22 @@ void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel)
       ->check(CLI::PositiveNumber);
 }
 
-std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options) {
-  // The trainers keep FP32 master weights, gradients and AdamW state in host memory (DESIGN.md section 2).
-  return ds::dist::make_comm({.backend = options.backend, .timeout_s = options.timeout_s, .host_buffers = true});
+std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options, const Device& device) {
+  ds::dist::CommOptions comm{.backend = options.backend, .timeout_s = options.timeout_s};
+  if (device.cuda) {
+    if (comm.backend == "auto" && ds::dist::discover_launch().size > 1) comm.backend = "nccl";
+    comm.device = device.index;
+  } else {
+    // The trainers on the CPU keep FP32 master weights, gradients and AdamW state in host memory (DESIGN.md
+    // section 2).
+    comm.host_buffers = true;
+  }
+  return ds::dist::make_comm(comm);
+}
+
+std::string local_device(const std::string& device) {
+  const ds::dist::Launch launch = ds::dist::discover_launch();
+  return device == "cuda" && launch.size > 1 ? fmt::format("cuda:{}", launch.local_rank) : device;
 }
 
 void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,

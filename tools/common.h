@@ -45,8 +45,13 @@ struct DistOptions {
   int expert_parallel = 1;
 };
 void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel);
-// The job's Comm from the launcher's environment (single process when there is none).
-std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options);
+// The job's Comm from the launcher's environment (single process when there is none). A trainer on a CUDA device
+// keeps its gradients there: its Comm is NCCL's on that device (with --comm auto), not MPI's over host memory.
+std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options, const Device& device = {});
+// Under a launch of several ranks, "cuda" (no ordinal) is the GPU of this rank's local rank
+// (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, LOCAL_RANK), so the ranks of a node take one GPU each; any other
+// device is kept.
+std::string local_device(const std::string& device);
 
 // What every trainer (ds-pretrain, ds-grpo, ds-distill) shares: run length, learning-rate schedule, AdamW, clipping,
 // seed, checkpoints and logging, bound to the fields of the tool's options, whose current values are the defaults

@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
     o.resume = !resume_dir.empty();
     o.schedule.kind = ds::parse_schedule(schedule);
     if (o.data.size() == 1 && o.data[0] == "builtin:arith") o.data.clear();
+    compute.device = ds::tool::local_device(compute.device);
     o.device = ds::tool::apply_compute_options(compute, true);
-    const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
+    const auto comm = ds::tool::make_comm(dist, o.device);  // data parallel under mpirun or srun
     o.comm = comm.get(), o.expert_parallel = dist.expert_parallel, o.bucket_mb = dist.bucket_mb;
 
     const auto& stop = ds::tool::install_stop_signals();

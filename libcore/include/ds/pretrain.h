@@ -30,9 +30,9 @@ struct PretrainOptions {
   LossOptions loss;
   double bias_gamma = 0.001;  // aux-loss-free bias update speed
   bool fp8 = false;           // FP8 training GEMMs: emulated on the CPU (Model::set_fp8), e4m3 on a GPU
-  // Where forward, backward and AdamW run. On a CUDA device (one process only) the parameters and the AdamW moments
-  // live there (ds/cuda_model.h) and come back to the host for checkpoints, whose format is the same on either
-  // device, so a run resumes on either.
+  // Where forward, backward and AdamW run. On a CUDA device the parameters and the AdamW moments live there
+  // (ds/cuda_model.h) and come back to the host for checkpoints, whose format is the same on either device, so a run
+  // resumes on either.
   Device device;
   uint64_t seed = 1234;
   int64_t save_every = 0;     // 0: only at the end
@@ -42,10 +42,12 @@ struct PretrainOptions {
   BadStepOptions bad_steps;   // then stop, or reload the last checkpoint at a lower learning rate
   // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on its r-th
   // contiguous share of the sequences one process would take, so R ranks follow the 1-rank run up to float
-  // rounding; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory.
+  // rounding; rank 0 writes the run directory. On the CPU the AdamW state is sharded (ZeRO-1). On a CUDA device comm
+  // must be NCCL's on that device: the device gradients are all-reduced after the backward and every rank holds
+  // the whole AdamW state (replicated moments).
   dist::Comm* comm = nullptr;
-  int expert_parallel = 1;    // routed experts split over groups of this many consecutive ranks
-  double bucket_mb = 25;      // gradients reduced in buckets of this many MiB during the backward; 0: after it
+  int expert_parallel = 1;    // routed experts split over groups of this many consecutive ranks (CPU only)
+  double bucket_mb = 25;      // CPU: gradients reduced in buckets of this many MiB during the backward; 0: after it
 };
 
 struct StepRecord {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "ds/checkpoint.h"
 #include "ds/data.h"
@@ -56,14 +57,15 @@ double comm_seconds(const dist::Comm* comm, const dist::Comm* ep_comm) {
   return (comm ? comm->seconds() : 0.0) + (ep_comm ? ep_comm->seconds() : 0.0);
 }
 
-// One all-reduce per step for what every rank must agree on: the losses (each rank's is the mean over its equal
-// share of the tokens, so their mean is the global mean), the expert loads the router biases follow, and whether
-// any rank was asked to stop (so all stop at the same step).
-void average_over_ranks(dist::Comm& comm, ForwardStats& s, std::vector<std::vector<int64_t>>& loads, bool& stop) {
+// One all-reduce per step (sum, over ranks) for what every rank must agree on: the losses (each rank's is the mean
+// over its equal share of the tokens, so their mean is the global mean), the expert loads the router biases follow,
+// and whether any rank was asked to stop (so all stop at the same step).
+void average_over_ranks(const std::function<void(std::vector<double>&)>& sum, int ranks, ForwardStats& s,
+                        std::vector<std::vector<int64_t>>& loads, bool& stop) {
   std::vector<double> x = {s.loss, s.main_loss, s.mtp_loss, s.balance_loss, stop ? 1.0 : 0.0};
   for (const auto& layer : loads) x.insert(x.end(), layer.begin(), layer.end());
-  comm.all_reduce(x.data(), int64_t(x.size()));
-  const double R = comm.size();
+  sum(x);
+  const double R = ranks;
   s.loss = x[0] / R, s.main_loss = x[1] / R, s.mtp_loss = x[2] / R, s.balance_loss = x[3] / R, stop = x[4] > 0;
   size_t i = 5;
   for (auto& layer : loads)
@@ -80,8 +82,9 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   if (o.batch % ranks != 0)
     fail("--batch {} is the global batch: it must be a multiple of the {} ranks", o.batch, ranks);
   const int64_t local_batch = o.batch / ranks;
-  if (o.device.cuda && ranks > 1)
-    fail("--device {} trains in one process; data-parallel runs ({} ranks) train on the CPU", o.device.name(), ranks);
+  if (o.device.cuda && o.expert_parallel > 1)
+    fail("--device {} splits no experts over ranks: expert parallelism (--ep {}) trains on the CPU", o.device.name(),
+         o.expert_parallel);
   if (o.device.cuda && !kCudaBuild) fail("--device {}: this build runs on the CPU only", o.device.name());
   RunDir run(o.run_dir);
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
@@ -114,7 +117,9 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
 
   TokenSource data = o.data.empty() ? TokenSource::builtin_arith(tokenizer, o.seed)
                                     : TokenSource::from_shards(o.data, uint32_t(config.vocab_size));
-  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.comm, o.bucket_mb);
+  // On a GPU the optimizer here is only the checkpoints' copy of the device's, whose state every rank holds whole.
+  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.device.cuda ? nullptr : o.comm,
+                  o.bucket_mb);
   BadStepGuard guard(o.max_bad_steps, o.bad_steps);
 
   // The step, tokens seen, data position and AdamW state of checkpoint dir (the weights are loaded apart), or of the
@@ -169,7 +174,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   std::unique_ptr<DeviceTrainer> gpu;
 #ifdef DS_CUDA
   if (o.device.cuda) {
-    gpu = make_cuda_trainer(model, optimizer, o.adamw, o.fp8);
+    gpu = make_cuda_trainer(model, optimizer, o.adamw, o.fp8, o.comm);
     info(fmt::format("training on {}", o.device.name()));
   }
 #endif
@@ -177,6 +182,12 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   ScheduleOptions schedule = o.schedule;
   schedule.total = o.steps;
   auto save = [&] {
+    // Every rank of a GPU run holds the same weights and moments: rank 0 alone saves them, and the others wait for
+    // it, so that all find the same latest checkpoint.
+    if (gpu && rank != 0) {
+      o.comm->barrier();
+      return;
+    }
     if (gpu) gpu->download(model, optimizer);
     const std::string dir = save_checkpoint(run, step, o.keep, model, tokenizer, optimizer,
                                             [&](const std::string& tmp) {
@@ -192,6 +203,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       guard.save(state);
       write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     });
+    if (gpu && ranks > 1) o.comm->barrier();
     if (rank == 0 && events.checkpoint) events.checkpoint(dir);
   };
 
@@ -234,7 +246,15 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       add_into(loads, s.expert_load);
     }
     bool stopping = stop;
-    if (ranks > 1) average_over_ranks(*o.comm, sum, loads, stopping);
+    if (ranks > 1)
+      average_over_ranks(
+          [&](std::vector<double>& x) {
+            if (gpu)
+              gpu->sum_over_ranks(x);  // NCCL reduces device memory only
+            else
+              o.comm->all_reduce(x.data(), int64_t(x.size()));
+          },
+          ranks, sum, loads, stopping);
     const double lr = learning_rate(schedule, step) * guard.lr_scale();
     const double norm = gpu ? gpu->reduce_grads(o.grad_accum, o.clip) : optimizer.reduce_grads(grads, o.clip);
     StepRecord r;

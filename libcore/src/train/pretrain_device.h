@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "ds/comm.h"
 #include "ds/model.h"
 #include "ds/optim.h"
 
@@ -19,8 +20,11 @@ class DeviceTrainer {
   // One micro-batch's forward and backward, its gradients added to the step's.
   virtual ForwardStats forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
                                         const LossOptions& loss) = 0;
-  // The gradients as the mean over the step's micro_batches, clipped to max_norm; returns the norm before clipping.
+  // The gradients as the mean over the step's micro_batches (and the ranks), clipped to max_norm; returns the norm
+  // before clipping.
   virtual double reduce_grads(int64_t micro_batches, double max_norm) = 0;
+  // values summed over the ranks, in place (nothing with one rank).
+  virtual void sum_over_ranks(std::vector<double>& values) = 0;
   // The AdamW update at lr, then the aux-loss-free router bias update from the step's expert loads.
   virtual void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) = 0;
   // The host copies to the device (after a checkpoint is loaded), and back (before one is saved).
@@ -29,9 +33,11 @@ class DeviceTrainer {
 };
 
 #ifdef DS_CUDA
-// A trainer on the current CUDA device, starting from the host model and optimizer state.
+// A trainer on the current CUDA device, starting from the host model and optimizer state. With comm over several
+// ranks (data parallel; NCCL, on this device) the gradients are all-reduced after the backward and every rank keeps
+// the whole AdamW state: the moments are replicated, not sharded as on the CPU.
 std::unique_ptr<DeviceTrainer> make_cuda_trainer(const Model<float>& model, AdamW& optimizer,
-                                                 const AdamWOptions& adamw, bool fp8);
+                                                 const AdamWOptions& adamw, bool fp8, dist::Comm* comm);
 #endif
 
 }  // namespace ds
