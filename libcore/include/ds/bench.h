@@ -51,6 +51,15 @@ struct StepResult {
   double mfu = 0;              // gflops / peak_gflops; 0 without a peak
 };
 
+// What both training step benchmarks (CPU and GPU) train on: tokens random inputs and targets, the same every run.
+struct TokenBatch {
+  std::vector<int32_t> inputs, targets;
+};
+TokenBatch random_batch(int64_t vocab_size, int64_t tokens);
+// A training step's figures from its median time (peak_gflops 0: no MFU).
+StepResult step_result(const ModelConfig& config, int64_t seq_len, int64_t tokens, double step_seconds,
+                       double peak_gflops);
+
 // Times zero_grads + forward with loss + backward + AdamW step of a Model<float> with random weights on random
 // tokens: warmup untimed steps, then steps timed ones.
 StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len, int warmup, int steps,

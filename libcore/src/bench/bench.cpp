@@ -141,12 +141,7 @@ StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len,
   model.init_random(1234);
   AdamW optimizer(model.param_infos(), int64_t(model.params().size()), AdamWOptions{});
   const int64_t tokens = batch * seq_len;
-  std::mt19937_64 rng(1);
-  std::vector<int32_t> inputs(static_cast<size_t>(tokens)), targets(static_cast<size_t>(tokens));
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    inputs[i] = int32_t(rng() % uint64_t(config.vocab_size));
-    targets[i] = int32_t(rng() % uint64_t(config.vocab_size));
-  }
+  const auto [inputs, targets] = random_batch(config.vocab_size, tokens);
 
   std::vector<double> seconds;
   for (int i = 0; i < warmup + steps; ++i) {
@@ -158,8 +153,22 @@ StepResult train_step(const ModelConfig& config, int64_t batch, int64_t seq_len,
     if (i >= warmup) seconds.push_back(seconds_since(t0));
   }
 
+  return step_result(config, seq_len, tokens, median(seconds), peak_gflops);
+}
+
+TokenBatch random_batch(int64_t vocab_size, int64_t tokens) {
+  std::mt19937_64 rng(1);
+  TokenBatch b{std::vector<int32_t>(static_cast<size_t>(tokens)), std::vector<int32_t>(static_cast<size_t>(tokens))};
+  for (size_t i = 0; i < b.inputs.size(); ++i) {
+    b.inputs[i] = int32_t(rng() % uint64_t(vocab_size));
+    b.targets[i] = int32_t(rng() % uint64_t(vocab_size));
+  }
+  return b;
+}
+
+StepResult step_result(const ModelConfig& config, int64_t seq_len, int64_t tokens, double step_seconds,
+                       double peak_gflops) {
   StepResult r;
-  const double step_seconds = median(seconds);
   r.step_ms = step_seconds * 1e3;
   r.tokens_per_s = double(tokens) / step_seconds;
   r.flops_per_token = model_flops(config, seq_len).training_per_token;

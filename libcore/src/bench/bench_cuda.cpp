@@ -1,7 +1,6 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
-#include <random>
 
 #include "ds/cuda_bench.h"
 #include "ds/cuda_gemm.h"
@@ -10,7 +9,6 @@
 #include "ds/cuda_ops.h"
 #include "ds/cuda_stream.h"
 #include "ds/error.h"
-#include "ds/flops.h"
 
 namespace ds::bench {
 
@@ -118,12 +116,7 @@ StepResult gpu_train_step(const ModelConfig& config, int64_t batch, int64_t seq_
   model.set_fp8(fp8);
   cuda::DeviceAdamW optimizer(model, AdamWOptions{});
   const int64_t tokens = batch * seq_len;
-  std::mt19937_64 rng(1);
-  std::vector<int32_t> inputs(static_cast<size_t>(tokens)), targets(static_cast<size_t>(tokens));
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    inputs[i] = int32_t(rng() % uint64_t(config.vocab_size));
-    targets[i] = int32_t(rng() % uint64_t(config.vocab_size));
-  }
+  const auto [inputs, targets] = random_batch(config.vocab_size, tokens);
 
   // Wall time of whole steps, as ds-pretrain takes them: forward waits for its losses, the clipping for the norm,
   // and the step ends when the update is done.
@@ -141,13 +134,7 @@ StepResult gpu_train_step(const ModelConfig& config, int64_t batch, int64_t seq_
   }
   std::sort(ms.begin(), ms.end());
 
-  StepResult r;
-  r.step_ms = sorted_median(ms);
-  r.tokens_per_s = double(tokens) / (r.step_ms * 1e-3);
-  r.flops_per_token = model_flops(config, seq_len).training_per_token;
-  r.gflops = r.flops_per_token * r.tokens_per_s * 1e-9;
-  r.mfu = peak_tflops > 0 ? r.gflops / (peak_tflops * 1e3) : 0;
-  return r;
+  return step_result(config, seq_len, tokens, sorted_median(ms) * 1e-3, peak_tflops * 1e3);
 }
 
 MlaDecodeResult gpu_mla_decode(int64_t batch, int64_t context, int64_t heads, double min_seconds) {
