@@ -85,10 +85,11 @@ Device apply_compute_options(const ComputeOptions& options, bool cuda_capable) {
   return device;
 }
 
-void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel) {
+void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel, bool nccl) {
   app.add_option("--comm", options.backend,
-                 "collectives between the ranks of an mpirun or srun launch: auto, single, mpi, nccl (ds-pretrain "
-                 "--device cuda, where auto picks it)")
+                 nccl ? "collectives between the ranks of an mpirun or srun launch: auto, single, mpi, nccl "
+                                "(with --device cuda, where auto picks it)"
+                              : "collectives between the ranks of an mpirun or srun launch: auto, single, mpi")
       ->capture_default_str();
   app.add_option("--comm-timeout", options.timeout_s, "seconds a collective may wait for the other ranks")
       ->capture_default_str()

@@ -36,15 +36,15 @@ void add_compute_options(CLI::App& app, ComputeOptions& options);
 // CLI::ValidationError.
 Device apply_compute_options(const ComputeOptions& options, bool cuda_capable = false);
 
-// Multi-process training (ds/comm.h): --comm BACKEND, --comm-timeout SECONDS, --bucket-mb MIB, and --ep N where the
-// tool has expert parallelism.
+// Multi-process training (ds/comm.h): --comm BACKEND (nccl offered where the tool trains on GPUs), --comm-timeout
+// SECONDS, --bucket-mb MIB, and --ep N where the tool has expert parallelism.
 struct DistOptions {
   std::string backend = "auto";
   double timeout_s = 300;
   double bucket_mb = 25;  // gradient reduction buckets (ds::AdamW)
   int expert_parallel = 1;
 };
-void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel);
+void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel, bool nccl);
 // The job's Comm from the launcher's environment (single process when there is none). A trainer on a CUDA device
 // keeps its gradients there: its Comm is NCCL's on that device (with --comm auto), not MPI's over host memory.
 std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options, const Device& device = {});

@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   ds::tool::add_fp8_flag(app, o.fp8);
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
-  ds::tool::add_dist_options(app, dist, false);
+  ds::tool::add_dist_options(app, dist, false, false);
 
   return ds::tool::run(app, argc, argv, [&] {
     if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)

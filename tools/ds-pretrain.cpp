@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
                                        "problems as JSONL on stdout");
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
-  ds::tool::add_dist_options(app, dist, true);
+  ds::tool::add_dist_options(app, dist, true, true);
 
   return ds::tool::run(app, argc, argv, [&] {
     if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
