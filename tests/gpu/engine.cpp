@@ -27,7 +27,7 @@ void check_logits(const std::vector<float>& gpu, const std::vector<float>& cpu, 
     worst = std::max(worst, double(std::fabs(gpu[i] - cpu[i])));
     scale = std::max(scale, double(std::fabs(cpu[i])));
   }
-  MESSAGE(what << ": max |logit| " << scale << ", max difference " << worst);
+  MESSAGE(std::string(what) << ": max |logit| " << scale << ", max difference " << worst);
   CHECK(scale > 1.0);
   CHECK(worst <= 0.03 * scale);
 }
