@@ -18,13 +18,15 @@ __global__ void scale_kernel(float* x, float s, int64_t n) {
   if (i < n) x[i] *= s;
 }
 
-// A token may appear several times in a batch, so its row takes the additions of several threads: atomics. The
-// order of those additions varies from run to run, which changes the last bits of the embedding's gradient.
-__global__ void embedding_backward_kernel(float* dtable, const float* dout, const int32_t* tokens, int64_t N,
-                                          int64_t d) {
+// Thread (u, j) owns value j of the table row of the u-th distinct token and adds that token's rows in order.
+__global__ void embedding_backward_kernel(float* dtable, const float* dout, const int32_t* unique_tokens,
+                                          const int32_t* offsets, const int32_t* rows, int64_t unique, int64_t d) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= N * d) return;
-  atomicAdd(dtable + int64_t(tokens[i / d]) * d + i % d, dout[i]);
+  if (i >= unique * d) return;
+  const int64_t u = i / d, j = i % d;
+  float acc = 0;
+  for (int32_t r = offsets[u]; r < offsets[u + 1]; ++r) acc += dout[int64_t(rows[r]) * d + j];
+  dtable[int64_t(unique_tokens[u]) * d + j] += acc;
 }
 
 __global__ void sum_heads_kernel(float* dst, int64_t dst_stride, const float* src, int64_t N, int64_t H,
@@ -152,10 +154,11 @@ void scale(float* x, float s, int64_t n, cudaStream_t stream) {
   DS_CUDA_LAUNCHED();
 }
 
-void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t d,
-                        cudaStream_t stream) {
-  if (N * d == 0) return;
-  embedding_backward_kernel<<<blocks_for(N * d, 256), 256, 0, stream>>>(dtable, dout, tokens, N, d);
+void embedding_backward(float* dtable, const float* dout, const int32_t* unique_tokens, const int32_t* offsets,
+                        const int32_t* rows, int64_t unique, int64_t d, cudaStream_t stream) {
+  if (unique * d == 0) return;
+  embedding_backward_kernel<<<blocks_for(unique * d, 256), 256, 0, stream>>>(dtable, dout, unique_tokens, offsets,
+                                                                             rows, unique, d);
   DS_CUDA_LAUNCHED();
 }
 

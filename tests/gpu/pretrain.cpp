@@ -1,6 +1,6 @@
 // ds::pretrain with --device cuda: the loss falls and follows the CPU's run of the same options (the balance loss
-// included), checkpoints written on the device resume on the CPU and the other way round, and FP8 at sizes cuBLASLt
-// cannot take is refused.
+// included), a run stopped and resumed on the device ends with the bits of one that was not, checkpoints written on
+// the device resume on the CPU and the other way round, and FP8 at sizes cuBLASLt cannot take is refused.
 #include <atomic>
 #include <cmath>
 #include <vector>
@@ -60,6 +60,20 @@ TEST_CASE("pretraining on the device follows the CPU and resumes across devices"
   REQUIRE(last.size() == 1);
   CHECK(std::fabs(last[0] - reference[5]) <= 0.05 * reference[5]);
   CHECK(last[0] < first[0]);
+}
+
+TEST_CASE("pretraining on the device resumes bit-exactly") {
+  TempDir dir;
+  PretrainOptions whole = tiny_run(dir / "whole", true), halves = tiny_run(dir / "halves", true);
+  const std::vector<double> losses = train(whole);
+  halves.stop_after = 3;
+  train(halves);
+  halves.resume = true, halves.stop_after = 0;
+  const std::vector<double> rest = train(halves);
+  REQUIRE(losses.size() == 6);
+  REQUIRE(rest.size() == 3);
+  for (size_t i = 0; i < rest.size(); ++i) CHECK(rest[i] == losses[i + 3]);
+  CHECK(load_model_dir(halves.run_dir).model.params() == load_model_dir(whole.run_dir).model.params());
 }
 
 TEST_CASE("pretraining on the device refuses FP8 at sizes its GEMMs cannot take") {

@@ -113,10 +113,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 void add(float* y, const float* a, const float* b, int64_t n, cudaStream_t stream);
 // x *= s over n values (gradient clipping).
 void scale(float* x, float s, int64_t n, cudaStream_t stream);
-// The embedding's backward: dtable[tokens[n]] += dout[n] for N rows of d values. Repeated tokens add with atomics,
-// so the last bits of the result vary from run to run.
-void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N, int64_t d,
-                        cudaStream_t stream);
+// The embedding's backward: dtable[tokens[n]] += dout[n] for N rows of d values, given the rows grouped by token:
+// the distinct tokens unique_tokens [unique], and token u's rows rows[offsets[u]] .. rows[offsets[u + 1] - 1] in
+// increasing order. Each table value adds its rows in one thread in that order: no atomics, so the same bits every
+// run, which a bit-exact resume needs.
+void embedding_backward(float* dtable, const float* dout, const int32_t* unique_tokens, const int32_t* offsets,
+                        const int32_t* rows, int64_t unique, int64_t d, cudaStream_t stream);
 // dst[n, c] += sum_h src[n, h, offset + c] for c < width: the gradient of MLA's RoPE key, which every head shares.
 // src rows hold H heads head_stride apart (row stride H * head_stride); dst rows are dst_stride apart.
 void sum_heads(float* dst, int64_t dst_stride, const float* src, int64_t N, int64_t H, int64_t head_stride,

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <string>
 
 #include "../infer/engine_backend.h"
@@ -68,6 +69,26 @@ struct Layer {
   DeviceBuffer<float> balance_f;  // [B, E] the balance loss's f_i per sequence (constant in the gradient)
 };
 
+// A batch's rows grouped by token, as cuda::embedding_backward takes them: distinct tokens in increasing order, each
+// with its rows in increasing order.
+struct TokenRows {
+  DeviceBuffer<int32_t> unique_tokens, offsets, rows;
+  int64_t unique = 0;
+};
+TokenRows rows_by_token(const std::vector<int32_t>& tokens, cudaStream_t stream) {
+  std::vector<int32_t> rows(tokens.size()), unique, offsets;
+  std::iota(rows.begin(), rows.end(), 0);
+  std::stable_sort(rows.begin(), rows.end(),
+                   [&](int32_t a, int32_t b) { return tokens[size_t(a)] < tokens[size_t(b)]; });
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (i == 0 || tokens[size_t(rows[i])] != tokens[size_t(rows[i - 1])]) {
+      unique.push_back(tokens[size_t(rows[i])]);
+      offsets.push_back(int32_t(i));
+    }
+  offsets.push_back(int32_t(rows.size()));
+  return {to_device(unique, stream), to_device(offsets, stream), to_device(rows, stream), int64_t(unique.size())};
+}
+
 // MTP module k (model.cpp's MtpModule).
 struct Mtp {
   Norm enorm, hnorm, head_norm;
@@ -75,6 +96,7 @@ struct Mtp {
   Layer block;
   const float* prev = nullptr;  // the hidden state it read: the main model's last, or module k-1's output
   DeviceBuffer<int32_t> tokens, targets;
+  TokenRows token_rows;  // tokens grouped for the embedding's backward
   DeviceBuffer<float> emb, rstd_e, rstd_h, cat, h_in, h_out, xf, rstd_f, dlogits;
   int64_t count = 0;
 };
@@ -104,6 +126,7 @@ struct TrainModel::Impl {
   LossOptions options;
   size_t mtp_depths = 0;
   DeviceBuffer<int32_t> inputs, targets, pos;
+  TokenRows input_rows;  // inputs grouped for the embedding's backward
   std::vector<DeviceBuffer<float>> hidden;  // hidden[l] is the input of block l; hidden[L] the last block's output
   DeviceBuffer<float> xf, rstd_f, dlogits;  // the main head's input, and its logits turned into their gradient
 
@@ -547,7 +570,9 @@ struct TrainModel::Impl {
     }
     std::vector<int32_t> positions(static_cast<size_t>(N));
     for (int64_t n = 0; n < N; ++n) positions[size_t(n)] = int32_t(n % Tn);
-    inputs = to_device(std::vector<int32_t>(in, in + N), stream);
+    const std::vector<int32_t> input_tokens(in, in + N);
+    inputs = to_device(input_tokens, stream);
+    input_rows = rows_by_token(input_tokens, stream);
     targets = to_device(std::vector<int32_t>(tg, tg + N), stream);
     pos = to_device(positions, stream);
 
@@ -586,6 +611,7 @@ struct TrainModel::Impl {
       m.count = 0;
       for (int32_t t : mtp_targets) m.count += t >= 0;
       m.tokens = to_device(tokens, stream), m.targets = to_device(mtp_targets, stream);
+      m.token_rows = rows_by_token(tokens, stream);
       m.prev = prev;
       m.emb = buffer(N * d), m.rstd_e = buffer(N), m.rstd_h = buffer(N), m.cat = buffer(N * 2 * d);
       m.h_in = buffer(N * d), m.h_out = buffer(N * d), m.xf = buffer(N * d), m.rstd_f = buffer(N);
@@ -628,7 +654,7 @@ struct TrainModel::Impl {
       copy_columns(den.data(), d, dcat.data(), 2 * d, d, N);
       copy_columns(dhn.data(), d, dcat.data() + d, 2 * d, d, N);
       norm_backward(demb.data(), den.data(), m.emb.data(), m.rstd_e.data(), m.enorm, N);
-      embedding_backward(g(embed), demb.data(), m.tokens.data(), N, d, stream);
+      embedding_backward(demb.data(), m.token_rows);
       dprev = zeros(N * d);
       norm_backward(dprev.data(), dhn.data(), m.prev, m.rstd_h.data(), m.hnorm, N);
     }
@@ -640,7 +666,13 @@ struct TrainModel::Impl {
       block_backward(layers[size_t(l)], dh_in.data(), dh.data());
       dh = std::move(dh_in);
     }
-    embedding_backward(g(embed), dh.data(), inputs.data(), N, d, stream);
+    embedding_backward(dh.data(), input_rows);
+  }
+
+  // The embedding's gradient rows += dout's rows, grouped by token.
+  void embedding_backward(const float* dout, const TokenRows& t) {
+    cuda::embedding_backward(g(embed), dout, t.unique_tokens.data(), t.offsets.data(), t.rows.data(), t.unique,
+                             c.hidden_size, stream);
   }
 
   void update_router_bias(const std::vector<std::vector<int64_t>>& expert_load, double gamma) {
