@@ -1,5 +1,5 @@
 // ds-bench: GEMM and training-step throughput, as ratios to the peak measured in the same run (sgemm on the CPU,
-// BF16 GEMMs on a GPU), and decode throughput.
+// BF16 GEMMs on a GPU), decode throughput, and the all-reduce bandwidth of an mpirun or srun launch.
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
@@ -35,6 +35,42 @@ void print_table(const std::vector<Row>& rows) {
 }
 
 std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fraction); }
+
+// The all-reduce between the ranks of the launch at each size: MPI over host memory, or NCCL over device memory
+// with --device cuda (each rank on its local GPU). Rank 0 prints.
+void run_all_reduce(const ds::Device& device, const std::vector<double>& sizes_mb, double min_time, bool json) {
+  const auto comm = ds::tool::make_comm({}, device);
+  if (comm->size() < 2)
+    throw CLI::ValidationError("--only", "allreduce measures the collectives between ranks: launch ds-bench with "
+                                         "mpirun -np N or srun");
+  nlohmann::json out = {{"device", device.name()}, {"backend", comm->backend()}, {"ranks", comm->size()},
+                        {"allreduce", nlohmann::json::array()}};
+  std::vector<Row> rows = {{"all-reduce MiB", "calls", "us", "median us", "algbw GB/s", "busbw GB/s"}};
+  for (const double mb : sizes_mb) {
+    const int64_t bytes = std::max<int64_t>(int64_t(mb * 1024 * 1024 / 4), 1) * 4;
+    if (comm->rank() == 0) fmt::print(stderr, "all-reduce of {} bytes over {} ranks\n", bytes, comm->size());
+#ifdef DS_CUDA
+    const ds::bench::AllReduceResult r = device.cuda ? ds::bench::gpu_all_reduce(*comm, bytes, min_time)
+                                                     : ds::bench::all_reduce(*comm, bytes, min_time);
+#else
+    const ds::bench::AllReduceResult r = ds::bench::all_reduce(*comm, bytes, min_time);
+#endif
+    out["allreduce"].push_back({{"bytes", r.bytes}, {"repeats", r.repeats}, {"best_us", r.best_us},
+                                {"median_us", r.median_us}, {"algbw_gb_per_s", r.algbw_gb_per_s},
+                                {"busbw_gb_per_s", r.busbw_gb_per_s}});
+    rows.push_back({fmt::format("{:g}", double(bytes) / (1024 * 1024)), std::to_string(r.repeats),
+                    fmt::format("{:.1f}", r.best_us), fmt::format("{:.1f}", r.median_us),
+                    fmt::format("{:.2f}", r.algbw_gb_per_s), fmt::format("{:.2f}", r.busbw_gb_per_s)});
+  }
+  if (comm->rank() != 0) return;
+  if (json) {
+    fmt::print("{}\n", out.dump());
+    return;
+  }
+  fmt::print("all-reduce of float32 sums in place over {} ranks ({}, {})\n\n", comm->size(), comm->backend(),
+             device.name());
+  print_table(rows);
+}
 
 #ifdef DS_CUDA
 // The model a GPU run measures: the training step's sequences and the engine's decode.
@@ -147,6 +183,7 @@ int main(int argc, char** argv) {
   int steps = 5, decode_steps = 16;
   std::vector<int64_t> decode_batches = {1, 64};
   std::vector<std::string> decode_weights = {"f32", "fp8"};
+  std::vector<double> allreduce_mb = {1, 4, 16, 64, 256};
   double min_time = 0.5;
   std::vector<std::string> shape_specs = {"default"};
   ds::tool::ComputeOptions compute;
@@ -193,12 +230,20 @@ int main(int argc, char** argv) {
   app.add_option("--decode-steps", decode_steps, "decode: timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--only", only, "measure only one part: gemm, step, decode, mla (CUDA)")
-      ->check(CLI::IsMember({"gemm", "step", "decode", "mla"}));
+  app.add_option("--allreduce-mb", allreduce_mb, "allreduce: comma-separated sizes in MiB")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--only", only,
+                 "measure only one part: gemm, step, decode, mla (CUDA), allreduce (the ranks of an mpirun or srun "
+                 "launch; not part of the default run)")
+      ->check(CLI::IsMember({"gemm", "step", "decode", "mla", "allreduce"}));
   ds::tool::add_compute_options(app, compute);
 
   return ds::tool::run(app, argc, argv, [&] {
+    compute.device = ds::tool::local_device(compute.device);
     const ds::Device device = ds::tool::apply_compute_options(compute, true);
+    if (only == "allreduce") return run_all_reduce(device, allreduce_mb, min_time, json);
     if (only == "mla" && !device.cuda)
       throw CLI::ValidationError("--only", "mla is measured on a CUDA device (--device cuda)");
     const ds::ModelConfig config = ds::resolve_model_config(model_config);

@@ -1,11 +1,13 @@
 #pragma once
 // The measurements behind ds-bench: sgemm through ops::linear, the machine's practical sgemm peak (the MFU
-// denominator, measured in the same run so the ratio holds on any machine), and a whole training step of a randomly
-// initialised model. Logic only: the tool prints.
+// denominator, measured in the same run so the ratio holds on any machine), a whole training step of a randomly
+// initialised model, decode, and the all-reduce of the ranks of a launch. Logic only: the tool prints.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "ds/comm.h"
 #include "ds/config.h"
 #include "ds/cuda.h"
 
@@ -87,6 +89,29 @@ struct DecodeResult {
 // everything in BF16 there, and only the times are measured (bytes_per_step and gb_per_s stay 0).
 DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, int steps, bool fp8 = false,
                     const Device& device = {});
+
+// One size of an in-place all-reduce (sum of float32) over the ranks, reported as nccl-tests' all_reduce_perf
+// reports it: the algorithm bandwidth bytes / time, and the bus bandwidth algbw * 2 (n - 1) / n, what each rank's
+// link carries in a ring all-reduce, comparable across rank counts and against the link's speed.
+struct AllReduceResult {
+  int64_t bytes = 0;
+  int ranks = 0;
+  int64_t repeats = 0;                            // timed all-reduces
+  double best_us = 0, median_us = 0;              // per all-reduce: the mean of a round, averaged over the ranks
+  double algbw_gb_per_s = 0, busbw_gb_per_s = 0;  // from best_us
+};
+
+// Times all_reduce (one in-place all-reduce of bytes over ranks ranks) after a warm-up call: five rounds of the same
+// number of calls on every rank (agreed through sum_over_ranks, which sums a few host values in place over the
+// ranks), sized from a probe call so that they take about min_seconds in all.
+AllReduceResult time_all_reduce(int ranks, int64_t bytes, double min_seconds, const std::function<void()>& all_reduce,
+                                const std::function<void(std::vector<double>&)>& sum_over_ranks);
+// Throws ds::Error unless every value of an all-reduced buffer whose rank r held r + 1 everywhere is the sum
+// n (n + 1) / 2 (backend names the collectives in the message).
+void check_all_reduce_sum(const std::vector<float>& values, int ranks, const std::string& backend);
+// The all-reduce of comm over host buffers (the MPI backend), checked once, then timed. Every rank calls it with the
+// same bytes (a multiple of 4).
+AllReduceResult all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds);
 
 // This process's resident memory (VmRSS of /proc/self/status); 0 where unknown.
 int64_t resident_bytes();

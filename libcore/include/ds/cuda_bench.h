@@ -44,4 +44,7 @@ struct MlaDecodeResult {
 // widths (512 latent + 64 rope, bf16 cache, the 0.1352 softmax scale).
 MlaDecodeResult gpu_mla_decode(int64_t batch, int64_t context, int64_t heads, double min_seconds);
 
+// all_reduce (ds/bench.h) over device buffers on the current device: comm is NCCL's.
+AllReduceResult gpu_all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds);
+
 }  // namespace ds::bench
