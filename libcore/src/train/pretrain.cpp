@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <functional>
 
 #include "ds/checkpoint.h"
 #include "ds/data.h"
@@ -14,7 +13,7 @@
 #include "ds/fsutil.h"
 #include "ds/ops.h"
 #include "ds/safetensors.h"
-#include "pretrain_device.h"
+#include "step_trainer.h"
 
 namespace ds {
 
@@ -60,11 +59,11 @@ double comm_seconds(const dist::Comm* comm, const dist::Comm* ep_comm) {
 // One all-reduce per step (sum, over ranks) for what every rank must agree on: the losses (each rank's is the mean
 // over its equal share of the tokens, so their mean is the global mean), the expert loads the router biases follow,
 // and whether any rank was asked to stop (so all stop at the same step).
-void average_over_ranks(const std::function<void(std::vector<double>&)>& sum, int ranks, ForwardStats& s,
-                        std::vector<std::vector<int64_t>>& loads, bool& stop) {
+void average_over_ranks(StepTrainer& trainer, int ranks, ForwardStats& s, std::vector<std::vector<int64_t>>& loads,
+                        bool& stop) {
   std::vector<double> x = {s.loss, s.main_loss, s.mtp_loss, s.balance_loss, stop ? 1.0 : 0.0};
   for (const auto& layer : loads) x.insert(x.end(), layer.begin(), layer.end());
-  sum(x);
+  trainer.sum_over_ranks(x);
   const double R = ranks;
   s.loss = x[0] / R, s.main_loss = x[1] / R, s.mtp_loss = x[2] / R, s.balance_loss = x[3] / R, stop = x[4] > 0;
   size_t i = 5;
@@ -85,7 +84,6 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   if (o.device.cuda && o.expert_parallel > 1)
     fail("--device {} splits no experts over ranks: expert parallelism (--ep {}) trains on the CPU", o.device.name(),
          o.expert_parallel);
-  if (o.device.cuda && !kCudaBuild) fail("--device {}: this build runs on the CPU only", o.device.name());
   RunDir run(o.run_dir);
   const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
   if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
@@ -170,25 +168,21 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
     return;
   }
 
-  // On a GPU the model and AdamW train there; model and optimizer stay the host copies checkpoints read and write.
-  std::unique_ptr<DeviceTrainer> gpu;
-#ifdef DS_CUDA
-  if (o.device.cuda) {
-    gpu = make_cuda_trainer(model, optimizer, o.adamw, o.fp8, o.comm);
-    info(fmt::format("training on {}", o.device.name()));
-  }
-#endif
+  const std::unique_ptr<StepTrainer> trainer =
+      make_step_trainer(o.device, model, optimizer, o.adamw, o.fp8, o.comm);
+  if (o.device.cuda) info(fmt::format("training on {}", o.device.name()));
 
   ScheduleOptions schedule = o.schedule;
   schedule.total = o.steps;
   auto save = [&] {
-    // Every rank of a GPU run holds the same weights and moments: rank 0 alone saves them, and the others wait for
-    // it, so that all find the same latest checkpoint.
-    if (gpu && rank != 0) {
+    // Where every rank holds the same weights and moments, rank 0 alone saves them and the others wait for it, so
+    // that all find the same latest checkpoint.
+    const bool rank0_saves = trainer->state_replicated() && ranks > 1;
+    if (rank0_saves && rank != 0) {
       o.comm->barrier();
       return;
     }
-    if (gpu) gpu->download(model, optimizer);
+    trainer->sync_host();
     const std::string dir = save_checkpoint(run, step, o.keep, model, tokenizer, optimizer,
                                             [&](const std::string& tmp) {
       nlohmann::json state = {{"step", step},
@@ -203,19 +197,10 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       guard.save(state);
       write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     });
-    if (gpu && ranks > 1) o.comm->barrier();
+    if (rank0_saves) o.comm->barrier();
     if (rank == 0 && events.checkpoint) events.checkpoint(dir);
   };
 
-  // The last micro-batch's backward finishes the gradients a range at a time: each becomes the mean over the
-  // micro-batches, and its reduction over the ranks may start while the backward goes on.
-  std::vector<float>& grads = model.grads();
-  const GradReady reduce = optimizer.grad_hook(grads);
-  const GradReady finish = [&](int64_t begin, int64_t end) {
-    if (o.grad_accum > 1)
-      for (int64_t i = begin; i < end; ++i) grads[size_t(i)] /= float(o.grad_accum);
-    if (reduce) reduce(begin, end);
-  };
   std::vector<int32_t> inputs, targets;
   int64_t steps_this_run = 0;
   const auto start = std::chrono::steady_clock::now();
@@ -223,22 +208,14 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   uint64_t interval_tokens = 0;
   double interval_comm = comm_seconds(o.comm, ep_comm.get());
   while (step < o.steps) {
-    if (gpu)
-      gpu->zero_grads();
-    else
-      model.zero_grads();
+    trainer->begin_step(o.grad_accum);
     ForwardStats sum;
     std::vector<std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       data.next_batch(o.batch, o.seq_len, inputs, targets);  // the global batch; this rank takes its rows
       const int64_t first = rank * local_batch * o.seq_len;
-      ForwardStats s;
-      if (gpu) {
-        s = gpu->forward_backward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
-      } else {
-        s = model.forward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
-        model.backward(micro + 1 == o.grad_accum ? finish : GradReady());
-      }
+      const ForwardStats s =
+          trainer->forward_backward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
       sum.loss += s.loss / double(o.grad_accum);
       sum.main_loss += s.main_loss / double(o.grad_accum);
       sum.mtp_loss += s.mtp_loss / double(o.grad_accum);
@@ -246,17 +223,9 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       add_into(loads, s.expert_load);
     }
     bool stopping = stop;
-    if (ranks > 1)
-      average_over_ranks(
-          [&](std::vector<double>& x) {
-            if (gpu)
-              gpu->sum_over_ranks(x);  // NCCL reduces device memory only
-            else
-              o.comm->all_reduce(x.data(), int64_t(x.size()));
-          },
-          ranks, sum, loads, stopping);
+    if (ranks > 1) average_over_ranks(*trainer, ranks, sum, loads, stopping);
     const double lr = learning_rate(schedule, step) * guard.lr_scale();
-    const double norm = gpu ? gpu->reduce_grads(o.grad_accum, o.clip) : optimizer.reduce_grads(grads, o.clip);
+    const double norm = trainer->reduce_grads(o.clip);
     StepRecord r;
     // The loss and the norm are the same on every rank (all-reduced), so every rank takes the same decision.
     r.skipped = !std::isfinite(sum.loss) || !std::isfinite(norm);
@@ -267,21 +236,14 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
         load_weights(*dir, model);
       else
         model.init_random(o.seed);
-      if (gpu) gpu->upload(model, optimizer);
+      trainer->host_loaded();
       info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning "
                        "rate scaled by {:g} (reload {} of at most {})",
                        o.max_bad_steps + 1, dir ? *dir : "the start of the run", step, guard.lr_scale(),
                        guard.reloads(), o.bad_steps.max_reloads));
       continue;
     }
-    if (!r.skipped) {
-      if (gpu) {
-        gpu->step(lr, loads, o.bias_gamma);
-      } else {
-        optimizer.step(model.params(), grads, lr);
-        model.update_router_bias(loads, o.bias_gamma);
-      }
-    }
+    if (!r.skipped) trainer->step(lr, loads, o.bias_gamma);
     ++step, ++steps_this_run;
     const uint64_t step_tokens = uint64_t(o.batch * o.seq_len * o.grad_accum);
     tokens_seen += step_tokens;
