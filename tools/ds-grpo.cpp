@@ -36,7 +36,9 @@ int main(int argc, char** argv) {
   ds::tool::add_bad_step_options(app, o.bad_steps);
   app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "completion length limit (also dr_grpo's constant)")
       ->capture_default_str();
-  app.add_option("--temperature", o.sampling.temperature, "sampling temperature")->capture_default_str();
+  app.add_option("--temperature", o.sampling.temperature,
+                 "sampling temperature (positive), also that of the log-probabilities the loss compares")
+      ->capture_default_str();
   app.add_option("--top-p", o.sampling.top_p, "nucleus sampling (1 = off)")->capture_default_str();
   app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0 = off)")->capture_default_str();
   app.add_option("--stop", o.sampling.stop, "end a completion at this string (repeatable)");

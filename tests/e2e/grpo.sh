@@ -113,6 +113,8 @@ grpo "$T/a" $COMMON --steps 2 2>"$T/err"; [ $? -eq 1 ] && grep -q "already holds
 $BIN/ds-grpo "$T/b" 2>/dev/null; [ $? -eq 2 ] || fail "missing --model is a usage error"
 $BIN/ds-grpo "$T/b" --model "$T/base" --loss ppo 2>"$T/err"; [ $? -eq 1 ] && grep -q "ppo" "$T/err" || fail "--loss"
 $BIN/ds-grpo "$T/b" --model "$T/base" --group-size 1 2>"$T/err"; [ $? -eq 1 ] || fail "--group-size 1"
+$BIN/ds-grpo "$T/b" --model "$T/base" --temperature 0 2>"$T/err"
+[ $? -eq 1 ] && grep -q "temperature must be positive" "$T/err" || fail "--temperature 0: $(cat "$T/err")"
 $BIN/ds-grpo "$T/b" --model "$T/nowhere" 2>"$T/err"; [ $? -eq 1 ] && grep -q "nowhere" "$T/err" || fail "bad --model"
 $BIN/ds-grpo "$T/b" --model "$T/base" --template r1-zero 2>"$T/err"  # its preamble is longer than tiny's context
 [ $? -eq 1 ] && grep -q "prompt is .* tokens with --template r1-zero" "$T/err" || fail "long prompt: $(cat "$T/err")"

@@ -2,6 +2,7 @@
 // split over the ZeRO parts, and the backward's report of final gradient ranges that starts their reduction.
 // Bucketed against whole-array reduction on several ranks: tests/unit/dist_train.cpp, tests/e2e/mpi_pretrain.sh.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
@@ -21,7 +22,7 @@ std::vector<ParamInfo> params_of_sizes(const std::vector<int64_t>& sizes) {
   std::vector<ParamInfo> params;
   int64_t offset = 0;
   for (int64_t n : sizes) {
-    params.push_back({"p" + std::to_string(params.size()), {n}, offset, ParamKind::Matrix});
+    params.push_back({fmt::format("p{}", params.size()), {n}, offset, ParamKind::Matrix});
     offset += n;
   }
   return params;

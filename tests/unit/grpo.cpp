@@ -221,7 +221,8 @@ TEST_CASE("grpo: gradient of the GRPO loss through the model") {
   }
 }
 
-TEST_CASE("grpo: the KL reference's log-probs on the engine are the training forward's, for an FP8 base too") {
+TEST_CASE("grpo: the KL reference's log-probs on the engine are the training forward's, at a sampling temperature and "
+          "for an FP8 base too") {
   // Larger weights than the training init, so that the log-probs spread far from -log V.
   const ModelConfig config = resolve_model_config("tiny");
   Model<float> base(config);
@@ -251,7 +252,16 @@ TEST_CASE("grpo: the KL reference's log-probs on the engine are the training for
   REQUIRE(want.size() == 9);
   CHECK(*std::max_element(want.begin(), want.end()) - *std::min_element(want.begin(), want.end()) > 1.0);
   Engine engine(base, tok);
-  check_close(reference_logprobs(engine, packed), want, 1e-5);
+  check_close(reference_logprobs(engine, packed, 1.0), want, 1e-5);
+
+  // At temperature 0.7 both score the distribution the sampler draws from: sharper, so each log-prob moves.
+  no_aux.temperature = 0.7;
+  const std::vector<double> sharp = model_logprobs(base);
+  check_close(reference_logprobs(engine, packed, 0.7), sharp, 1e-5);
+  double sharpened = 0;
+  for (size_t i = 0; i < want.size(); ++i) sharpened = std::max(sharpened, std::fabs(sharp[i] - want[i]));
+  CHECK(sharpened > 0.1);
+  no_aux.temperature = 1.0;
 
   // An FP8 base: its codes on the engine against the Model over the dequantized weights, which quantization moved
   // away from the f32 base's.
@@ -260,7 +270,7 @@ TEST_CASE("grpo: the KL reference's log-probs on the engine are the training for
   LoadedModel dequantized = load_model_dir(tmp / "fp8");
   const std::vector<double> fp8_want = model_logprobs(dequantized.model);
   Engine fp8_engine(fp8.weights, fp8.tokenizer);
-  check_close(reference_logprobs(fp8_engine, packed), fp8_want, 1e-5);
+  check_close(reference_logprobs(fp8_engine, packed, 1.0), fp8_want, 1e-5);
   double moved = 0;
   for (size_t i = 0; i < want.size(); ++i) moved = std::max(moved, std::fabs(fp8_want[i] - want[i]));
   CHECK(moved > 1e-3);

@@ -138,6 +138,14 @@ TEST_CASE("gradients: per-token weighted loss (the policy-gradient form)") {
   check_gradients(c, {0.0, 0.0}, true);
 }
 
+TEST_CASE("gradients: per-token weighted loss at a sampling temperature (GRPO's log-probs at temperature 0.7)") {
+  ModelConfig c = tiny();
+  c.num_nextn_predict_layers = 0;
+  LossOptions options{0.0, 0.0};
+  options.temperature = 0.7;
+  check_gradients(c, options, true);
+}
+
 TEST_CASE("gradients: packed documents (positions restart, attention and MTP stay within a document)") {
   const std::vector<int32_t> positions = {0, 1, 2, 3, 0, 1, 0, 1, 0, 1, 2, 3};  // B = 2 rows of 6
   check_gradients(tiny(), {0.3, 0.02}, false, positions.data());

@@ -10,9 +10,9 @@
 // CPU's emulation rounds them; their input and output sizes must then be multiples of 8.
 //
 // It covers what pretraining uses: rows of plain causal sequences (positions 0..Tn-1, no packed documents, no
-// per-token loss weights), the mean cross-entropy over targets, the MTP modules, the sequence-wise balance loss, and
-// the expert loads for the aux-loss-free balancing. Expert parallelism is not supported. Everything runs on one
-// stream of the device current at construction.
+// per-token loss weights, loss temperature 1), the mean cross-entropy over targets, the MTP modules, the
+// sequence-wise balance loss, and the expert loads for the aux-loss-free balancing. Expert parallelism is not
+// supported. Everything runs on one stream of the device current at construction.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>

@@ -96,8 +96,9 @@ void grpo_train(const GrpoTrainOptions& options, const std::atomic<bool>& stop, 
 
 class Engine;  // ds/engine.h
 // The KL reference's log-probabilities: log p(target) at each completion row of p (p.rows), a log-softmax in double
-// of the engine's logits. Model::target_logprobs at those rows up to float rounding, but with the weights as the
-// engine holds them, so that an FP8 base stays FP8 in memory.
-std::vector<double> reference_logprobs(Engine& engine, const grpo::Packed& p);
+// of the engine's logits divided by temperature. Model::target_logprobs at those rows (with LossOptions::temperature
+// the same) up to float rounding, but with the weights as the engine holds them, so that an FP8 base stays FP8 in
+// memory.
+std::vector<double> reference_logprobs(Engine& engine, const grpo::Packed& p, double temperature);
 
 }  // namespace ds

@@ -32,6 +32,9 @@ struct ParamInfo {
 struct LossOptions {
   double mtp_weight = 0.3;       // lambda: L = L_main + lambda/D * sum_k L_mtp_k; 0 skips the MTP modules
   double balance_alpha = 0.0;    // sequence-wise balance loss weight
+  // The main head's logits are divided by this before the softmax: its loss, target_logprobs() and entropies() are
+  // those of the distribution sampled at this temperature (RL scores its samples so, as TRL and verl do).
+  double temperature = 1.0;
 };
 
 struct ForwardStats {

@@ -272,6 +272,11 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
   m.final_norm.forward(m.xf.data(), m.hidden[size_t(L)].data(), N);
   ops::linear(m.logits.data(), m.xf.data(), m.store.w(m.head), N, V, d);
   if (!m.with_loss) return stats;
+  if (!(options.temperature > 0)) fail("loss temperature {} is not positive", options.temperature);
+  if (options.temperature != 1.0) {
+    const T inverse = T(1.0 / options.temperature);
+    for (T& z : m.logits) z *= inverse;
+  }
 
   m.targets.assign(targets, targets + N);
   m.count = 0;
@@ -370,11 +375,14 @@ void Model<T>::backward(const GradReady& ready) {
     m.mtp_done(ready, k);
   }
 
+  // The softmax read logits / temperature: the chain rule divides once more.
+  const double inverse_temperature = 1.0 / m.options.temperature;
   if (m.weights.empty())
     ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V,
-                                1.0 / double(std::max<int64_t>(m.count, 1)));
+                                inverse_temperature / double(std::max<int64_t>(m.count, 1)));
   else
-    ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V, 1.0, m.weights.data());
+    ops::cross_entropy_backward(dlogits.data(), m.logits.data(), m.targets.data(), N, V, inverse_temperature,
+                                m.weights.data());
   m.backward_main(dlogits.data(), std::move(dprev), ready);
 }
 

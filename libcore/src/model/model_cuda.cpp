@@ -558,6 +558,7 @@ struct TrainModel::Impl {
   ForwardStats forward(const int32_t* in, const int32_t* tg, int64_t B_, int64_t Tn_, const LossOptions& opts) {
     const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
     if (!in || !tg) fail("the device model's forward needs inputs and targets");
+    if (opts.temperature != 1.0) fail("the device model's loss is at temperature 1 only, not {}", opts.temperature);
     if (Tn_ > c.max_position_embeddings)
       fail("sequence length {} exceeds max_position_embeddings {}", Tn_, c.max_position_embeddings);
     B = B_, Tn = Tn_, N = B * Tn, options = opts;

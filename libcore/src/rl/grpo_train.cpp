@@ -166,6 +166,8 @@ void validate(const GrpoTrainOptions& o) {
   if (o.prompts_per_step < 1 || o.steps < 1 || o.iterations < 1 || o.micro_batch < 0 || o.max_sampling_rounds < 1)
     fail("--prompts-per-step, --steps, --iterations and --max-sampling-rounds must be positive");
   if (o.sampling.max_new_tokens < 1) fail("--max-new-tokens must be positive");
+  if (!(o.sampling.temperature > 0))
+    fail("--temperature must be positive: greedy completions of one prompt are all the same, and GRPO compares them");
   if (!(o.loss.epsilon > 0 && o.loss.epsilon < 1) || !(o.loss.epsilon_high > 0))
     fail("--epsilon must be in (0, 1) and --epsilon-high positive");
   if (o.loss.beta < 0) fail("--beta must not be negative");
@@ -290,6 +292,8 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
                             double(reference_->weights.bytes()) * 1e-6));
   engine_.emplace(model, policy_->tokenizer, o.device);
   no_aux_.mtp_weight = 0, no_aux_.balance_alpha = 0;
+  // The ratio and the KL term compare the probabilities of the distribution the completions were sampled from.
+  no_aux_.temperature = o.sampling.temperature;
 }
 
 void Trainer::run(const std::atomic<bool>& stop) {
@@ -462,7 +466,7 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
         fp8_reference_->forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_);
         lp = gather(fp8_reference_->target_logprobs(), p.rows);
       } else {
-        lp = reference_logprobs(*reference_engine_, p);
+        lp = reference_logprobs(*reference_engine_, p, no_aux_.temperature);
       }
       ref_logp.insert(ref_logp.end(), lp.begin(), lp.end());
     }
@@ -612,17 +616,17 @@ void grpo_train(const GrpoTrainOptions& options, const std::atomic<bool>& stop, 
   Trainer(options, events).run(stop);
 }
 
-std::vector<double> reference_logprobs(Engine& engine, const grpo::Packed& p) {
+std::vector<double> reference_logprobs(Engine& engine, const grpo::Packed& p, double temperature) {
   const int64_t V = engine.config().vocab_size;
   const std::vector<float> logits = engine.forward(p.inputs.data(), p.B, p.Tn);
   std::vector<double> out(p.rows.size());
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < p.rows.size(); ++i) {
     const float* z = logits.data() + p.rows[i] * V;
-    const double top = *std::max_element(z, z + V);
+    const double top = double(*std::max_element(z, z + V)) / temperature;
     double sum = 0;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(z[v]) - top);
-    out[i] = double(z[p.targets[size_t(p.rows[i])]]) - top - std::log(sum);
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(z[v]) / temperature - top);
+    out[i] = double(z[p.targets[size_t(p.rows[i])]]) / temperature - top - std::log(sum);
   }
   return out;
 }
