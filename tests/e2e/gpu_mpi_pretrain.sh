@@ -16,9 +16,6 @@ else
 fi
 [ "$gpus" -ge 2 ] || { echo "fewer than 2 GPUs visible: skipped"; exit 77; }
 BIN=$DS_BIN/ds-pretrain
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 COMMON="--model-config tiny --seq-len 32 --batch 4 --log-every 1 --lr 1e-3 --device cuda"
 field() { sed "s/.*\"$2\":\([-0-9.e+]*\).*/\1/" "$1/metrics.jsonl"; }
 same() {

@@ -3,9 +3,6 @@
 # so the run reloads once, says so once, and then follows the one-process run (losses within 1e-4 relative).
 set -eu
 . "$(dirname "$0")/mpi.inc"
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 COMMON="--model-config tiny --batch 4 --seq-len 32 --threads 1 --log-every 1 --schedule constant --comm-timeout 60"
 BAD="--lr 1e30 --on-bad-steps reload --bad-lr-factor 1e-32 --max-bad-steps 2"
 # The value of a number in the last record of RUN/metrics.jsonl.

@@ -5,9 +5,6 @@
 set -eu
 . "$(dirname "$0")/mpi.inc"
 BIN=$DS_BIN/ds-bench
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 $MPIRUN -np 3 "$BIN" --only allreduce --allreduce-mb 0.25,1 --min-time 0.05 --json >"$T/out.json" 2>"$T/err" ||
   fail "3 ranks: $(cat "$T/err")"

@@ -7,9 +7,6 @@
 set -eu
 . "$(dirname "$0")/mpi.inc"
 BIN=$DS_BIN/ds-distill
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Records of 13 lengths, so packed rows differ in their completion tokens; tasks whose answer the records teach.
 i=0

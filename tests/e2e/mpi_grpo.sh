@@ -4,9 +4,6 @@
 # sum in another order); a run resumes on another number of ranks.
 set -eu
 . "$(dirname "$0")/mpi.inc"
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 "$DS_BIN/ds-pretrain" "$T/base" --model-config tiny --batch 4 --seq-len 64 --steps 30 --threads 1 2>/dev/null
 # Reward: the number of digits in a completion, so groups differ and the loss is not zero.
 cat >"$T/digits.sh" <<'END'

@@ -5,9 +5,6 @@
 set -eu
 . "$(dirname "$0")/mpi.inc"
 BIN=$DS_BIN/ds-pretrain
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 COMMON="--model-config tiny --seq-len 32 --log-every 1 --threads 1 --lr 1e-3"
 losses() { sed 's/.*"main_loss":\([-0-9.e]*\).*/\1/' "$1/metrics.jsonl"; }
 same_losses() {

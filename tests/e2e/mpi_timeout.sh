@@ -4,9 +4,7 @@
 set -u
 . "$(dirname "$0")/mpi.inc"
 BIN=$DS_BIN/ds-pretrain
-T=$(mktemp -d)
 trap 'kill -KILL $(cat "$T"/pid.* 2>/dev/null) 2>/dev/null; rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Starts a long 2-rank run in the background (each rank writes its pid) and waits for its first logged step.
 start_run() {
