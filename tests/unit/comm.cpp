@@ -70,7 +70,7 @@ TEST_CASE("collectives match their definitions on every rank") {
   REQUIRE(r < R);
   INFO("rank ", r, " of ", R, " (", comm->backend(), ")");
 
-  SUBCASE("all_reduce sums floats, doubles and integers") {
+  SUBCASE("all_reduce sums floats, doubles and integers, and all_reduce_host host values") {
     std::vector<float> f(1000);
     std::vector<double> d(5);
     std::vector<int64_t> n(3);
@@ -78,7 +78,10 @@ TEST_CASE("collectives match their definitions on every rank") {
     for (size_t i = 0; i < d.size(); ++i) d[i] = 0.5 * r + double(i);
     for (size_t i = 0; i < n.size(); ++i) n[i] = (int64_t(1) << 40) * r + int64_t(i);
     comm->all_reduce(f.data(), int64_t(f.size()));
+    std::vector<double> host = d;
     comm->all_reduce(d.data(), int64_t(d.size()));
+    comm->all_reduce_host(host);
+    CHECK(host == d);
     comm->all_reduce(n.data(), int64_t(n.size()));
     const double ranks_sum = R * (R + 1) / 2.0;
     for (size_t i = 0; i < f.size(); ++i) CHECK(f[i] == doctest::Approx(ranks_sum * double(i)));

@@ -101,14 +101,15 @@ struct AllReduceResult {
   double algbw_gb_per_s = 0, busbw_gb_per_s = 0;  // from best_us
 };
 
-// Times all_reduce (one in-place all-reduce of bytes over ranks ranks) after a warm-up call: five rounds of the same
-// number of calls on every rank (agreed through sum_over_ranks, which sums a few host values in place over the
-// ranks), sized from a probe call so that they take about min_seconds in all.
-AllReduceResult time_all_reduce(int ranks, int64_t bytes, double min_seconds, const std::function<void()>& all_reduce,
-                                const std::function<void(std::vector<double>&)>& sum_over_ranks);
+// Times all_reduce (one in-place all-reduce of bytes over comm) after a warm-up call: five rounds of the same number
+// of calls on every rank (agreed through comm), sized from a probe call so that they take about min_seconds in all.
+AllReduceResult time_all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds,
+                                const std::function<void()>& all_reduce);
+// The floats in bytes; throws ds::Error unless it is a positive multiple of 4.
+int64_t all_reduce_floats(int64_t bytes);
 // Throws ds::Error unless every value of an all-reduced buffer whose rank r held r + 1 everywhere is the sum
-// n (n + 1) / 2 (backend names the collectives in the message).
-void check_all_reduce_sum(const std::vector<float>& values, int ranks, const std::string& backend);
+// n (n + 1) / 2 over comm's n ranks.
+void check_all_reduce_sum(const std::vector<float>& values, const dist::Comm& comm);
 // The all-reduce of comm over host buffers (the MPI backend), checked once, then timed. Every rank calls it with the
 // same bytes (a multiple of 4).
 AllReduceResult all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds);

@@ -54,6 +54,9 @@ class Comm {
 
   // Sum over ranks, in place.
   virtual void all_reduce(void* data, int64_t count, Scalar type) = 0;
+  // The same for a few host values (losses, counts) whatever the backend: NCCL, which reduces device memory only,
+  // takes them through a device copy.
+  virtual void all_reduce_host(std::vector<double>& values) { all_reduce(values.data(), int64_t(values.size())); }
   // root's bytes to every rank.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   // In place over data [sum(counts)]: rank r's part, counts[r] values at offset sum(counts[<r]), goes to all ranks.

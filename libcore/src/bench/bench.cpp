@@ -264,15 +264,16 @@ DecodeResult decode(const ModelConfig& config, int64_t batch, int64_t context, i
   return r;
 }
 
-AllReduceResult time_all_reduce(int ranks, int64_t bytes, double min_seconds, const std::function<void()>& all_reduce,
-                                const std::function<void(std::vector<double>&)>& sum_over_ranks) {
+AllReduceResult time_all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds,
+                                const std::function<void()>& all_reduce) {
   constexpr int kRounds = 5;
+  const int ranks = comm.size();
   all_reduce();  // NCCL and MPI set up their channels and registrations on the first call
   auto start = Clock::now();
   all_reduce();
   // Each rank's probe differs a little: the ranks' mean, the same on every rank, sizes the rounds.
   std::vector<double> probe = {seconds_since(start)};
-  sum_over_ranks(probe);
+  comm.all_reduce_host(probe);
   const double one = std::max(probe[0] / ranks, 1e-7);
   const auto per_round = int64_t(std::clamp(std::ceil(min_seconds / kRounds / one), 1.0, 100000.0));
   std::vector<double> us(kRounds);
@@ -281,7 +282,7 @@ AllReduceResult time_all_reduce(int ranks, int64_t bytes, double min_seconds, co
     for (int64_t i = 0; i < per_round; ++i) all_reduce();
     round = seconds_since(start) * 1e6 / double(per_round);
   }
-  sum_over_ranks(us);
+  comm.all_reduce_host(us);
   for (double& round : us) round /= ranks;
   AllReduceResult r{.bytes = bytes, .ranks = ranks, .repeats = kRounds * per_round};
   r.best_us = *std::min_element(us.begin(), us.end());
@@ -291,23 +292,26 @@ AllReduceResult time_all_reduce(int ranks, int64_t bytes, double min_seconds, co
   return r;
 }
 
-void check_all_reduce_sum(const std::vector<float>& values, int ranks, const std::string& backend) {
+int64_t all_reduce_floats(int64_t bytes) {
+  if (bytes <= 0 || bytes % 4 != 0) fail("all-reduce size {} bytes: not a positive multiple of 4", bytes);
+  return bytes / 4;
+}
+
+void check_all_reduce_sum(const std::vector<float>& values, const dist::Comm& comm) {
+  const int ranks = comm.size();
   const float expected = float(ranks) * float(ranks + 1) / 2;
   for (size_t i = 0; i < values.size(); ++i)
     if (values[i] != expected)
-      fail("the {} all-reduce of {} floats over {} ranks gave {} at {} instead of {}", backend, values.size(), ranks,
-           values[i], i, expected);
+      fail("the {} all-reduce of {} floats over {} ranks gave {} at {} instead of {}", comm.backend(), values.size(),
+           ranks, values[i], i, expected);
 }
 
 AllReduceResult all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds) {
-  if (bytes <= 0 || bytes % 4 != 0) fail("all-reduce size {} bytes: not a positive multiple of 4", bytes);
-  std::vector<float> data(size_t(bytes / 4), float(comm.rank() + 1));
+  std::vector<float> data(size_t(all_reduce_floats(bytes)), float(comm.rank() + 1));
   comm.all_reduce(data.data(), int64_t(data.size()));
-  check_all_reduce_sum(data, comm.size(), comm.backend());
+  check_all_reduce_sum(data, comm);
   std::fill(data.begin(), data.end(), 0.0f);  // sums of zeros stay finite however many calls follow
-  return time_all_reduce(
-      comm.size(), bytes, min_seconds, [&] { comm.all_reduce(data.data(), int64_t(data.size())); },
-      [&](std::vector<double>& x) { comm.all_reduce(x.data(), int64_t(x.size())); });
+  return time_all_reduce(comm, bytes, min_seconds, [&] { comm.all_reduce(data.data(), int64_t(data.size())); });
 }
 
 int64_t resident_bytes() {

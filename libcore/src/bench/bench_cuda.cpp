@@ -157,21 +157,14 @@ MlaDecodeResult gpu_mla_decode(int64_t batch, int64_t context, int64_t heads, do
 }
 
 AllReduceResult gpu_all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds) {
-  if (bytes <= 0 || bytes % 4 != 0) fail("all-reduce size {} bytes: not a positive multiple of 4", bytes);
-  const size_t n = size_t(bytes / 4);
+  const int64_t n = all_reduce_floats(bytes);
   cuda::Stream stream;
-  cuda::DeviceBuffer<float> data = cuda::to_device(std::vector<float>(n, float(comm.rank() + 1)), stream);
-  comm.all_reduce(data.data(), int64_t(n));
-  check_all_reduce_sum(cuda::to_host(data, stream), comm.size(), comm.backend());
+  cuda::DeviceBuffer<float> data = cuda::to_device(std::vector<float>(size_t(n), float(comm.rank() + 1)), stream);
+  comm.all_reduce(data.data(), n);
+  check_all_reduce_sum(cuda::to_host(data, stream), comm);
   DS_CUDA_CHECK(cudaMemsetAsync(data.data(), 0, data.bytes(), stream));  // sums of zeros stay finite
   DS_CUDA_CHECK(cudaStreamSynchronize(stream));
-  return time_all_reduce(
-      comm.size(), bytes, min_seconds, [&] { comm.all_reduce(data.data(), int64_t(n)); },
-      [&](std::vector<double>& x) {  // NCCL reduces device memory only
-        cuda::DeviceBuffer<double> values = cuda::to_device(x, stream);
-        comm.all_reduce(values.data(), int64_t(x.size()));
-        x = cuda::to_host(values, stream);
-      });
+  return time_all_reduce(comm, bytes, min_seconds, [&] { comm.all_reduce(data.data(), n); });
 }
 
 }  // namespace ds::bench

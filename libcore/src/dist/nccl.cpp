@@ -125,6 +125,16 @@ class NcclComm final : public Comm {
     check(ncclAllReduce(data, data, size_t(count), nccl_type(type), ncclSum, comm_, stream_), "all_reduce");
     wait("all_reduce");
   }
+  void all_reduce_host(std::vector<double>& values) override {
+    const size_t bytes = values.size() * sizeof(double);
+    void* copy = nullptr;
+    cuda_check(cudaMallocAsync(&copy, bytes, stream_), "cudaMallocAsync");
+    cuda_check(cudaMemcpyAsync(copy, values.data(), bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
+    all_reduce(copy, int64_t(values.size()), Scalar::F64);
+    cuda_check(cudaMemcpyAsync(values.data(), copy, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+    cuda_check(cudaFreeAsync(copy, stream_), "cudaFreeAsync");
+    cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
   void broadcast(void* data, int64_t bytes, int root) override {
     check(ncclBroadcast(data, data, size_t(bytes), ncclUint8, root, comm_, stream_), "broadcast");
     wait("broadcast");

@@ -59,12 +59,11 @@ double comm_seconds(const dist::Comm* comm, const dist::Comm* ep_comm) {
 // One all-reduce per step (sum, over ranks) for what every rank must agree on: the losses (each rank's is the mean
 // over its equal share of the tokens, so their mean is the global mean), the expert loads the router biases follow,
 // and whether any rank was asked to stop (so all stop at the same step).
-void average_over_ranks(StepTrainer& trainer, int ranks, ForwardStats& s, std::vector<std::vector<int64_t>>& loads,
-                        bool& stop) {
+void average_over_ranks(dist::Comm& comm, ForwardStats& s, std::vector<std::vector<int64_t>>& loads, bool& stop) {
   std::vector<double> x = {s.loss, s.main_loss, s.mtp_loss, s.balance_loss, stop ? 1.0 : 0.0};
   for (const auto& layer : loads) x.insert(x.end(), layer.begin(), layer.end());
-  trainer.sum_over_ranks(x);
-  const double R = ranks;
+  comm.all_reduce_host(x);
+  const double R = comm.size();
   s.loss = x[0] / R, s.main_loss = x[1] / R, s.mtp_loss = x[2] / R, s.balance_loss = x[3] / R, stop = x[4] > 0;
   size_t i = 5;
   for (auto& layer : loads)
@@ -223,7 +222,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       add_into(loads, s.expert_load);
     }
     bool stopping = stop;
-    if (ranks > 1) average_over_ranks(*trainer, ranks, sum, loads, stopping);
+    if (ranks > 1) average_over_ranks(*o.comm, sum, loads, stopping);
     const double lr = learning_rate(schedule, step) * guard.lr_scale();
     const double norm = trainer->reduce_grads(o.clip);
     StepRecord r;

@@ -9,11 +9,8 @@ namespace {
 
 class CpuTrainer final : public StepTrainer {
  public:
-  CpuTrainer(Model<float>& model, AdamW& optimizer, dist::Comm* comm)
-      : model_(model),
-        optimizer_(optimizer),
-        comm_(comm && comm->size() > 1 ? comm : nullptr),
-        reduce_(optimizer.grad_hook(model.grads())) {}
+  CpuTrainer(Model<float>& model, AdamW& optimizer)
+      : model_(model), optimizer_(optimizer), reduce_(optimizer.grad_hook(model.grads())) {}
 
   void begin_step(int64_t micro_batches) override {
     model_.zero_grads();
@@ -31,10 +28,6 @@ class CpuTrainer final : public StepTrainer {
   }
 
   double reduce_grads(double max_norm) override { return optimizer_.reduce_grads(model_.grads(), max_norm); }
-
-  void sum_over_ranks(std::vector<double>& values) override {
-    if (comm_) comm_->all_reduce(values.data(), int64_t(values.size()));
-  }
 
   void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) override {
     optimizer_.step(model_.params(), model_.grads(), lr);
@@ -55,7 +48,6 @@ class CpuTrainer final : public StepTrainer {
 
   Model<float>& model_;
   AdamW& optimizer_;
-  dist::Comm* comm_;        // null with one rank
   const GradReady reduce_;  // empty without buckets
   int64_t micro_batches_ = 1, done_ = 0;
 };
@@ -64,11 +56,11 @@ class CpuTrainer final : public StepTrainer {
 
 std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float>& model, AdamW& optimizer,
                                                const AdamWOptions& adamw, bool fp8, dist::Comm* comm) {
-  if (!device.cuda) return std::make_unique<CpuTrainer>(model, optimizer, comm);
+  if (!device.cuda) return std::make_unique<CpuTrainer>(model, optimizer);  // comm: the optimizer's
 #ifdef DS_CUDA
   return make_cuda_trainer(model, optimizer, adamw, fp8, comm);
 #else
-  (void)adamw, (void)fp8;
+  (void)adamw, (void)fp8, (void)comm;
   fail("--device {}: this build runs on the CPU only", device.name());
 #endif
 }

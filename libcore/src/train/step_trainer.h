@@ -26,8 +26,6 @@ class StepTrainer {
   // The gradients as the mean over the step's micro-batches and the ranks, clipped to max_norm; returns the norm
   // before clipping, the same on every rank.
   virtual double reduce_grads(double max_norm) = 0;
-  // values summed over the ranks, in place (nothing with one rank).
-  virtual void sum_over_ranks(std::vector<double>& values) = 0;
   // The AdamW update at lr, then the aux-loss-free router bias update from the step's expert loads.
   virtual void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) = 0;
   // After the host model and optimizer were reloaded (going back to a checkpoint), and before they are saved.

@@ -1,6 +1,5 @@
 // StepTrainer on a CUDA device: TrainModel and DeviceAdamW (ds/cuda_model.h), and with several ranks NCCL
 // all-reduces of the device gradients.
-#include "ds/cuda_memory.h"
 #include "ds/cuda_model.h"
 #include "ds/cuda_ops.h"
 #include "ds/error.h"
@@ -48,14 +47,6 @@ class CudaTrainer final : public StepTrainer {
     }
     if (parts > 1) cuda::scale(model_.device_grads(), 1.0f / float(parts), model_.size(), model_.stream());
     return optimizer_.reduce_grads(max_norm);
-  }
-
-  // NCCL reduces device memory only: the values go through a device copy.
-  void sum_over_ranks(std::vector<double>& values) override {
-    if (!comm_) return;
-    cuda::DeviceBuffer<double> buffer = cuda::to_device(values, model_.stream());
-    comm_->all_reduce(buffer.data(), int64_t(values.size()));
-    values = cuda::to_host(buffer, model_.stream());
   }
 
   void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) override {
