@@ -47,6 +47,11 @@ __device__ inline void add_to(float* dst, const float (&src)[kPerLane], int64_t 
     if (lane + 32 * i < d) dst[lane + 32 * i] += src[i];
 }
 
+// The first key query t of sequence b sees: the start of its document (pos null: one document per sequence).
+__device__ inline int64_t first_key(const int32_t* pos, const Shape& s, int64_t b, int64_t t) {
+  return pos ? t - pos[b * s.T + t] : 0;
+}
+
 // Offsets of (sequence b, position t, head h) in the q/k and the v/o layouts.
 __device__ inline int64_t qk_at(const Shape& s, int64_t b, int64_t t, int64_t h) {
   return ((b * s.T + t) * s.H + h) * s.dk;
@@ -55,8 +60,8 @@ __device__ inline int64_t v_at(const Shape& s, int64_t b, int64_t t, int64_t h) 
   return ((b * s.T + t) * s.H + h) * s.dv;
 }
 
-__global__ void attention_kernel(float* o, float* lse, const float* q, const float* k, const float* v, Shape s,
-                                 float scale) {
+__global__ void attention_kernel(float* o, float* lse, const float* q, const float* k, const float* v,
+                                 const int32_t* pos, Shape s, float scale) {
   const Row r = warp_row(s);
   if (!r.valid) return;
   float qi[kPerLane], acc[kPerLane];
@@ -65,7 +70,7 @@ __global__ void attention_kernel(float* o, float* lse, const float* q, const flo
   for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   const int lane = threadIdx.x % 32;
-  for (int64_t j = 0; j <= r.t; ++j) {
+  for (int64_t j = first_key(pos, s, r.b, r.t); j <= r.t; ++j) {
     const float score = dot(qi, k + qk_at(s, r.b, j, r.h), s.dk) * scale;
     const float m_new = fmaxf(m, score), correction = expf(m - m_new), p = expf(score - m_new);
     l = l * correction + p;
@@ -85,7 +90,7 @@ __global__ void attention_kernel(float* o, float* lse, const float* q, const flo
 // Query pass: D_i = dO_i . O_i (kept for the key pass) and dq_i += scale sum_j P_ij (dO_i . v_j - D_i) k_j.
 __global__ void attention_backward_query_kernel(float* dq, float* delta, const float* dout, const float* q,
                                                 const float* k, const float* v, const float* o, const float* lse,
-                                                Shape s, float scale) {
+                                                const int32_t* pos, Shape s, float scale) {
   const Row r = warp_row(s);
   if (!r.valid) return;
   float qi[kPerLane], doi[kPerLane], acc[kPerLane];
@@ -97,7 +102,7 @@ __global__ void attention_backward_query_kernel(float* dq, float* delta, const f
   if (lane == 0) delta[row] = D;
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
-  for (int64_t j = 0; j <= r.t; ++j) {
+  for (int64_t j = first_key(pos, s, r.b, r.t); j <= r.t; ++j) {
     const float* kj = k + qk_at(s, r.b, j, r.h);
     const float p = expf(dot(qi, kj, s.dk) * scale - L);
     const float ds = p * (dot(doi, v + v_at(s, r.b, j, r.h), s.dv) - D) * scale;
@@ -110,8 +115,8 @@ __global__ void attention_backward_query_kernel(float* dq, float* delta, const f
 
 // Key pass, a warp per key j: dv_j += sum_i P_ij dO_i and dk_j += scale sum_i P_ij (dO_i . v_j - D_i) q_i.
 __global__ void attention_backward_key_kernel(float* dk, float* dv, const float* delta, const float* dout,
-                                              const float* q, const float* k, const float* v, const float* lse, Shape s,
-                                              float scale) {
+                                              const float* q, const float* k, const float* v, const float* lse,
+                                              const int32_t* pos, Shape s, float scale) {
   const Row r = warp_row(s);
   if (!r.valid) return;
   float kj[kPerLane], vj[kPerLane], gk[kPerLane], gv[kPerLane];
@@ -120,7 +125,8 @@ __global__ void attention_backward_key_kernel(float* dk, float* dv, const float*
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) gk[i] = gv[i] = 0.0f;
   const int lane = threadIdx.x % 32;
-  for (int64_t t = r.t; t < s.T; ++t) {  // the queries that see key r.t
+  // The queries that see key r.t: from it to the end of its document, where a query's first key passes it.
+  for (int64_t t = r.t; t < s.T && first_key(pos, s, r.b, t) <= r.t; ++t) {
     const int64_t row = (r.b * s.H + r.h) * s.T + t;
     const float* qi = q + qk_at(s, r.b, t, r.h);
     const float* doi = dout + v_at(s, r.b, t, r.h);
@@ -147,25 +153,25 @@ unsigned row_blocks(const Shape& s) { return blocks_for(s.B * s.H * s.T, kWarps)
 
 }  // namespace
 
-void attention(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t H,
-               int64_t dk, int64_t dv, float scale, cudaStream_t stream) {
+void attention(float* o, float* lse, const float* q, const float* k, const float* v, const int32_t* pos, int64_t B,
+               int64_t T, int64_t H, int64_t dk, int64_t dv, float scale, cudaStream_t stream) {
   const Shape s = checked_shape(B, T, H, dk, dv);
   if (B * T * H == 0) return;
-  attention_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(o, lse, q, k, v, s, scale);
+  attention_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(o, lse, q, k, v, pos, s, scale);
   DS_CUDA_LAUNCHED();
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, const float* o, const float* lse, int64_t B, int64_t T, int64_t H,
-                        int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream) {
+                        const float* v, const float* o, const float* lse, const int32_t* pos, int64_t B, int64_t T,
+                        int64_t H, int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream) {
   const Shape s = checked_shape(B, T, H, dk_dim, dv_dim);
   if (B * T * H == 0) return;
   DeviceBuffer<float> delta(static_cast<size_t>(B * H * T));
-  attention_backward_query_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(dq, delta.data(), dout, q, k, v, o, lse, s,
-                                                                             scale);
+  attention_backward_query_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(dq, delta.data(), dout, q, k, v, o, lse,
+                                                                             pos, s, scale);
   DS_CUDA_LAUNCHED();
-  attention_backward_key_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(dk, dv, delta.data(), dout, q, k, v, lse, s,
-                                                                           scale);
+  attention_backward_key_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(dk, dv, delta.data(), dout, q, k, v, lse,
+                                                                           pos, s, scale);
   DS_CUDA_LAUNCHED();
 }
 

@@ -106,31 +106,43 @@ __device__ inline SoftmaxState merge(SoftmaxState a, SoftmaxState b) {
   return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
 }
 
-// One block per row: pass 1 finds the row's max and sum online, pass 2 writes the gradient (in place if asked).
-__global__ void cross_entropy_kernel(float* losses, float* dlogits, const float* logits, const int32_t* targets,
-                                     int64_t V, float scale, const float* row_scale) {
+// One block per row: pass 1 finds the max and sum of the scaled row online, pass 2 (when asked) writes the gradient,
+// in place if asked, and sums the entropy.
+__global__ void cross_entropy_kernel(float* losses, float* entropies, float* dlogits, const float* logits,
+                                     const int32_t* targets, int64_t V, float inverse_temperature, float scale,
+                                     const float* row_scale) {
   __shared__ SoftmaxState shared[32];
-  __shared__ float target_logit;
+  __shared__ float target_logit, reduce[32];
   const int64_t n = blockIdx.x;
   const float* row = logits + n * V;
   const int32_t target = targets[n];
   SoftmaxState st;
-  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) st = merge(st, {row[c], 1.0f});
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) st = merge(st, {row[c] * inverse_temperature, 1.0f});
   for (int offset = 16; offset > 0; offset /= 2)
     st = merge(st, {__shfl_xor_sync(kFullMask, st.max, offset), __shfl_xor_sync(kFullMask, st.sum, offset)});
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) shared[warp] = st;
-  if (threadIdx.x == 0) target_logit = target >= 0 ? row[target] : 0.0f;  // read before pass 2 may overwrite it
+  // Read before pass 2 may overwrite it.
+  if (threadIdx.x == 0) target_logit = target >= 0 ? row[target] * inverse_temperature : 0.0f;
   __syncthreads();
   st = SoftmaxState{};
   for (int k = 0; k < int(blockDim.x / 32); ++k) st = merge(st, shared[k]);
-  if (threadIdx.x == 0) losses[n] = target >= 0 ? logf(st.sum) - (target_logit - st.max) : 0.0f;
-  if (!dlogits) return;
-  float* d = dlogits + n * V;
-  const float s = target >= 0 ? scale * (row_scale ? row_scale[n] : 1.0f) : 0.0f;
-  const float inv = 1.0f / st.sum;
-  for (int64_t c = threadIdx.x; c < V; c += blockDim.x)
-    d[c] = (expf(row[c] - st.max) * inv - (c == target ? 1.0f : 0.0f)) * s;
+  const float log_sum = logf(st.sum);
+  if (threadIdx.x == 0) losses[n] = target >= 0 ? log_sum - (target_logit - st.max) : 0.0f;
+  if (!dlogits && !entropies) return;
+  float* d = dlogits ? dlogits + n * V : nullptr;
+  // d(loss)/d(logit) carries the 1/temperature the logits were scaled by.
+  const float s = target >= 0 ? scale * inverse_temperature * (row_scale ? row_scale[n] : 1.0f) : 0.0f;
+  float entropy = 0;  // -sum p log p, log p = x - max - log(sum)
+  for (int64_t c = threadIdx.x; c < V; c += blockDim.x) {
+    const float log_p = row[c] * inverse_temperature - st.max - log_sum, p = expf(log_p);
+    entropy -= p * log_p;
+    if (d) d[c] = (p - (c == target ? 1.0f : 0.0f)) * s;
+  }
+  if (entropies) {
+    entropy = block_reduce<false>(entropy, reduce);
+    if (threadIdx.x == 0) entropies[n] = entropy;
+  }
 }
 
 __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, int64_t n, AdamWStep s) {
@@ -214,10 +226,12 @@ void swiglu_backward(float* dg, float* du, const float* da, const float* g, cons
   DS_CUDA_LAUNCHED();
 }
 
-void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
-                   float scale, const float* row_scale, cudaStream_t stream) {
+void cross_entropy(float* losses, float* entropies, float* dlogits, const float* logits, const int32_t* targets,
+                   int64_t N, int64_t V, float inverse_temperature, float scale, const float* row_scale,
+                   cudaStream_t stream) {
   if (N == 0) return;
-  cross_entropy_kernel<<<unsigned(N), kRowThreads, 0, stream>>>(losses, dlogits, logits, targets, V, scale, row_scale);
+  cross_entropy_kernel<<<unsigned(N), kRowThreads, 0, stream>>>(losses, entropies, dlogits, logits, targets, V,
+                                                                inverse_temperature, scale, row_scale);
   DS_CUDA_LAUNCHED();
 }
 

@@ -75,8 +75,10 @@ int main(int argc, char** argv) {
     o.schedule.kind = ds::parse_schedule(schedule);
     o.kd.divergence = ds::kd::parse_divergence(divergence);
     o.sample.seed = o.seed;
+    compute.device = ds::tool::local_device(compute.device);  // each rank on its node's GPU
     o.device = o.sample.device = ds::tool::apply_compute_options(compute, true);
-    const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
+    // Data parallel under mpirun or srun. Over MPI even on GPUs: samples and records meet in host memory.
+    const auto comm = ds::tool::make_comm(dist);
     o.comm = comm.get();
     o.bucket_mb = dist.bucket_mb;
 

@@ -80,8 +80,10 @@ int main(int argc, char** argv) {
     o.schedule.kind = ds::parse_schedule(schedule);
     o.aggregation = ds::grpo::parse_aggregation(loss);
     o.scale_rewards = ds::grpo::parse_scale_rewards(scale_rewards);
+    compute.device = ds::tool::local_device(compute.device);  // each rank on its node's GPU
     o.device = ds::tool::apply_compute_options(compute, true);
-    const auto comm = ds::tool::make_comm(dist);  // data parallel under mpirun or srun
+    // Data parallel under mpirun or srun. Over MPI even on GPUs: rollouts and rewards meet in host memory.
+    const auto comm = ds::tool::make_comm(dist);
     o.comm = comm.get(), o.bucket_mb = dist.bucket_mb;
 
     const auto& stop = ds::tool::install_stop_signals();

@@ -1,5 +1,6 @@
 // The causal attention kernels against ops::attention and ops::attention_backward, at MLA's expanded head widths
-// and at small widths that do not fill a warp.
+// and at small widths that do not fill a warp, with one document per sequence or several packed into each.
+#include <algorithm>
 #include <cmath>
 
 #include "ds/cuda_ops.h"
@@ -12,28 +13,42 @@ using namespace ds::gpu_test;
 
 namespace {
 
-void check_attention(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv) {
+// Positions of packed documents: sequence b restarts at 0 every T / (b + 2) tokens (the last sequence: once).
+std::vector<int32_t> packed_positions(int64_t B, int64_t T) {
+  std::vector<int32_t> pos;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t length = std::max<int64_t>(1, T / (b + 2));
+    for (int64_t t = 0; t < T; ++t) pos.push_back(int32_t(t % length));
+  }
+  return pos;
+}
+
+void check_attention(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv, bool packed = false) {
   Stream stream;
   const float scale = 1.0f / std::sqrt(float(dk));
   const size_t nq = static_cast<size_t>(B * T * H * dk), nv = static_cast<size_t>(B * T * H * dv);
   const std::vector<float> q = random_floats(nq, 1), k = random_floats(nq, 2), v = random_floats(nv, 3),
                            dout = random_floats(nv, 4);
   std::vector<float> o(nv), p(static_cast<size_t>(B * H * T * T)), dq(nq, 0.5f), dk_(nq, -0.5f), dv_(nv, 0.25f);
-  ops::attention(o.data(), p.data(), q.data(), k.data(), v.data(), B, T, H, dk, dv, scale);
+  const std::vector<int32_t> pos = packed ? packed_positions(B, T) : std::vector<int32_t>();
+  ops::attention(o.data(), p.data(), q.data(), k.data(), v.data(), B, T, H, dk, dv, scale,
+                 packed ? pos.data() : nullptr);
   ops::attention_backward(dq.data(), dk_.data(), dv_.data(), dout.data(), q.data(), k.data(), v.data(), p.data(), B, T,
                           H, dk, dv, scale);
 
   const DeviceBuffer<float> gq = to_device(q, stream), gk = to_device(k, stream), gv = to_device(v, stream),
                             gdout = to_device(dout, stream);
+  const DeviceBuffer<int32_t> gpos = to_device(pos, stream);
+  const int32_t* device_pos = packed ? gpos.data() : nullptr;
   DeviceBuffer<float> go(nv), glse(static_cast<size_t>(B * H * T));
-  attention(go.data(), glse.data(), gq.data(), gk.data(), gv.data(), B, T, H, dk, dv, scale, stream);
+  attention(go.data(), glse.data(), gq.data(), gk.data(), gv.data(), device_pos, B, T, H, dk, dv, scale, stream);
   check_close(to_host(go, stream), o, 1e-4, 1e-5);
 
   DeviceBuffer<float> gdq = to_device(std::vector<float>(nq, 0.5f), stream),
                       gdk = to_device(std::vector<float>(nq, -0.5f), stream),
                       gdv = to_device(std::vector<float>(nv, 0.25f), stream);
   attention_backward(gdq.data(), gdk.data(), gdv.data(), gdout.data(), gq.data(), gk.data(), gv.data(), go.data(),
-                     glse.data(), B, T, H, dk, dv, scale, stream);
+                     glse.data(), device_pos, B, T, H, dk, dv, scale, stream);
   check_close(to_host(gdq, stream), dq, 1e-4, 1e-4);
   check_close(to_host(gdk, stream), dk_, 1e-4, 1e-4);
   check_close(to_host(gdv, stream), dv_, 1e-4, 1e-4);
@@ -43,3 +58,4 @@ void check_attention(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv) {
 
 TEST_CASE("causal attention at MLA's widths (192 q/k, 128 v)") { check_attention(2, 70, 4, 192, 128); }
 TEST_CASE("causal attention at small widths") { check_attention(3, 17, 2, 24, 40); }
+TEST_CASE("attention over packed documents") { check_attention(3, 40, 2, 192, 128, true); }

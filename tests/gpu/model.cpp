@@ -1,7 +1,8 @@
 // The device training model against Model<float> on the CPU, on random tiny models (MoE with two MTP depths and
 // q_lora, the variant without q_lora with tied embeddings, YaRN and softmax routing, and a dense model with MTP):
 // losses, gradients and expert loads of one forward and backward (with the sequence-wise balance loss too), the
-// device AdamW on the CPU's gradients, a few whole training steps, and FP8 GEMMs at sizes that are multiples of 128.
+// device AdamW on the CPU's gradients, a few whole training steps, FP8 GEMMs at sizes that are multiples of 128, RL's
+// weighted loss at a temperature over packed documents, and distillation's backward of a loss of the logits.
 //
 // Both sides start from the same BF16-representable parameters. The device rounds activations to BF16 at every GEMM
 // input (relative error 2^-9 each). On the CPU, perturbing these models' weights by 2^-8 moves their losses by under
@@ -332,6 +333,91 @@ TEST_CASE("device model: the sequence-wise balance loss and its gradient match t
   }
 }
 
+// Positions of packed documents: sequence b restarts at 0 every 5 + b tokens.
+std::vector<int32_t> packed_positions(int64_t B, int64_t Tn) {
+  std::vector<int32_t> pos;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < Tn; ++t) pos.push_back(int32_t(t % (5 + b)));
+  return pos;
+}
+
+void check_doubles(const std::vector<double>& got, const std::vector<double>& want, double tolerance,
+                   const char* what) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  MESSAGE(std::string(what) << ": largest difference " << worst);
+  CHECK(worst <= tolerance);
+}
+
+TEST_CASE("device model: RL's weighted loss at a temperature over packed documents matches the CPU's") {
+  // GRPO's per-token weights (of either sign), its sampling temperature, the log-probabilities and entropies it
+  // reads; packed documents mask attention and the MTP targets that lie in a later document.
+  const ModelConfig c = moe_config();
+  Model<float> cpu = bf16_model(c, 32);
+  cuda::TrainModel gpu(cpu);
+  const int64_t B = 2, Tn = 14;
+  const Batch batch = make_batch(c.vocab_size, B, Tn, 37);
+  const std::vector<int32_t> pos = packed_positions(B, Tn);
+  std::vector<float> weights = gpu_test::random_floats(size_t(B * Tn), 41, 0.2f);
+  LossOptions options;
+  options.temperature = 0.7;
+  const ForwardStats want =
+      cpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options, weights.data(), pos.data());
+  const ForwardStats got =
+      gpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options, weights.data(), pos.data());
+  check_loss(got.main_loss, want.main_loss, 0.01, "weighted main loss");
+  check_loss(got.mtp_loss, want.mtp_loss, 0.01, "MTP loss");
+  const bool same_routing = check_loads(got, want, B * Tn, c.num_experts_per_tok);
+  // Log-probabilities of about -log(vocab): BF16 GEMM inputs move them by a few thousandths, a token routed to
+  // another expert by a few hundredths.
+  const double tolerance = same_routing ? 0.02 : 0.1;
+  check_doubles(gpu.target_logprobs(), cpu.target_logprobs(), tolerance, "log-probabilities");
+  check_doubles(gpu.entropies(), cpu.entropies(), tolerance, "entropies");
+  cpu.zero_grads(), gpu.zero_grads();
+  cpu.backward(), gpu.backward();
+  check_gradients(cpu.param_infos(), gpu.grads(), cpu.grads(), same_routing);
+
+  // The temperature and the documents both matter: without them the device's log-probabilities differ.
+  gpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, {}, weights.data(), pos.data());
+  std::vector<double> at_one = gpu.target_logprobs();
+  gpu.forward(batch.inputs.data(), batch.targets.data(), B, Tn, options, weights.data());
+  std::vector<double> unpacked = gpu.target_logprobs();
+  const std::vector<double> cpu_logp = cpu.target_logprobs();
+  double moved_t = 0, moved_docs = 0;
+  for (size_t i = 0; i < cpu_logp.size(); ++i)
+    moved_t = std::max(moved_t, std::fabs(at_one[i] - cpu_logp[i])),
+    moved_docs = std::max(moved_docs, std::fabs(unpacked[i] - cpu_logp[i]));
+  CHECK(moved_t > 0.1);
+  CHECK(moved_docs > 0.05);
+}
+
+TEST_CASE("device model: the logits, and the backward of a loss computed from them, match the CPU's") {
+  // Distillation: a forward without targets over packed documents, a loss of the logits on the host, its gradient
+  // back through the model.
+  for (const ModelConfig& c : {moe_config(), dense_config()}) {
+    Model<float> cpu = bf16_model(c, 43);
+    cuda::TrainModel gpu(cpu);
+    const int64_t B = 2, Tn = 12, V = c.vocab_size;
+    const Batch batch = make_batch(V, B, Tn, 47);
+    const std::vector<int32_t> pos = packed_positions(B, Tn);
+    const ForwardStats want = cpu.forward(batch.inputs.data(), nullptr, B, Tn, {}, nullptr, pos.data());
+    const ForwardStats got = gpu.forward(batch.inputs.data(), nullptr, B, Tn, {}, nullptr, pos.data());
+    const std::vector<float> logits = gpu.logits();
+    const std::vector<float> cpu_logits(cpu.logits(), cpu.logits() + B * Tn * V);
+    const double error = relative_error(logits, cpu_logits);
+    MESSAGE("logits: relative error " << error);
+    CHECK(error < 0.01);
+    const bool same_routing = check_loads(got, want, B * Tn, c.num_experts_per_tok);
+    const std::vector<float> dlogits = gpu_test::random_floats(size_t(B * Tn * V), 53, 0.01f);
+    cpu.zero_grads(), gpu.zero_grads();
+    cpu.backward(dlogits.data()), gpu.backward(dlogits.data());
+    check_gradients(cpu.param_infos(), gpu.grads(), cpu.grads(), same_routing);
+    CHECK_THROWS_AS(gpu.backward(), Error);  // no targets, no loss of its own
+    CHECK_THROWS_AS(gpu.target_logprobs(), Error);
+  }
+}
+
 TEST_CASE("device model refuses what it cannot do") {
   const ModelConfig c = moe_config();
   cuda::TrainModel gpu(bf16_model(c, 1));
@@ -340,4 +426,13 @@ TEST_CASE("device model refuses what it cannot do") {
   std::vector<int32_t> bad = batch.inputs;
   bad[0] = int32_t(c.vocab_size);
   CHECK_THROWS_AS(gpu.forward(bad.data(), batch.targets.data(), 1, 8), Error);
+  std::vector<int32_t> pos = {0, 1, 2, 0, 1, 3, 4, 5};  // 1 -> 3 skips a position
+  CHECK_THROWS_AS(gpu.forward(batch.inputs.data(), batch.targets.data(), 1, 8, {}, nullptr, pos.data()), Error);
+  LossOptions cold;
+  cold.temperature = 0;
+  CHECK_THROWS_AS(gpu.forward(batch.inputs.data(), batch.targets.data(), 1, 8, cold), Error);
+  gpu.forward(batch.inputs.data(), batch.targets.data(), 1, 8);
+  CHECK_THROWS_AS(gpu.logits(), Error);  // a forward with targets turned them into their gradient
+  const std::vector<float> dlogits(size_t(8 * c.vocab_size), 0.0f);
+  CHECK_THROWS_AS(gpu.backward(dlogits.data()), Error);
 }

@@ -9,10 +9,11 @@
 // are not linear layers) run their three GEMMs in e4m3 with 1x128 activation and 128x128 weight scales, as the
 // CPU's emulation rounds them; their input and output sizes must then be multiples of 8.
 //
-// It covers what pretraining uses: rows of plain causal sequences (positions 0..Tn-1, no packed documents, no
-// per-token loss weights, loss temperature 1), the mean cross-entropy over targets, the MTP modules, the
-// sequence-wise balance loss, and the expert loads for the aux-loss-free balancing. Expert parallelism is not
-// supported. Everything runs on one stream of the device current at construction.
+// It covers what the trainers use: causal sequences or packed documents, the mean or per-token weighted
+// cross-entropy at a temperature with each position's log-probability and entropy (RL), the logits and the backward
+// of a loss computed from them (distillation), the MTP modules, the sequence-wise balance loss, and the expert loads
+// for the aux-loss-free balancing. Expert parallelism is not supported. Everything runs on one stream of the device
+// current at construction.
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -37,13 +38,22 @@ class TrainModel {
   const std::vector<ParamInfo>& param_infos() const;
   int64_t size() const;  // values in the flat parameter array
 
-  // Forward over B sequences of Tn tokens (host arrays inputs and targets [B*Tn], target -1 = no loss), keeping
-  // the activations for backward(). Returns the losses and expert loads as Model<float>::forward does. Waits for the
-  // device (the losses and the routing come back to the host).
+  // Model<float>::forward on the device, its arguments host arrays: inputs [B*Tn]; targets [B*Tn] (-1 = no loss),
+  // or null for the logits only; target_weights [B*Tn] for the weighted loss; positions [B*Tn] for packed
+  // documents. Returns the losses and expert loads as Model does. Waits for the device (the losses and the routing
+  // come back to the host).
   ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                       const LossOptions& options = {});
+                       const LossOptions& options = {}, const float* target_weights = nullptr,
+                       const int32_t* positions = nullptr);
+  // After a forward with targets, as Model's: log p(target) per position (0 without a target), and the entropies.
+  std::vector<double> target_logprobs() const;
+  std::vector<double> entropies() const;
+  // After a forward without targets: the logits [B*Tn, vocab], copied to the host.
+  std::vector<float> logits() const;
   // Gradients of the last forward's loss, added into the device gradients. Queued; returns before they are done.
   void backward();
+  // After a forward without targets: backpropagates dlogits ([B*Tn, vocab] on the host). Returns once dlogits is read.
+  void backward(const float* dlogits);
   void zero_grads();
   void set_fp8(bool on);
   // Model::update_router_bias on the device copy.

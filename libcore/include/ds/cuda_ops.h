@@ -60,12 +60,15 @@ void swiglu(float* a, const float* g, const float* u, int64_t n, cudaStream_t st
 void swiglu_backward(float* dg, float* du, const float* da, const float* g, const float* u, int64_t n,
                      cudaStream_t stream);
 
-// Softmax cross-entropy over rows of V logits in two passes over each row, without a probabilities copy:
-// losses[n] = logsumexp(row) - row[target] (0 for target < 0), and when dlogits is not null, dlogits =
-// (softmax(row) - onehot(target)) * scale * row_scale[n] (row_scale may be null; rows without a target get 0),
-// which may overwrite the logits in place. ops::cross_entropy followed by ops::cross_entropy_backward.
-void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
-                   float scale, const float* row_scale, cudaStream_t stream);
+// Softmax cross-entropy over rows of V logits at a temperature, x = logits * inverse_temperature, in two passes over
+// each row, without a probabilities copy: losses[n] = logsumexp(x) - x[target] (0 for target < 0); when entropies is
+// not null, entropies[n] = -sum softmax(x) log softmax(x); when dlogits is not null, the gradient of
+// scale * row_scale[n] * losses[n] with respect to the logits, (softmax(x) - onehot(target)) * scale * row_scale[n] *
+// inverse_temperature (row_scale may be null; rows without a target get 0), which may overwrite the logits in place.
+// Model<float>'s loss (temperature, weights), target_logprobs() and entropies(), and its backward.
+void cross_entropy(float* losses, float* entropies, float* dlogits, const float* logits, const int32_t* targets,
+                   int64_t N, int64_t V, float inverse_temperature, float scale, const float* row_scale,
+                   cudaStream_t stream);
 
 // One AdamW update of n parameters (ds::AdamW::step for one range): m, v updated in place; bias corrections
 // bc1 = 1 - beta1^t, bc2 = 1 - beta2^t; decay = lr * weight_decay for decayed ranges, else 0.
@@ -99,14 +102,16 @@ void moe_combine(float* y, const float* ye, const int32_t* row_of, const float* 
 // Flash-style: each query keeps an online softmax over its keys, so no [T, T] probabilities are stored; the backward
 // recomputes them from lse. One warp per query (and per key in the backward), lanes across the head dimensions, in
 // float on CUDA cores. q, k [B*T, H, dk], v [B*T, H, dv], o [B*T, H, dv]; lse [B, H, T] is each query's
-// log-sum-exp of its scaled scores. dk and dv are at most kMaxAttentionHeadDim.
+// log-sum-exp of its scaled scores. dk and dv are at most kMaxAttentionHeadDim. With pos ([B*T] on the device, or
+// null), a sequence holds packed documents as in ops::attention: each starts where its position is 0, and a query
+// attends only to keys of its own document.
 inline constexpr int64_t kMaxAttentionHeadDim = 256;
-void attention(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t H,
-               int64_t dk, int64_t dv, float scale, cudaStream_t stream);
+void attention(float* o, float* lse, const float* q, const float* k, const float* v, const int32_t* pos, int64_t B,
+               int64_t T, int64_t H, int64_t dk, int64_t dv, float scale, cudaStream_t stream);
 // ops::attention_backward from o and lse instead of the probabilities: dq, dk, dv are ADDED to.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                        const float* v, const float* o, const float* lse, int64_t B, int64_t T, int64_t H,
-                        int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream);
+                        const float* v, const float* o, const float* lse, const int32_t* pos, int64_t B, int64_t T,
+                        int64_t H, int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream);
 
 // ---- Training (kernels/train.cu): the backward passes and reductions a training step adds ----
 // y = a + b over n values (y may be a or b): residual connections, and gradients that meet.

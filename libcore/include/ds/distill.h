@@ -143,7 +143,7 @@ struct DistillOptions {
   int64_t eval_every = 0;                   // validation loss every N steps; 0 = at the end only
   int64_t max_bad_steps = 10;
   bool fp8 = false;                         // emulate the FP8 training GEMMs (Model::set_fp8), the teacher's too
-  Device device;                            // where the teacher samples and scores; the student trains on the CPU
+  Device device;                            // where the teacher samples and scores, and the student trains
   // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on the r-th
   // contiguous share of the rows one process would take, so R ranks follow the 1-rank run up to float rounding.
   dist::Comm* comm = nullptr;

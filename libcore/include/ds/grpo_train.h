@@ -53,7 +53,7 @@ struct GrpoTrainOptions {
   double bias_gamma = 0.0;                   // aux-loss-free router bias updates; 0 keeps the base's routing bias
   bool fp8 = false;                          // FP8 training GEMMs in the updates (Model::set_fp8), the KL
                                              // reference's too (a Model then, not the engine); sampling stays f32
-  Device device;                             // where the rollouts and the KL reference run; updates stay on the CPU
+  Device device;                             // where the rollouts, the KL reference and the updates run
   uint64_t seed = 1234;
   int64_t save_every = 0;
   int keep = 0;
@@ -62,7 +62,8 @@ struct GrpoTrainOptions {
   BadStepOptions bad_steps;                  // then stop, or reload the last checkpoint (the base at step 0)
   // Data parallel over comm's ranks (null: one process): each step's prompts are split over the ranks, each
   // samples, scores and computes the advantages of its own groups, and the loss is normalised over the whole
-  // batch; the AdamW state is sharded (ZeRO-1); rank 0 writes the run directory, every rank appends its rollouts.
+  // batch; the AdamW state is sharded (ZeRO-1; on a GPU every rank holds it whole, and the device gradients are
+  // reduced through host memory); rank 0 writes the run directory, every rank appends its rollouts.
   dist::Comm* comm = nullptr;
   double bucket_mb = 25;                     // gradients reduced in buckets of this many MiB during the backward;
                                              // 0: after it

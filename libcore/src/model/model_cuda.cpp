@@ -121,14 +121,16 @@ struct TrainModel::Impl {
   bool fp8 = false;
 
   // Forward state.
-  bool with_loss = false;
+  bool with_loss = false, with_logits = false;  // the last forward had targets / had none, and is complete
   int64_t B = 0, Tn = 0, N = 0, count = 0;
   LossOptions options;
   size_t mtp_depths = 0;
   DeviceBuffer<int32_t> inputs, targets, pos;
   TokenRows input_rows;  // inputs grouped for the embedding's backward
   std::vector<DeviceBuffer<float>> hidden;  // hidden[l] is the input of block l; hidden[L] the last block's output
-  DeviceBuffer<float> xf, rstd_f, dlogits;  // the main head's input, and its logits turned into their gradient
+  // The main head's input, and its logits: a forward with targets turns them into their gradient.
+  DeviceBuffer<float> xf, rstd_f, dlogits;
+  std::vector<double> logprobs, entropies;  // of the last forward with targets, per position
 
   explicit Impl(const Model<float>& model)
       : c(model.config()), infos(model.param_infos()), size(int64_t(model.params().size())) {
@@ -396,7 +398,7 @@ struct TrainModel::Impl {
     for (int64_t h = 0; h < H; ++h) copy_columns(L.k.data() + h * dq + dn, H * dq, L.kva.data() + r, r + dr, dr, N);
     copy_columns(L.v.data(), dv, L.kv.data() + dn, dn + dv, dv, N * H);
     L.o = buffer(N * H * dv), L.lse = buffer(B * H * Tn);
-    cuda::attention(L.o.data(), L.lse.data(), L.q.data(), L.k.data(), L.v.data(), B, Tn, H, dq, dv,
+    cuda::attention(L.o.data(), L.lse.data(), L.q.data(), L.k.data(), L.v.data(), pos.data(), B, Tn, H, dq, dv,
                     float(c.softmax_scale()), stream);
     linear_forward(y, L.o.data(), L.o_proj, N);
   }
@@ -408,7 +410,7 @@ struct TrainModel::Impl {
                         d_v = zeros(N * H * dv);
     linear_backward(d_o.data(), dy, L.o.data(), L.o_proj, N);
     cuda::attention_backward(d_q.data(), d_k.data(), d_v.data(), d_o.data(), L.q.data(), L.k.data(), L.v.data(),
-                             L.o.data(), L.lse.data(), B, Tn, H, dq, dv, float(c.softmax_scale()), stream);
+                             L.o.data(), L.lse.data(), pos.data(), B, Tn, H, dq, dv, float(c.softmax_scale()), stream);
 
     // Back to kv_b's output [k_nope | v] per head, and to [c_KV | k_pe] with k_pe's gradient summed over the heads.
     DeviceBuffer<float> d_kv = buffer(N * H * (dn + dv)), d_kva = zeros(N * (r + dr)), d_ckvn = zeros(N * r);
@@ -545,37 +547,43 @@ struct TrainModel::Impl {
     add(dh_in, dh_in, dh_mid.data(), N * d, stream);
   }
 
-  // Softmax cross-entropy of logits [N, V] against targets; the logits become their gradient times scale. Returns
-  // the summed loss.
+  // Softmax cross-entropy of logits [N, V] against targets at temperature 1; the logits become the gradient of
+  // scale * the summed loss, which this returns.
   double cross_entropy_sum(float* logits, const int32_t* device_targets, double scale) {
     DeviceBuffer<float> losses = buffer(N);
-    cross_entropy(losses.data(), logits, logits, device_targets, N, c.vocab_size, float(scale), nullptr, stream);
+    cross_entropy(losses.data(), nullptr, logits, logits, device_targets, N, c.vocab_size, 1.0f, float(scale), nullptr,
+                  stream);
     double sum = 0;
     for (float l : to_host(losses, stream)) sum += double(l);
     return sum;
   }
 
-  ForwardStats forward(const int32_t* in, const int32_t* tg, int64_t B_, int64_t Tn_, const LossOptions& opts) {
+  ForwardStats forward(const int32_t* in, const int32_t* tg, int64_t B_, int64_t Tn_, const LossOptions& opts,
+                       const float* target_weights, const int32_t* positions) {
     const int64_t d = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
-    if (!in || !tg) fail("the device model's forward needs inputs and targets");
-    if (opts.temperature != 1.0) fail("the device model's loss is at temperature 1 only, not {}", opts.temperature);
+    if (!in) fail("the device model's forward needs inputs");
+    if (tg && !(opts.temperature > 0)) fail("loss temperature {} is not positive", opts.temperature);
     if (Tn_ > c.max_position_embeddings)
       fail("sequence length {} exceeds max_position_embeddings {}", Tn_, c.max_position_embeddings);
     B = B_, Tn = Tn_, N = B * Tn, options = opts;
-    with_loss = false;  // until this forward is complete
+    if (!tg) options.mtp_weight = 0, options.balance_alpha = 0;  // as Model: without targets, the logits only
+    with_loss = with_logits = false;  // until this forward is complete
     count = 0;
+    std::vector<int32_t> position(static_cast<size_t>(N));
     for (int64_t n = 0; n < N; ++n) {
       if (in[n] < 0 || in[n] >= V) fail("token id {} is outside the vocabulary of {}", in[n], V);
-      if (tg[n] >= V) fail("target token id {} is outside the vocabulary of {}", tg[n], V);
-      count += tg[n] >= 0;
+      if (tg && tg[n] >= V) fail("target token id {} is outside the vocabulary of {}", tg[n], V);
+      count += tg && tg[n] >= 0;
+      const int32_t p = positions ? positions[n] : int32_t(n % Tn);
+      if (p != 0 && (n % Tn == 0 || p != position[size_t(n - 1)] + 1))
+        fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
+             "or the previous one + 1", p, n % Tn, n / Tn);
+      position[size_t(n)] = p;
     }
-    std::vector<int32_t> positions(static_cast<size_t>(N));
-    for (int64_t n = 0; n < N; ++n) positions[size_t(n)] = int32_t(n % Tn);
     const std::vector<int32_t> input_tokens(in, in + N);
     inputs = to_device(input_tokens, stream);
     input_rows = rows_by_token(input_tokens, stream);
-    targets = to_device(std::vector<int32_t>(tg, tg + N), stream);
-    pos = to_device(positions, stream);
+    pos = to_device(position, stream);
 
     ForwardStats stats;
     stats.tokens = count;
@@ -589,10 +597,31 @@ struct TrainModel::Impl {
     xf = buffer(N * d), rstd_f = buffer(N), dlogits = buffer(N * V);
     norm_forward(xf.data(), rstd_f.data(), hidden[size_t(L)].data(), final_norm, N);
     linear_forward(dlogits.data(), xf.data(), head, N);
-    const double denominator = double(std::max<int64_t>(count, 1));
-    stats.main_loss = cross_entropy_sum(dlogits.data(), targets.data(), 1.0 / denominator) / denominator;
+    if (!tg) {
+      mtp_depths = 0;
+      with_logits = true;
+      return stats;
+    }
+    targets = to_device(std::vector<int32_t>(tg, tg + N), stream);
 
-    // MTP depth k at position i sees token t_{i+k} and predicts t_{i+k+1}: the inputs and targets shifted by k.
+    // The main loss: mean cross-entropy, or with weights sum_t w_t CE_t, at the temperature.
+    {
+      DeviceBuffer<float> losses = buffer(N), entropy = buffer(N), weights;
+      const double scale = target_weights ? 1.0 : 1.0 / double(std::max<int64_t>(count, 1));
+      if (target_weights) weights = to_device(std::vector<float>(target_weights, target_weights + N), stream);
+      cross_entropy(losses.data(), entropy.data(), dlogits.data(), dlogits.data(), targets.data(), N, V,
+                    float(1.0 / options.temperature), float(scale), target_weights ? weights.data() : nullptr, stream);
+      const std::vector<float> host_losses = to_host(losses, stream), host_entropies = to_host(entropy, stream);
+      logprobs.assign(size_t(N), 0.0), entropies.assign(host_entropies.begin(), host_entropies.end());
+      for (int64_t n = 0; n < N; ++n) {
+        if (tg[n] < 0) continue;
+        logprobs[size_t(n)] = -double(host_losses[size_t(n)]);
+        stats.main_loss += double(host_losses[size_t(n)]) * (target_weights ? double(target_weights[n]) : scale);
+      }
+    }
+
+    // MTP depth k at position i sees token t_{i+k} and predicts t_{i+k+1}: the inputs and targets shifted by k. A
+    // target in a later document carries no loss.
     mtp_depths = options.mtp_weight != 0 ? mtp.size() : 0;
     const float* prev = hidden[size_t(L)].data();
     for (size_t k = 0; k < mtp_depths; ++k) {
@@ -604,7 +633,9 @@ struct TrainModel::Impl {
           const int64_t n = b * Tn + i, j = i + shift;
           if (j < Tn) {
             tokens[size_t(n)] = in[b * Tn + j];
-            mtp_targets[size_t(n)] = tg[b * Tn + j];
+            bool same_document = true;
+            for (int64_t s = i + 1; s <= j; ++s) same_document = same_document && position[size_t(b * Tn + s)] != 0;
+            if (same_document) mtp_targets[size_t(n)] = tg[b * Tn + j];
           } else if (j == Tn) {
             tokens[size_t(n)] = std::max(tg[b * Tn + Tn - 1], 0);
           }
@@ -640,7 +671,7 @@ struct TrainModel::Impl {
 
   void backward() {
     if (!with_loss) fail("backward() needs a complete forward with targets");
-    const int64_t d = c.hidden_size, L = c.num_hidden_layers;
+    const int64_t d = c.hidden_size;
     // MTP modules, last first: each passes a gradient to the hidden state it read.
     DeviceBuffer<float> dprev = zeros(N * d);
     for (size_t k = mtp_depths; k-- > 0;) {
@@ -659,7 +690,22 @@ struct TrainModel::Impl {
       dprev = zeros(N * d);
       norm_backward(dprev.data(), dhn.data(), m.prev, m.rstd_h.data(), m.hnorm, N);
     }
-    DeviceBuffer<float> dx = zeros(N * d), dh = std::move(dprev);
+    backward_main(std::move(dprev));
+  }
+
+  // After a forward without targets: the gradient of a loss of the logits, dlogits [N, V] on the host.
+  void backward(const float* host_dlogits) {
+    if (!with_logits) fail("backward(dlogits) needs a complete forward without targets");
+    copy_to_device(dlogits.data(), host_dlogits, size_t(N * c.vocab_size), stream);
+    backward_main(zeros(N * c.hidden_size));
+    stream.synchronize();  // the caller's dlogits may change once this returns
+  }
+
+  // From the main head's logits gradient (in dlogits) and the gradient dh that the MTP modules sent to the last
+  // hidden state, down to the embedding.
+  void backward_main(DeviceBuffer<float> dh) {
+    const int64_t d = c.hidden_size, L = c.num_hidden_layers;
+    DeviceBuffer<float> dx = zeros(N * d);
     linear_backward(dx.data(), dlogits.data(), xf.data(), head, N);
     norm_backward(dh.data(), dx.data(), hidden[size_t(L)].data(), rstd_f.data(), final_norm, N);
     for (int64_t l = L; l-- > 0;) {
@@ -711,10 +757,23 @@ const std::vector<ParamInfo>& TrainModel::param_infos() const { return impl_->in
 int64_t TrainModel::size() const { return impl_->size; }
 
 ForwardStats TrainModel::forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                                 const LossOptions& options) {
-  return impl_->forward(inputs, targets, B, Tn, options);
+                                 const LossOptions& options, const float* target_weights, const int32_t* positions) {
+  return impl_->forward(inputs, targets, B, Tn, options, target_weights, positions);
+}
+std::vector<double> TrainModel::target_logprobs() const {
+  if (!impl_->with_loss) fail("target_logprobs() needs a forward with targets");
+  return impl_->logprobs;
+}
+std::vector<double> TrainModel::entropies() const {
+  if (!impl_->with_loss) fail("entropies() needs a forward with targets");
+  return impl_->entropies;
+}
+std::vector<float> TrainModel::logits() const {
+  if (!impl_->with_logits) fail("logits() needs a forward without targets");
+  return to_host(impl_->dlogits, impl_->stream);
 }
 void TrainModel::backward() { impl_->backward(); }
+void TrainModel::backward(const float* dlogits) { impl_->backward(dlogits); }
 void TrainModel::zero_grads() {
   DS_CUDA_CHECK(cudaMemsetAsync(impl_->grads.data(), 0, impl_->grads.bytes(), impl_->stream));
 }

@@ -27,6 +27,7 @@
 #include "ds/safetensors.h"
 #include "ds/tasks.h"
 #include "ds/verify.h"
+#include "../train/step_trainer.h"
 
 namespace ds {
 
@@ -234,6 +235,7 @@ class Trainer {
   std::optional<ChatTemplate> chat_;
   std::unique_ptr<RewardCommand> command_;
   std::optional<AdamW> optimizer_;
+  std::unique_ptr<StepTrainer> trainer_;  // the updates: on the host policy itself, or on a copy on the device
   std::optional<Engine> engine_;  // samples from the policy: its weights in place, or a GPU copy reloaded each step
   dist::Comm* comm_ = nullptr;    // data parallel when set (more than one rank)
   int rank_ = 0, ranks_ = 1;
@@ -277,7 +279,9 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (rank_ == 0) run_.prepare();
 
   Model<float>& model = policy_->model;
-  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, comm_, o.bucket_mb);
+  // On a GPU the optimizer here is only the checkpoints' copy of the device's, whose state every rank holds whole.
+  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, o.device.cuda ? nullptr : comm_,
+                     o.bucket_mb);
   if (o.resume) {
     load_optimizer(*latest, saved.optimizer_steps);
     if (events.info && rank_ == 0) events.info(fmt::format("resumed {} at step {}", *latest, step_));
@@ -290,6 +294,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (events.info && rank_ == 0 && reference_ && reference_->weights.fp8())
     events.info(fmt::format("KL reference {}: FP8 in memory, {:.1f} MB", reference_->dir,
                             double(reference_->weights.bytes()) * 1e-6));
+  trainer_ = make_step_trainer(o.device, model, *optimizer_, o.adamw, o.fp8, comm_);
   engine_.emplace(model, policy_->tokenizer, o.device);
   no_aux_.mtp_weight = 0, no_aux_.balance_alpha = 0;
   // The ratio and the KL term compare the probabilities of the distribution the completions were sampled from.
@@ -344,6 +349,7 @@ Sampled Trainer::sample() {
   Sampled s;
   // This rank's share of the prompts; each round the ranks take consecutive runs of the task stream, in rank order.
   const int64_t share = dist::split_evenly(o_.prompts_per_step, ranks_)[size_t(rank_)];
+  trainer_->sync_params();
   engine_->reload_weights();  // the policy as the last update (or a reload) left it, for every round
   for (int64_t round = 0; round < (o_.dynamic_sampling ? o_.max_sampling_rounds : 1); ++round) {
     const size_t want = size_t(share) - s.batch.size() / G;
@@ -417,7 +423,6 @@ Sampled Trainer::sample() {
 // forward, where the policy is still that policy.
 bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   const auto start = Clock::now();
-  Model<float>& model = policy_->model;
   std::vector<double> rewards;
   std::vector<int64_t> lengths;
   for (const Rollout& x : batch) {
@@ -474,7 +479,7 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   grpo::Stats stats;
   double loss_sum = 0, entropy_sum = 0;
   for (int64_t k = 0; k < o_.iterations; ++k) {
-    model.zero_grads();
+    trainer_->begin_step(int64_t(micro.size()), false);  // the weights normalise over the whole batch
     std::vector<std::vector<int64_t>> loads = no_load(policy_->config);
     double loss = 0;
     for (const MicroBatch& mb : micro) {
@@ -491,13 +496,13 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
         for (size_t i = 0; i < p.rows.size(); ++i)
           weights[size_t(p.rows[i])] = float(scale[mb.first_token + i] * advantage[mb.first_token + i]);
       auto forward = [&](const float* w) {
-        return model.forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_, w);
+        return trainer_->forward(p.inputs.data(), p.targets.data(), p.B, p.Tn, no_aux_, w);
       };
       ForwardStats f = forward(known ? weights.data() : nullptr);
-      const std::vector<double> logp = gather(model.target_logprobs(), p.rows);
+      const std::vector<double> logp = gather(trainer_->target_logprobs(), p.rows);
       if (k == 0) {
         std::copy(logp.begin(), logp.end(), old_logp.begin() + long(mb.first_token));
-        for (double h : gather(model.entropies(), p.rows)) entropy_sum += h;
+        for (double h : gather(trainer_->entropies(), p.rows)) entropy_sum += h;
       }
       const grpo::Result res =
           grpo::policy_loss({logp, slice(old_logp), slice(ref_logp), slice(advantage), slice(scale)}, o_.loss);
@@ -505,8 +510,7 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
         for (size_t i = 0; i < p.rows.size(); ++i) weights[size_t(p.rows[i])] = float(res.weights[i]);
         f = forward(weights.data());
       }
-      // The last micro-batch's backward finishes the gradients: their reduction starts while it goes on.
-      model.backward(&mb == &micro.back() ? optimizer_->grad_hook(model.grads()) : GradReady());
+      trainer_->backward();  // the last one starts the gradients' reduction over the ranks while it goes on
       for (size_t l = 0; l < loads.size(); ++l)
         for (size_t e = 0; e < loads[l].size(); ++e) loads[l][e] += f.expert_load[l][e];
       loss += res.loss;
@@ -517,13 +521,12 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
       loss /= double(ranks_);
     }
     loss_sum += loss;
-    r.grad_norm = optimizer_->reduce_grads(model.grads(), o_.clip);
+    r.grad_norm = trainer_->reduce_grads(o_.clip);
     r.skipped = !std::isfinite(loss) || !std::isfinite(r.grad_norm);
     if (r.skipped) break;
-    optimizer_->step(model.params(), model.grads(), r.lr);
     if (comm_ && o_.bias_gamma != 0)
       for (auto& layer : loads) comm_->all_reduce(layer.data(), int64_t(layer.size()));
-    model.update_router_bias(loads, o_.bias_gamma);
+    trainer_->step(r.lr, loads, o_.bias_gamma);
   }
   double token_count = double(scale.size());
   if (comm_) {
@@ -555,6 +558,7 @@ void Trainer::reload() {
     step_ = 0, cursor_ = 0;
     optimizer_->reset();
   }
+  trainer_->host_loaded();
   if (events_.info && rank_ == 0)
     events_.info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the "
                              "learning rate scaled by {:g} (reload {} of at most {})",
@@ -595,8 +599,8 @@ void Trainer::log(const GrpoRecord& r) {
 }
 
 void Trainer::save() {
-  const std::string dir = save_checkpoint(run_, step_, o_.keep, policy_->model, policy_->tokenizer, *optimizer_,
-                                          [&](const std::string& tmp) {
+  const std::string dir = save_trained(*trainer_, comm_, run_, step_, o_.keep, policy_->model, policy_->tokenizer,
+                                       *optimizer_, [&](const std::string& tmp) {
     nlohmann::json state = {{"step", step_},
                             {"task_cursor", cursor_},
                             {"optimizer_steps", optimizer_->steps()},

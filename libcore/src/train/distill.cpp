@@ -18,6 +18,7 @@
 #include "ds/fsutil.h"
 #include "ds/jsonl.h"
 #include "ds/ops.h"
+#include "step_trainer.h"
 
 namespace ds::distill {
 
@@ -360,6 +361,7 @@ class Trainer {
   std::string data_hash_;
   std::optional<RowStream> stream_;
   std::optional<AdamW> optimizer_;
+  std::unique_ptr<StepTrainer> trainer_;  // on the host student itself, or on a copy on the device
   std::vector<float> grad_;  // dL/dlogits of the student
   LossOptions next_token_only_;  // distillation trains the next-token head only
 };
@@ -439,11 +441,14 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   load_data(saved_data_hash);
 
   // ZeRO-1: each rank keeps its part of the moments; a checkpoint holds them whole, so a run resumes on any ranks.
-  optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw, comm_, o.bucket_mb);
+  // On a GPU the optimizer here is only the checkpoints' copy of the device's, whose state every rank holds whole.
+  optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw,
+                     o.device.cuda ? nullptr : comm_, o.bucket_mb);
   if (o.resume) {
     load_optimizer_state(*latest, *optimizer_);
     optimizer_->set_steps(optimizer_steps);
   }
+  trainer_ = make_step_trainer(o.device, *student_, *optimizer_, o.adamw, o.fp8, comm_);
   next_token_only_.mtp_weight = 0, next_token_only_.balance_alpha = 0;
   stream_.emplace(train_, o.seed, o.seq_len);
   const uint64_t rows = stream_->rows_in(o.epochs);
@@ -526,7 +531,7 @@ void Trainer::load_data(const std::string& hash) {
 // Forward and backward of this rank's rows of the global batch b, teacher included. SFT alone (alpha 0) takes the
 // same way, so that every loss is a mean over all of b's loss tokens, however they fall on the ranks.
 kd::Loss Trainer::step(const Batch& b) {
-  Model<float>& s = *student_;
+  StepTrainer& s = *trainer_;
   const int64_t N = local_batch_ * b.Tn, V = config_.vocab_size;
   const size_t first = size_t(rank_) * size_t(N);
   const int32_t* inputs = b.inputs.data() + first;
@@ -544,7 +549,7 @@ kd::Loss Trainer::step(const Batch& b) {
   grad_.resize(size_t(N * V));
   const kd::Loss L = kd::distill_loss(s.logits(), teacher, b.targets.data() + first, N, V, o_.kd, o_.alpha,
                                       grad_.data(), double(b.loss_tokens) / double(ranks_));
-  s.backward(grad_.data(), optimizer_->grad_hook(s.grads()));  // the reduction starts during the backward
+  s.backward(grad_.data());  // the reduction starts during the backward
   return L;
 }
 
@@ -558,7 +563,7 @@ double Trainer::validation_loss() {
     const size_t n = std::min(end - r, size_t(local_batch_));
     const Batch b = make_batch(val_, std::span(rows).subspan(r, n), o_.seq_len, int32_t(tokenizer_.pad_id()));
     const ForwardStats f =
-        student_->forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
+        trainer_->forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
     sums[0] += f.main_loss * double(f.tokens), sums[1] += double(f.tokens);
   }
   if (comm_) comm_->all_reduce(sums, 2);
@@ -581,7 +586,7 @@ void Trainer::run(const std::atomic<bool>& stop) {
     std::vector<std::vector<size_t>> rows;  // the global batch, on every rank: step() trains on this rank's share
     for (int64_t r = 0; r < o_.batch; ++r) rows.push_back(stream_->row(cursor_ + uint64_t(r)));
     const Batch b = make_batch(train_, rows, o_.seq_len, int32_t(tokenizer_.pad_id()));
-    student_->zero_grads();
+    trainer_->begin_step(1, false);
     kd::Loss L = step(b);
     bool stopping = stop;
     if (comm_) {  // the global batch's mean losses (the mean of the ranks'), and whether any rank was asked to stop
@@ -591,7 +596,7 @@ void Trainer::run(const std::atomic<bool>& stop) {
     }
     DistillRecord r;
     r.lr = learning_rate(schedule, step_);
-    r.grad_norm = optimizer_->reduce_grads(student_->grads(), o_.clip);
+    r.grad_norm = trainer_->reduce_grads(o_.clip);
     // The loss and the norm are the same on every rank, so every rank takes the same decision.
     r.skipped = !std::isfinite(L.total) || !std::isfinite(r.grad_norm);
     if (r.skipped) {
@@ -600,7 +605,7 @@ void Trainer::run(const std::atomic<bool>& stop) {
         fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row);
     } else {
       bad_in_a_row = 0;
-      optimizer_->step(student_->params(), student_->grads(), r.lr);
+      trainer_->step(r.lr, {}, 0.0);
     }
     ++step_;
     cursor_ += uint64_t(o_.batch);
@@ -633,8 +638,8 @@ void Trainer::run(const std::atomic<bool>& stop) {
 }
 
 void Trainer::save() {
-  const std::string dir = save_checkpoint(run_, step_, o_.keep, *student_, tokenizer_, *optimizer_,
-                                          [&](const std::string& tmp) {
+  const std::string dir = save_trained(*trainer_, comm_, run_, step_, o_.keep, *student_, tokenizer_, *optimizer_,
+                                       [&](const std::string& tmp) {
     const json state = {{"step", step_},
                         {"row_cursor", cursor_},
                         {"tokens_seen", tokens_seen_},

@@ -174,16 +174,8 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   ScheduleOptions schedule = o.schedule;
   schedule.total = o.steps;
   auto save = [&] {
-    // Where every rank holds the same weights and moments, rank 0 alone saves them and the others wait for it, so
-    // that all find the same latest checkpoint.
-    const bool rank0_saves = trainer->state_replicated() && ranks > 1;
-    if (rank0_saves && rank != 0) {
-      o.comm->barrier();
-      return;
-    }
-    trainer->sync_host();
-    const std::string dir = save_checkpoint(run, step, o.keep, model, tokenizer, optimizer,
-                                            [&](const std::string& tmp) {
+    const std::string dir = save_trained(*trainer, o.comm, run, step, o.keep, model, tokenizer, optimizer,
+                                         [&](const std::string& tmp) {
       nlohmann::json state = {{"step", step},
                               {"tokens_seen", tokens_seen},
                               {"data_cursor", data.cursor()},
@@ -196,7 +188,6 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       guard.save(state);
       write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     });
-    if (rank0_saves) o.comm->barrier();
     if (rank == 0 && events.checkpoint) events.checkpoint(dir);
   };
 
@@ -207,14 +198,15 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   uint64_t interval_tokens = 0;
   double interval_comm = comm_seconds(o.comm, ep_comm.get());
   while (step < o.steps) {
-    trainer->begin_step(o.grad_accum);
+    trainer->begin_step(o.grad_accum, true);
     ForwardStats sum;
     std::vector<std::vector<int64_t>> loads;
     for (int64_t micro = 0; micro < o.grad_accum; ++micro) {
       data.next_batch(o.batch, o.seq_len, inputs, targets);  // the global batch; this rank takes its rows
       const int64_t first = rank * local_batch * o.seq_len;
       const ForwardStats s =
-          trainer->forward_backward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
+          trainer->forward(inputs.data() + first, targets.data() + first, local_batch, o.seq_len, o.loss);
+      trainer->backward();
       sum.loss += s.loss / double(o.grad_accum);
       sum.main_loss += s.main_loss / double(o.grad_accum);
       sum.mtp_loss += s.mtp_loss / double(o.grad_accum);

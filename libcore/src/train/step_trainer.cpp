@@ -1,4 +1,4 @@
-// StepTrainer on the CPU: Model<float> and AdamW themselves; and the choice of trainer by device.
+// StepTrainer on the CPU: Model<float> and AdamW themselves; the choice of trainer by device; and checkpoints.
 #include "step_trainer.h"
 
 #include "ds/error.h"
@@ -12,44 +12,52 @@ class CpuTrainer final : public StepTrainer {
   CpuTrainer(Model<float>& model, AdamW& optimizer)
       : model_(model), optimizer_(optimizer), reduce_(optimizer.grad_hook(model.grads())) {}
 
-  void begin_step(int64_t micro_batches) override {
+  void begin_step(int64_t backwards, bool mean) override {
     model_.zero_grads();
-    micro_batches_ = micro_batches, done_ = 0;
+    backwards_ = backwards, done_ = 0, mean_ = mean;
   }
 
-  // The last micro-batch's backward finishes the gradients a range at a time: each becomes the mean over the
-  // micro-batches, and its reduction over the ranks may start while the backward goes on.
-  ForwardStats forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                                const LossOptions& loss) override {
-    ForwardStats stats = model_.forward(inputs, targets, B, Tn, loss);
-    const bool last = ++done_ == micro_batches_;
-    model_.backward(last ? GradReady([this](int64_t begin, int64_t end) { finish(begin, end); }) : GradReady());
-    return stats;
+  ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn, const LossOptions& loss,
+                       const float* target_weights, const int32_t* positions) override {
+    return model_.forward(inputs, targets, B, Tn, loss, target_weights, positions);
   }
+  std::vector<double> target_logprobs() const override { return model_.target_logprobs(); }
+  std::vector<double> entropies() const override { return model_.entropies(); }
+  const float* logits() override { return model_.logits(); }
+
+  // The step's last backward finishes the gradients a range at a time: each becomes the mean over the backwards
+  // when asked, and its reduction over the ranks may start while the backward goes on.
+  void backward() override { model_.backward(ready()); }
+  void backward(const float* dlogits) override { model_.backward(dlogits, ready()); }
 
   double reduce_grads(double max_norm) override { return optimizer_.reduce_grads(model_.grads(), max_norm); }
 
   void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) override {
     optimizer_.step(model_.params(), model_.grads(), lr);
-    model_.update_router_bias(loads, bias_gamma);
+    if (bias_gamma != 0) model_.update_router_bias(loads, bias_gamma);
   }
 
   void host_loaded() override {}  // the host copies are the trained ones
+  void sync_params() override {}
   void sync_host() override {}
   bool state_replicated() const override { return false; }
 
  private:
-  void finish(int64_t begin, int64_t end) {
-    std::vector<float>& grads = model_.grads();
-    if (micro_batches_ > 1)
-      for (int64_t i = begin; i < end; ++i) grads[size_t(i)] /= float(micro_batches_);
-    if (reduce_) reduce_(begin, end);
+  GradReady ready() {
+    if (++done_ < backwards_) return {};
+    return [this](int64_t begin, int64_t end) {
+      std::vector<float>& grads = model_.grads();
+      if (mean_ && backwards_ > 1)
+        for (int64_t i = begin; i < end; ++i) grads[size_t(i)] /= float(backwards_);
+      if (reduce_) reduce_(begin, end);
+    };
   }
 
   Model<float>& model_;
   AdamW& optimizer_;
   const GradReady reduce_;  // empty without buckets
-  int64_t micro_batches_ = 1, done_ = 0;
+  int64_t backwards_ = 1, done_ = 0;
+  bool mean_ = true;
 };
 
 }  // namespace
@@ -63,6 +71,20 @@ std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float
   (void)adamw, (void)fp8, (void)comm;
   fail("--device {}: this build runs on the CPU only", device.name());
 #endif
+}
+
+std::string save_trained(StepTrainer& trainer, dist::Comm* comm, const RunDir& run, int64_t step, int keep,
+                         const Model<float>& model, const Tokenizer& tokenizer, const AdamW& optimizer,
+                         const std::function<void(const std::string&)>& write_state) {
+  const bool rank0_saves = trainer.state_replicated() && comm && comm->size() > 1;
+  if (rank0_saves && comm->rank() != 0) {
+    comm->barrier();
+    return "";
+  }
+  trainer.sync_host();
+  const std::string dir = save_checkpoint(run, step, keep, model, tokenizer, optimizer, write_state);
+  if (rank0_saves) comm->barrier();
+  return dir;
 }
 
 }  // namespace ds

@@ -1,5 +1,7 @@
-// StepTrainer on a CUDA device: TrainModel and DeviceAdamW (ds/cuda_model.h), and with several ranks NCCL
-// all-reduces of the device gradients.
+// StepTrainer on a CUDA device: TrainModel and DeviceAdamW (ds/cuda_model.h), and with several ranks all-reduces of
+// the device gradients: in place over NCCL, or through host memory over MPI.
+#include <algorithm>
+
 #include "ds/cuda_model.h"
 #include "ds/cuda_ops.h"
 #include "ds/error.h"
@@ -17,32 +19,41 @@ class CudaTrainer final : public StepTrainer {
         model_(model),
         optimizer_(model_, adamw),
         comm_(comm && comm->size() > 1 ? comm : nullptr) {
-    if (comm_ && comm_->backend() != "nccl")
-      fail("training on a GPU over {} ranks reduces device gradients: the collectives must be NCCL's, not {}",
-           comm_->size(), comm_->backend());
     model_.set_fp8(fp8);
     upload_state();
   }
 
-  void begin_step(int64_t micro_batches) override {
+  void begin_step(int64_t backwards, bool mean) override {
     model_.zero_grads();
-    micro_batches_ = micro_batches;
+    backwards_ = backwards, mean_ = mean;
   }
 
-  ForwardStats forward_backward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
-                                const LossOptions& loss) override {
-    ForwardStats stats = model_.forward(inputs, targets, B, Tn, loss);
-    model_.backward();
-    return stats;
+  ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn, const LossOptions& loss,
+                       const float* target_weights, const int32_t* positions) override {
+    return model_.forward(inputs, targets, B, Tn, loss, target_weights, positions);
   }
+  std::vector<double> target_logprobs() const override { return model_.target_logprobs(); }
+  std::vector<double> entropies() const override { return model_.entropies(); }
+  const float* logits() override {
+    logits_ = model_.logits();
+    return logits_.data();
+  }
+  void backward() override { model_.backward(); }
+  void backward(const float* dlogits) override { model_.backward(dlogits); }
 
-  // The ranks' sum, in place on the device once the backward is done, then one scaling to the mean over ranks and
-  // micro-batches: every rank holds the same gradients, and its replica of the AdamW state takes the same step.
+  // The ranks' sum, once the backward is done, then one scaling to the mean over ranks (and backwards): every rank
+  // holds the same gradients, and its replica of the AdamW state takes the same step.
   double reduce_grads(double max_norm) override {
-    int64_t parts = micro_batches_;
+    int64_t parts = mean_ ? backwards_ : 1;
     if (comm_) {
-      model_.synchronize();  // the collective runs on the Comm's own stream
-      comm_->all_reduce(model_.device_grads(), model_.size());
+      model_.synchronize();  // the collective runs on the Comm's own stream, or on the host
+      if (comm_->backend() == "nccl") {
+        comm_->all_reduce(model_.device_grads(), model_.size());
+      } else {
+        std::vector<float> grads = model_.grads();
+        comm_->all_reduce(grads.data(), int64_t(grads.size()));
+        model_.set_grads(grads);
+      }
       parts *= comm_->size();
     }
     if (parts > 1) cuda::scale(model_.device_grads(), 1.0f / float(parts), model_.size(), model_.stream());
@@ -51,7 +62,7 @@ class CudaTrainer final : public StepTrainer {
 
   void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) override {
     optimizer_.step(lr);
-    model_.update_router_bias(loads, bias_gamma);
+    if (bias_gamma != 0) model_.update_router_bias(loads, bias_gamma);
   }
 
   void host_loaded() override {
@@ -59,8 +70,13 @@ class CudaTrainer final : public StepTrainer {
     upload_state();
   }
 
+  // In place: what holds views of the host parameters (an engine sampling from them) keeps reading them.
+  void sync_params() override {
+    const std::vector<float> values = model_.params();
+    std::copy(values.begin(), values.end(), host_model_.params().begin());
+  }
   void sync_host() override {
-    host_model_.params() = model_.params();
+    sync_params();
     host_optimizer_.load_state(optimizer_.m(), optimizer_.v());
     host_optimizer_.set_steps(optimizer_.steps());
   }
@@ -78,7 +94,9 @@ class CudaTrainer final : public StepTrainer {
   cuda::TrainModel model_;
   cuda::DeviceAdamW optimizer_;
   dist::Comm* comm_;  // null with one rank
-  int64_t micro_batches_ = 1;
+  int64_t backwards_ = 1;
+  bool mean_ = true;
+  std::vector<float> logits_;  // the last logits(), on the host
 };
 
 }  // namespace
