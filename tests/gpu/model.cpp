@@ -333,6 +333,33 @@ TEST_CASE("device model: the sequence-wise balance loss and its gradient match t
   }
 }
 
+TEST_CASE("device AdamW over a shard (ZeRO-1): the whole's update inside it, nothing outside") {
+  const ModelConfig c = moe_config();
+  Model<float> cpu = bf16_model(c, 13);
+  cuda::TrainModel whole_model(cpu), shard_model(cpu);
+  const Batch batch = make_batch(c.vocab_size, 2, 12, 17);
+  cpu.forward(batch.inputs.data(), batch.targets.data(), 2, 12);
+  cpu.backward();
+  whole_model.set_grads(cpu.grads()), shard_model.set_grads(cpu.grads());
+  const int64_t size = whole_model.size(), begin = size / 3 + 5, end = 2 * size / 3;  // not on a tensor's edge
+  AdamWOptions options;
+  options.weight_decay = 0.1;
+  cuda::DeviceAdamW whole(whole_model, options), shard(shard_model, options, begin, end);
+  whole.reduce_grads(0);
+  const double shard_norm = shard.reduce_grads(0);
+  CHECK(std::fabs(shard_norm - norm(cpu.grads().data() + begin, size_t(end - begin))) <= 1e-6 * shard_norm);
+  whole.step(1e-2), shard.step(1e-2);
+  const std::vector<float> a = whole_model.params(), b = shard_model.params(), start = cpu.params();
+  for (int64_t i = 0; i < size; ++i)
+    if ((i >= begin && i < end ? a[size_t(i)] : start[size_t(i)]) != b[size_t(i)]) {
+      FAIL_CHECK("parameter " << i << " of " << size << ": " << b[size_t(i)]);
+      break;
+    }
+  const std::vector<float> m = whole.m();
+  CHECK(shard.m() == std::vector<float>(m.begin() + begin, m.begin() + end));
+  CHECK_THROWS_AS(cuda::DeviceAdamW(shard_model, options, end, begin), Error);
+}
+
 // Positions of packed documents: sequence b restarts at 0 every 5 + b tokens.
 std::vector<int32_t> packed_positions(int64_t B, int64_t Tn) {
   std::vector<int32_t> pos;

@@ -21,6 +21,7 @@
 #include <span>
 #include <vector>
 
+#include "ds/comm.h"
 #include "ds/model.h"
 #include "ds/optim.h"
 
@@ -77,23 +78,27 @@ class TrainModel {
   std::unique_ptr<Impl> impl_;
 };
 
-// ds::AdamW for one process on the model's device: the same moments, bias corrections, decoupled decay (matrices
-// only), router biases left alone, and clipping to the global gradient norm, computed on the device.
+// ds::AdamW on the model's device: the same moments, bias corrections, decoupled decay (matrices only), router
+// biases left alone, and clipping to the global gradient norm, computed on the device. It updates the flat range
+// [begin, end) of the parameters (the whole array by default), whose moments alone it holds: a data-parallel rank's
+// shard (ZeRO-1), the norm then summed over the ranks of a Comm.
 class DeviceAdamW {
  public:
-  DeviceAdamW(TrainModel& model, AdamWOptions options);
+  DeviceAdamW(TrainModel& model, AdamWOptions options, int64_t begin = 0, int64_t end = -1);
   ~DeviceAdamW();
   DeviceAdamW(const DeviceAdamW&) = delete;
   DeviceAdamW& operator=(const DeviceAdamW&) = delete;
 
-  // Clips the model's gradients to the global norm max_norm (when > 0) as clip_grad_norm does, and returns the norm
-  // before clipping. Waits for the device.
-  double reduce_grads(double max_norm);
-  // One update at learning rate lr; refreshes the model's BF16 copy.
+  // Clips the model's gradients in [begin, end) to the global norm max_norm (when > 0) as clip_grad_norm does, and
+  // returns the norm before clipping: of [begin, end), or with comm of the ranks' ranges together (each rank then
+  // passes its own). Waits for the device.
+  double reduce_grads(double max_norm, dist::Comm* comm = nullptr);
+  // One update of [begin, end) at learning rate lr; refreshes the model's BF16 copy when that is the whole array
+  // (a shard's caller does, once the ranks' shards are gathered).
   void step(double lr);
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }
-  // Host copies of the moments ([size] each) and uploads of them, for checkpoints in ds::AdamW's format.
+  // Host copies of the moments of [begin, end) and uploads of them, for checkpoints in ds::AdamW's format.
   std::vector<float> m() const;
   std::vector<float> v() const;
   void load_state(std::span<const float> m, std::span<const float> v);

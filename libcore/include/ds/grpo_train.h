@@ -62,8 +62,8 @@ struct GrpoTrainOptions {
   BadStepOptions bad_steps;                  // then stop, or reload the last checkpoint (the base at step 0)
   // Data parallel over comm's ranks (null: one process): each step's prompts are split over the ranks, each
   // samples, scores and computes the advantages of its own groups, and the loss is normalised over the whole
-  // batch; the AdamW state is sharded (ZeRO-1; on a GPU every rank holds it whole, and the device gradients are
-  // reduced through host memory); rank 0 writes the run directory, every rank appends its rollouts.
+  // batch; the AdamW state is sharded (ZeRO-1; on GPUs the device gradients and parameters pass through host
+  // memory); rank 0 writes the run directory, every rank appends its rollouts.
   dist::Comm* comm = nullptr;
   double bucket_mb = 25;                     // gradients reduced in buckets of this many MiB during the backward;
                                              // 0: after it

@@ -42,9 +42,8 @@ struct PretrainOptions {
   BadStepOptions bad_steps;   // then stop, or reload the last checkpoint at a lower learning rate
   // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on its r-th
   // contiguous share of the sequences one process would take, so R ranks follow the 1-rank run up to float
-  // rounding; rank 0 writes the run directory. On the CPU the AdamW state is sharded (ZeRO-1). On a CUDA device comm
-  // must be NCCL's on that device: the device gradients are all-reduced after the backward and every rank holds
-  // the whole AdamW state (replicated moments).
+  // rounding; rank 0 writes the run directory. The AdamW state is sharded (ZeRO-1). On a CUDA device the collectives
+  // take device memory over NCCL (host copies over MPI), after the backward.
   dist::Comm* comm = nullptr;
   int expert_parallel = 1;    // routed experts split over groups of this many consecutive ranks (CPU only)
   double bucket_mb = 25;      // CPU: gradients reduced in buckets of this many MiB during the backward; 0: after it

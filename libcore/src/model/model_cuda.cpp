@@ -810,19 +810,28 @@ void TrainModel::synchronize() const { impl_->stream.synchronize(); }
 struct DeviceAdamW::Impl {
   TrainModel& model;
   AdamWOptions options;
+  int64_t begin, end;
   struct Range {
     int64_t begin, end;
     bool decay;
   };
-  std::vector<Range> ranges;  // the trained parameters, adjacent ones of the same kind merged
-  DeviceBuffer<float> m, v;
+  std::vector<Range> ranges;  // the trained parameters in [begin, end), adjacent ones of the same kind merged
+  DeviceBuffer<float> m, v;   // of [begin, end)
   DeviceBuffer<double> sum;
 
-  Impl(TrainModel& model_, AdamWOptions options_)
-      : model(model_), options(options_), m(size_t(model_.size())), v(size_t(model_.size())), sum(1) {
+  Impl(TrainModel& model_, AdamWOptions options_, int64_t begin_, int64_t end_)
+      : model(model_),
+        options(options_),
+        begin(begin_),
+        end(checked_end(model_.size(), begin_, end_)),
+        m(size_t(end - begin)),
+        v(size_t(end - begin)),
+        sum(1) {
     for (const ParamInfo& p : model.param_infos()) {
       if (p.kind == ParamKind::RouterBias) continue;
-      const Range r{p.offset, p.offset + shape_numel(p.shape), p.kind == ParamKind::Matrix};
+      const Range r{std::max(begin, p.offset), std::min(end, p.offset + shape_numel(p.shape)),
+                    p.kind == ParamKind::Matrix};
+      if (r.begin >= r.end) continue;
       if (!ranges.empty() && ranges.back().end == r.begin && ranges.back().decay == r.decay)
         ranges.back().end = r.end;
       else
@@ -830,22 +839,33 @@ struct DeviceAdamW::Impl {
     }
     zero();
   }
+  // end, or the whole array's when negative, checked before anything is allocated for [begin, end).
+  static int64_t checked_end(int64_t size, int64_t begin, int64_t end) {
+    if (end < 0) end = size;
+    if (begin < 0 || begin > end || end > size)
+      fail("AdamW range [{}, {}) is outside the {} parameters", begin, end, size);
+    return end;
+  }
   void zero() {
     DS_CUDA_CHECK(cudaMemsetAsync(m.data(), 0, m.bytes(), model.stream()));
     DS_CUDA_CHECK(cudaMemsetAsync(v.data(), 0, v.bytes(), model.stream()));
   }
 };
 
-DeviceAdamW::DeviceAdamW(TrainModel& model, AdamWOptions options)
-    : impl_(std::make_unique<Impl>(model, options)) {}
+DeviceAdamW::DeviceAdamW(TrainModel& model, AdamWOptions options, int64_t begin, int64_t end)
+    : impl_(std::make_unique<Impl>(model, options, begin, end)) {}
 DeviceAdamW::~DeviceAdamW() = default;
 
-double DeviceAdamW::reduce_grads(double max_norm) {
+double DeviceAdamW::reduce_grads(double max_norm, dist::Comm* comm) {
   TrainModel& model = impl_->model;
-  sum_squares(impl_->sum.data(), model.device_grads(), model.size(), model.stream());
-  const double norm = std::sqrt(to_host(impl_->sum, model.stream())[0]);
+  const int64_t n = impl_->end - impl_->begin;
+  float* grads = model.device_grads() + impl_->begin;
+  sum_squares(impl_->sum.data(), grads, n, model.stream());
+  std::vector<double> sum = {to_host(impl_->sum, model.stream())[0]};
+  if (comm) comm->all_reduce_host(sum);
+  const double norm = std::sqrt(sum[0]);
   if (max_norm > 0 && norm > max_norm)  // clip_grad_norm's rule and scale
-    scale(model.device_grads(), float(max_norm / (norm + 1e-6)), model.size(), model.stream());
+    scale(grads, float(max_norm / (norm + 1e-6)), n, model.stream());
   return norm;
 }
 
@@ -858,10 +878,11 @@ void DeviceAdamW::step(double lr) {
   TrainModel& model = impl_->model;
   for (const Impl::Range& r : impl_->ranges) {
     s.decay = r.decay ? float(lr * o.weight_decay) : 0.0f;
-    adamw(model.device_params() + r.begin, model.device_grads() + r.begin, impl_->m.data() + r.begin,
-          impl_->v.data() + r.begin, r.end - r.begin, s, model.stream());
+    const int64_t at = r.begin - impl_->begin;  // in the moments
+    adamw(model.device_params() + r.begin, model.device_grads() + r.begin, impl_->m.data() + at,
+          impl_->v.data() + at, r.end - r.begin, s, model.stream());
   }
-  model.params_changed();
+  if (impl_->begin == 0 && impl_->end == model.size()) model.params_changed();
 }
 
 std::vector<float> DeviceAdamW::m() const { return to_host(impl_->m, impl_->model.stream()); }

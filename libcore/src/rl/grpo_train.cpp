@@ -279,7 +279,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (rank_ == 0) run_.prepare();
 
   Model<float>& model = policy_->model;
-  // On a GPU the optimizer here is only the checkpoints' copy of the device's, whose state every rank holds whole.
+  // On a GPU the optimizer here is only the checkpoints' copy of the devices' shards, whole on every rank.
   optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, o.device.cuda ? nullptr : comm_,
                      o.bucket_mb);
   if (o.resume) {

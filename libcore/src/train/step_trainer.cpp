@@ -76,12 +76,12 @@ std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float
 std::string save_trained(StepTrainer& trainer, dist::Comm* comm, const RunDir& run, int64_t step, int keep,
                          const Model<float>& model, const Tokenizer& tokenizer, const AdamW& optimizer,
                          const std::function<void(const std::string&)>& write_state) {
+  trainer.sync_host();  // a collective where the ranks hold shards of the state
   const bool rank0_saves = trainer.state_replicated() && comm && comm->size() > 1;
   if (rank0_saves && comm->rank() != 0) {
     comm->barrier();
     return "";
   }
-  trainer.sync_host();
   const std::string dir = save_checkpoint(run, step, keep, model, tokenizer, optimizer, write_state);
   if (rank0_saves) comm->barrier();
   return dir;

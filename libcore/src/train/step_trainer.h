@@ -2,8 +2,8 @@
 // The trainers' step (pretrain, GRPO, distillation), one implementation per device, so that each training loop has a
 // single path. On the CPU it works on the host Model and AdamW themselves: gradients reduce-scattered over the ranks
 // in buckets while the step's last backward runs, AdamW state sharded (ZeRO-1). On a CUDA device (--device cuda) the
-// model and AdamW train on copies there (ds/cuda_model.h); the host ones are the checkpoints' copy, brought up to date
-// before each save and sent to the device after each load.
+// model and AdamW train on copies there (ds/cuda_model.h), ZeRO-1 too, with the reduction after the backward; the
+// host ones are the checkpoints' copy, brought up to date before each save and sent to the device after each load.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -44,18 +44,19 @@ class StepTrainer {
   virtual void step(double lr, const std::vector<std::vector<int64_t>>& loads, double bias_gamma) = 0;
   // After the host model and optimizer were reloaded (going back to a checkpoint).
   virtual void host_loaded() = 0;
-  // Brings the host model's parameters up to date (for a sampler that reads them), or those and the AdamW state.
+  // Brings the host model's parameters up to date (for a sampler that reads them), or those and the AdamW state
+  // (a collective: every rank calls it).
   virtual void sync_params() = 0;
   virtual void sync_host() = 0;
-  // Whether every rank holds the whole AdamW state, so that rank 0 alone writes checkpoints, rather than a shard of
-  // it, which all ranks gather to write.
+  // Whether sync_host() leaves the whole AdamW state in every rank's host optimizer, so that rank 0 alone writes
+  // checkpoints, rather than a shard of it, which all ranks gather to write.
   virtual bool state_replicated() const = 0;
 };
 
 // The trainer of device over model and optimizer (which it keeps references to), starting from their present
-// state. comm (null or one rank: a single process) is the data-parallel group. On a GPU the device gradients are
-// all-reduced in place over NCCL, or through host memory over MPI; the optimizer, the checkpoints' copy, then has no
-// Comm: every rank keeps the whole AdamW state on its device.
+// state. comm (null or one rank: a single process) is the data-parallel group. On a GPU the collectives work in
+// place on device memory over NCCL, or through host memory over MPI, and each rank keeps its shard of the AdamW state
+// on its device; the optimizer, the checkpoints' copy, then has no Comm and is whole on every rank.
 std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float>& model, AdamW& optimizer,
                                                const AdamWOptions& adamw, bool fp8, dist::Comm* comm);
 
