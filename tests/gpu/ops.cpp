@@ -122,7 +122,10 @@ TEST_CASE("cross-entropy losses, entropies and gradients at a temperature, in pl
     for (int64_t n = 0; n < N; ++n) {
       losses[size_t(n)] = float(ops::cross_entropy(probs.data() + n * V, &targets[size_t(n)], 1, V));
       double h = 0;
-      for (int64_t v = 0; v < V; ++v) h -= double(probs[size_t(n * V + v)]) * std::log(double(probs[size_t(n * V + v)]));
+      for (int64_t v = 0; v < V; ++v) {
+        const double p = double(probs[size_t(n * V + v)]);
+        h -= p * std::log(p);
+      }
       entropies[size_t(n)] = float(h);
     }
     ops::cross_entropy_backward(dlogits.data(), probs.data(), targets.data(), N, V, 0.125 / temperature,
