@@ -5,9 +5,7 @@
 # many reloads stop it. ds-pretrain and ds-grpo alike.
 set -eu
 BIN=${DS_BIN:?}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 # The value of a top-level number in a one-line JSON record (the last such line of a file).
 field() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2" | tail -n 1; }
 COMMON="--model-config tiny --batch 2 --seq-len 32 --threads 1 --log-every 1 --schedule constant"

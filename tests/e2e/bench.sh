@@ -3,9 +3,7 @@
 # and the exit codes of --help, a bad flag, a bad shape and an unavailable device.
 set -eu
 BIN=${DS_BIN:?}/ds-bench
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 FAST="--model-config tiny --batch 2 --seq-len 32 --steps 2 --gemm-shapes 64x64x64,32x48x16 --min-time 0.02 --threads 1
   --decode-batch 1,3 --context 16 --decode-steps 2"
 

@@ -2,9 +2,7 @@
 # ds-chat from a pipe (plain and JSONL) and through a pseudo-terminal (commands, streaming, /save and /load).
 set -eu
 BIN=${DS_BIN:?}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 $BIN/ds-pretrain "$T/run" --model-config tiny --steps 3 --batch 2 --seq-len 32 --threads 1 2>/dev/null
 CHAT="$BIN/ds-chat -m $T/run --template none --temperature 0 --max-new-tokens 12 --threads 1"
 

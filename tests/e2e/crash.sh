@@ -3,9 +3,7 @@
 # `latest` pointing at a complete checkpoint that resumes; a full disk is a clear error that keeps the last checkpoint.
 set -eu
 BIN=${DS_BIN:?}/ds-pretrain
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 COMMON="--model-config tiny --batch 2 --seq-len 32 --threads 1 --log-every 1000"
 
 $BIN "$T/run" $COMMON --steps 1 2>/dev/null

@@ -5,9 +5,7 @@
 # samples filtered by jq train through a pipe, and a teacher with another tokenizer is refused.
 set -eu
 BIN=${DS_BIN:?}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 
 # Records with one fixed reply, and tasks asking for it (and one whose answer the reply never gives).
 i=0

@@ -2,9 +2,7 @@
 # ds-eval end to end on a tiny model trained for a few steps: task and text summaries, samples, refusals.
 set -eu
 BIN=${DS_BIN:?}/ds-eval
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 # The value of a top-level number in a one-line JSON object.
 field() { sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p" "$2"; }
 

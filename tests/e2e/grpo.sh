@@ -4,9 +4,7 @@
 # reference FP8 in memory, and reward rises on a trivially learnable task.
 set -eu
 BIN=${DS_BIN:?}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 
 # One thread: test machines are often shared, and OpenMP threads slow down badly on oversubscribed cores.
 $BIN/ds-pretrain "$T/base" --model-config tiny --batch 4 --seq-len 64 --steps 30 --threads 1 2>/dev/null

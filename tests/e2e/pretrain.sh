@@ -2,9 +2,7 @@
 # ds-pretrain end to end on the tiny model: loss falls, resume is bit-exact, signals save, bad input is refused.
 set -eu
 BIN=${DS_BIN:?}/ds-pretrain
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 COMMON="--model-config tiny --batch 4 --seq-len 32 --threads 2 --log-every 1"
 
 # Loss falls: the mean of the last 5 logged losses is well below the first.

@@ -3,9 +3,7 @@
 set -eu
 BIN=${DS_BIN:?}
 Q=$BIN/ds-quantize
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 
 $BIN/ds-pretrain "$T/run" --model-config tiny --steps 3 --batch 2 --seq-len 16 --threads 1 2>/dev/null ||
   fail "ds-pretrain"

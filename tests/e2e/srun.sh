@@ -6,10 +6,8 @@ set -eu
 command -v srun >/dev/null 2>&1 && timeout 10 sinfo -h >/dev/null 2>&1 || { echo "no Slurm cluster: skipped"; exit 77; }
 grep -q '^DS_MPI:BOOL=ON' "${DS_BIN:?}/CMakeCache.txt" || { echo "built without MPI: skipped"; exit 77; }
 SRUN="timeout 300 srun -n 2 --mpi=pmix --export=ALL,OMP_NUM_THREADS=1"
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+. "$(dirname "$0")/scratch.inc"
 cd "$T"  # Slurm starts the tasks in the submitting directory
-fail() { echo "FAIL: $*" >&2; exit 1; }
 losses() { sed "s/.*\"$2\":\([-0-9.e]*\).*/\1/" "$1/metrics.jsonl"; }
 same() {  # run directories $1 and $2 logged the same values of metric $3
   losses "$1" "$3" >l1

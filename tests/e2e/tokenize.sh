@@ -3,9 +3,7 @@
 set -eu
 BIN=${DS_BIN:?}/ds-tokenize
 CORPUS=${DS_FIXTURES:?}/tokenizer/corpus.txt
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/scratch.inc"
 
 # Train: tokenizer.json and tokenizer_config.json, the same bytes from the same input at any thread count.
 $BIN train "$CORPUS" --vocab-size 600 -o "$T/tok" --threads 2 2>"$T/log" || fail "train: $(cat "$T/log")"
