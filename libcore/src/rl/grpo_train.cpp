@@ -226,11 +226,11 @@ class Trainer {
   std::string base_;     // the base model directory: the reference, and the record of where the run started
   std::optional<LoadedModel> policy_;
   // The frozen base, only when the KL term is on: as inference holds it (an FP8 base stays FP8 in memory), scored
-  // by an engine; with --fp8 a Model in the policy's emulated FP8 numerics instead, which the engine does not have,
-  // so that either way the KL starts at zero (up to float rounding).
+  // by an engine; with --fp8 a Scorer in the policy's FP8 training numerics instead (on the policy's device), which
+  // the engine does not have, so that either way the KL starts at zero (up to float rounding).
   std::optional<InferenceModel> reference_;
   std::optional<Engine> reference_engine_;
-  std::optional<Model<float>> fp8_reference_;
+  std::unique_ptr<Scorer> fp8_reference_;
   std::optional<TaskStream> tasks_;
   std::optional<ChatTemplate> chat_;
   std::unique_ptr<RewardCommand> command_;
@@ -266,8 +266,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
     fail("{}/trainer_state.json: config hash does not match config.json", *latest);
   policy_->model.set_fp8(o.fp8);
   if (o.loss.beta > 0 && o.fp8) {
-    fp8_reference_.emplace(std::move(load_model_dir(base_).model));
-    fp8_reference_->set_fp8(true);
+    fp8_reference_ = make_scorer(o.device, std::move(load_model_dir(base_).model), true);
   } else if (o.loss.beta > 0) {
     reference_.emplace(load_inference_model(base_));
     reference_engine_.emplace(reference_->weights, reference_->tokenizer, o.device);

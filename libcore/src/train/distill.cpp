@@ -350,10 +350,10 @@ class Trainer {
   int64_t step_ = 0, total_steps_ = 0;
   uint64_t cursor_ = 0, tokens_seen_ = 0;
   // The teacher as inference holds it (an FP8 teacher stays FP8 in memory): it samples, and with alpha > 0 its engine
-  // scores the batches, or with --fp8 a Model does (below).
+  // scores the batches, or with --fp8 a Scorer on the student's device does (below).
   std::optional<InferenceModel> teacher_;
   std::optional<Engine> teacher_engine_;
-  std::optional<Model<float>> fp8_teacher_;
+  std::unique_ptr<Scorer> fp8_teacher_;
   ModelConfig config_;
   Tokenizer tokenizer_ = Tokenizer::byte_level();
   std::optional<Model<float>> student_;
@@ -422,11 +422,10 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   if (o.resume && saved_hash != config_hash(config_)) fail("{}: config hash does not match config.json", state_path);
   // The teacher's forward takes the student's numerics, as ds-grpo's reference takes the policy's: --fp8 stands for
   // a run on Hopper, where the teacher's GEMMs are FP8 too, and a student equal to its teacher has no KD loss. The
-  // engine does not emulate FP8 GEMMs, so with --fp8 that forward is a Model's.
+  // engine does not run FP8 GEMMs, so with --fp8 that forward is a Scorer's, the training model's forward.
   student_->set_fp8(o.fp8);
   if (teacher_ && o.alpha > 0 && o.fp8) {
-    fp8_teacher_.emplace(std::move(load_model_dir(teacher_->dir).model));
-    fp8_teacher_->set_fp8(true);
+    fp8_teacher_ = make_scorer(o.device, std::move(load_model_dir(teacher_->dir).model), true);
   } else if (teacher_ && o.alpha > 0) {
     teacher_engine_.emplace(teacher_->weights, teacher_->tokenizer, o.device);
   }

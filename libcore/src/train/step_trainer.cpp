@@ -7,16 +7,11 @@ namespace ds {
 
 namespace {
 
-class CpuTrainer final : public StepTrainer {
+// Scorer's part of the CPU's scorer and trainer: the host model itself.
+template <typename Interface>
+class OnHost : public Interface {
  public:
-  CpuTrainer(Model<float>& model, AdamW& optimizer)
-      : model_(model), optimizer_(optimizer), reduce_(optimizer.grad_hook(model.grads())) {}
-
-  void begin_step(int64_t backwards, bool mean) override {
-    model_.zero_grads();
-    backwards_ = backwards, done_ = 0, mean_ = mean;
-  }
-
+  explicit OnHost(Model<float>& model) : model_(model) {}
   ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn, const LossOptions& loss,
                        const float* target_weights, const int32_t* positions) override {
     return model_.forward(inputs, targets, B, Tn, loss, target_weights, positions);
@@ -24,6 +19,20 @@ class CpuTrainer final : public StepTrainer {
   std::vector<double> target_logprobs() const override { return model_.target_logprobs(); }
   std::vector<double> entropies() const override { return model_.entropies(); }
   const float* logits() override { return model_.logits(); }
+
+ protected:
+  Model<float>& model_;
+};
+
+class CpuTrainer final : public OnHost<StepTrainer> {
+ public:
+  CpuTrainer(Model<float>& model, AdamW& optimizer)
+      : OnHost(model), optimizer_(optimizer), reduce_(optimizer.grad_hook(model.grads())) {}
+
+  void begin_step(int64_t backwards, bool mean) override {
+    model_.zero_grads();
+    backwards_ = backwards, done_ = 0, mean_ = mean;
+  }
 
   // The step's last backward finishes the gradients a range at a time: each becomes the mean over the backwards
   // when asked, and its reduction over the ranks may start while the backward goes on.
@@ -53,14 +62,31 @@ class CpuTrainer final : public StepTrainer {
     };
   }
 
-  Model<float>& model_;
   AdamW& optimizer_;
   const GradReady reduce_;  // empty without buckets
   int64_t backwards_ = 1, done_ = 0;
   bool mean_ = true;
 };
 
+// The scorer owns its model: held in a base constructed before OnHost, which refers to it.
+struct OwnedModel {
+  Model<float> owned;
+};
+class CpuScorer final : private OwnedModel, public OnHost<Scorer> {
+ public:
+  CpuScorer(Model<float> model, bool fp8) : OwnedModel{std::move(model)}, OnHost(owned) { owned.set_fp8(fp8); }
+};
+
 }  // namespace
+
+std::unique_ptr<Scorer> make_scorer(const Device& device, Model<float> model, bool fp8) {
+  if (!device.cuda) return std::make_unique<CpuScorer>(std::move(model), fp8);
+#ifdef DS_CUDA
+  return make_cuda_scorer(model, fp8);
+#else
+  fail("--device {}: this build runs on the CPU only", device.name());
+#endif
+}
 
 std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float>& model, AdamW& optimizer,
                                                const AdamWOptions& adamw, bool fp8, dist::Comm* comm) {

@@ -19,19 +19,27 @@
 
 namespace ds {
 
-class StepTrainer {
+// Model<float>'s forward and what it gives after it, on the host model or on a copy on a GPU.
+class Scorer {
  public:
-  virtual ~StepTrainer() = default;
-  // Starts a step that will call backward() `backwards` times: the gradients go to zero. The step's gradient is the
-  // mean of its backwards' when `mean`, else their sum (losses already normalised over the whole batch).
-  virtual void begin_step(int64_t backwards, bool mean) = 0;
-  // Model<float>::forward on the trained copy, and what Model gives after it.
+  virtual ~Scorer() = default;
   virtual ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn,
                                const LossOptions& loss, const float* target_weights = nullptr,
                                const int32_t* positions = nullptr) = 0;
   virtual std::vector<double> target_logprobs() const = 0;
   virtual std::vector<double> entropies() const = 0;
   virtual const float* logits() = 0;  // after a forward without targets: [B*Tn, vocab] on the host
+};
+
+// A frozen model that only scores (a KL reference, a teacher) on device, in FP8 training numerics when fp8: on the
+// CPU the model itself, on a GPU a copy there (the host one is released).
+std::unique_ptr<Scorer> make_scorer(const Device& device, Model<float> model, bool fp8);
+
+class StepTrainer : public Scorer {
+ public:
+  // Starts a step that will call backward() `backwards` times: the gradients go to zero. The step's gradient is the
+  // mean of its backwards' when `mean`, else their sum (losses already normalised over the whole batch).
+  virtual void begin_step(int64_t backwards, bool mean) = 0;
   // The backward of the last forward's loss, or (after a forward without targets) of a loss whose gradient with
   // respect to the logits is dlogits; its gradients added to the step's.
   virtual void backward() = 0;
@@ -70,6 +78,7 @@ std::string save_trained(StepTrainer& trainer, dist::Comm* comm, const RunDir& r
 #ifdef DS_CUDA
 std::unique_ptr<StepTrainer> make_cuda_trainer(Model<float>& model, AdamW& optimizer, const AdamWOptions& adamw,
                                                bool fp8, dist::Comm* comm);
+std::unique_ptr<Scorer> make_cuda_scorer(const Model<float>& model, bool fp8);
 #endif
 
 }  // namespace ds

@@ -28,24 +28,11 @@ Shard shard_of(int64_t size, dist::Comm* comm) {
   return s;
 }
 
-class CudaTrainer final : public StepTrainer {
+// Scorer's part of the GPU's scorer and trainer: a copy of the model on the device.
+template <typename Interface>
+class OnDevice : public Interface {
  public:
-  CudaTrainer(Model<float>& model, AdamW& optimizer, const AdamWOptions& adamw, bool fp8, dist::Comm* comm)
-      : host_model_(model),
-        host_optimizer_(optimizer),
-        model_(model),
-        comm_(comm && comm->size() > 1 ? comm : nullptr),
-        shard_(shard_of(model_.size(), comm_)),
-        optimizer_(model_, adamw, shard_.begin, shard_.end) {
-    model_.set_fp8(fp8);
-    upload_state();
-  }
-
-  void begin_step(int64_t backwards, bool mean) override {
-    model_.zero_grads();
-    backwards_ = backwards, mean_ = mean;
-  }
-
+  OnDevice(const Model<float>& model, bool fp8) : model_(model) { model_.set_fp8(fp8); }
   ForwardStats forward(const int32_t* inputs, const int32_t* targets, int64_t B, int64_t Tn, const LossOptions& loss,
                        const float* target_weights, const int32_t* positions) override {
     return model_.forward(inputs, targets, B, Tn, loss, target_weights, positions);
@@ -56,6 +43,31 @@ class CudaTrainer final : public StepTrainer {
     logits_ = model_.logits();
     return logits_.data();
   }
+
+ protected:
+  cuda::TrainModel model_;
+
+ private:
+  std::vector<float> logits_;  // the last logits(), on the host
+};
+
+class CudaTrainer final : public OnDevice<StepTrainer> {
+ public:
+  CudaTrainer(Model<float>& model, AdamW& optimizer, const AdamWOptions& adamw, bool fp8, dist::Comm* comm)
+      : OnDevice(model, fp8),
+        host_model_(model),
+        host_optimizer_(optimizer),
+        comm_(comm && comm->size() > 1 ? comm : nullptr),
+        shard_(shard_of(model_.size(), comm_)),
+        optimizer_(model_, adamw, shard_.begin, shard_.end) {
+    upload_state();
+  }
+
+  void begin_step(int64_t backwards, bool mean) override {
+    model_.zero_grads();
+    backwards_ = backwards, mean_ = mean;
+  }
+
   void backward() override { model_.backward(); }
   void backward(const float* dlogits) override { model_.backward(dlogits); }
 
@@ -138,16 +150,23 @@ class CudaTrainer final : public StepTrainer {
 
   Model<float>& host_model_;  // the checkpoints' copies
   AdamW& host_optimizer_;
-  cuda::TrainModel model_;
   dist::Comm* comm_;  // null with one rank
   const Shard shard_;
   cuda::DeviceAdamW optimizer_;
   int64_t backwards_ = 1;
   bool mean_ = true;
-  std::vector<float> logits_;  // the last logits(), on the host
+};
+
+class CudaScorer final : public OnDevice<Scorer> {
+ public:
+  using OnDevice::OnDevice;
 };
 
 }  // namespace
+
+std::unique_ptr<Scorer> make_cuda_scorer(const Model<float>& model, bool fp8) {
+  return std::make_unique<CudaScorer>(model, fp8);
+}
 
 std::unique_ptr<StepTrainer> make_cuda_trainer(Model<float>& model, AdamW& optimizer, const AdamWOptions& adamw,
                                                bool fp8, dist::Comm* comm) {
