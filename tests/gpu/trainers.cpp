@@ -1,12 +1,14 @@
 // ds-grpo's and ds-distill's training with --device cuda. Distillation on data follows the CPU's run of the same
-// options (SFT, and KD from a teacher); a GRPO run samples on the device, so it cannot follow the CPU's tokens, but it
-// trains, resumes bit-exactly on the device, and its checkpoints continue on the CPU.
+// options (SFT, KD from a teacher, and FP8 with the teacher scoring in FP8 on the device); a GRPO run samples on the
+// device, so it cannot follow the CPU's tokens, but it trains, resumes bit-exactly on the device, and its checkpoints
+// continue on the CPU.
 #include <atomic>
 #include <cmath>
 #include <fstream>
 #include <vector>
 
 #include "ds/checkpoint.h"
+#include "ds/config.h"
 #include "ds/distill.h"
 #include "ds/grpo_train.h"
 #include "ds/pretrain.h"
@@ -19,10 +21,10 @@ namespace {
 
 const std::atomic<bool> no_stop{false};
 
-// A tiny model trained for a few steps on the CPU: the GRPO base and the distillation teacher.
-std::string tiny_base(const TempDir& dir) {
+// A model of config (tiny by default) trained for a few steps on the CPU: the GRPO base and the distillation teacher.
+std::string tiny_base(const TempDir& dir, const std::string& config = "tiny") {
   PretrainOptions o;
-  o.run_dir = dir / "base", o.model_config = "tiny";
+  o.run_dir = dir / "base", o.model_config = config;
   o.batch = 4, o.seq_len = 32, o.steps = 4;
   pretrain(o, no_stop, {});
   return o.run_dir;
@@ -54,6 +56,16 @@ std::string sft_data(const TempDir& dir) {
   std::ofstream out(path);
   for (int i = 0; i < 48; ++i)
     out << R"({"prompt": "copy )" << i * 37 % 1000 << R"(", "completion": ")" << i * 37 % 1000 << R"("})" << "\n";
+  return path;
+}
+
+// tiny with every size an FP8 GEMM sees a multiple of 128 (as tests/gpu/model.cpp's), as a config.json.
+std::string fp8_config(const TempDir& dir) {
+  ModelConfig c = resolve_model_config("tiny");
+  c.hidden_size = 128, c.intermediate_size = 256, c.moe_intermediate_size = 128;
+  c.q_lora_rank = 128, c.kv_lora_rank = 128, c.qk_nope_head_dim = 64, c.qk_rope_head_dim = 128, c.v_head_dim = 128;
+  const std::string path = dir / "fp8.json";
+  std::ofstream(path) << config_to_json(c).dump(2);
   return path;
 }
 
@@ -122,5 +134,22 @@ TEST_CASE("distillation on the device follows the CPU: SFT, and KD from a teache
     }
     CHECK(gpu.back() < gpu.front());
     std::filesystem::remove_all(dir / "base");
+  }
+}
+
+TEST_CASE("FP8 distillation on the device follows the CPU's emulation, the teacher scoring in FP8 on the device") {
+  TempDir dir;
+  const std::string config = fp8_config(dir), data = sft_data(dir), teacher = tiny_base(dir, config);
+  std::vector<std::vector<double>> losses;
+  for (const bool cuda : {true, false}) {
+    distill::DistillOptions o = distill_run(dir / (cuda ? "gpu" : "cpu"), data, teacher, cuda);
+    o.student_config = config, o.fp8 = true;
+    losses.push_back(train(o));
+  }
+  REQUIRE(losses[0].size() == 6);
+  REQUIRE(losses[1].size() == 6);
+  for (size_t i = 0; i < losses[0].size(); ++i) {
+    CAPTURE(i);
+    CHECK(std::fabs(losses[0][i] - losses[1][i]) <= 0.03 * std::fabs(losses[1][i]));
   }
 }
