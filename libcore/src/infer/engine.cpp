@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "../model/batch.h"
 #include "../model/routing.h"
 #include "ds/cuda.h"
 #include "ds/error.h"
@@ -367,16 +368,11 @@ std::vector<float> Engine::forward(const int32_t* inputs, int64_t B, int64_t Tn,
       for (const auto& doc : docs) engine.close(doc.first);
     }
   } closer{*this, docs};
-  int32_t previous = 0;
+  const std::vector<int32_t> pos = checked_positions(positions, B, Tn);
   for (int64_t n = 0; n < B * Tn; ++n) {
-    const int32_t p = positions ? positions[n] : int32_t(n % Tn);
-    if (p != 0 && (n % Tn == 0 || p != previous + 1))
-      fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
-           "or the previous one + 1", p, n % Tn, n / Tn);
     if (inputs[n] < 0 || inputs[n] >= V) fail("token id {} is outside the vocabulary of {}", inputs[n], V);
-    if (p == 0) docs.emplace_back(open(), std::vector<uint32_t>());
+    if (pos[size_t(n)] == 0) docs.emplace_back(open(), std::vector<uint32_t>());
     docs.back().second.push_back(uint32_t(inputs[n]));
-    previous = p;
   }
   if (docs.empty()) return {};
   return impl_->extend(docs, true);

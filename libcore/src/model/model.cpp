@@ -8,6 +8,7 @@
 #include <random>
 #include <type_traits>
 
+#include "batch.h"
 #include "ds/error.h"
 #include "modules.h"
 
@@ -248,14 +249,7 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
   m.inputs.assign(inputs, inputs + N);
   for (int64_t n = 0; n < N; ++n)
     if (inputs[n] < 0 || inputs[n] >= V) fail("token id {} is outside the vocabulary of {}", inputs[n], V);
-  m.pos.resize(size_t(N));
-  for (int64_t n = 0; n < N; ++n) {
-    const int32_t p = positions ? positions[n] : int32_t(n % Tn);
-    if (p != 0 && (n % Tn == 0 || p != m.pos[size_t(n - 1)] + 1))
-      fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
-           "or the previous one + 1", p, n % Tn, n / Tn);
-    m.pos[size_t(n)] = p;
-  }
+  m.pos = checked_positions(positions, B, Tn);
 
   m.hidden.resize(size_t(L + 1));
   for (auto& h : m.hidden) h.resize(size_t(N * d));
@@ -301,20 +295,8 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
   m.mtp_depths = options.mtp_weight != 0 ? m.mtp.size() : 0;
   for (size_t k = 0; k < m.mtp_depths; ++k) {
     MtpModule<T>& mt = m.mtp[k];
-    const int64_t shift = int64_t(k) + 1;
-    mt.tokens.assign(size_t(N), 0), mt.targets.assign(size_t(N), -1);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < Tn; ++i) {
-        const int64_t n = b * Tn + i, j = i + shift;
-        if (j < Tn) {
-          mt.tokens[size_t(n)] = inputs[b * Tn + j];
-          bool same_document = true;
-          for (int64_t s = i + 1; s <= j; ++s) same_document = same_document && m.pos[size_t(b * Tn + s)] != 0;
-          if (same_document) mt.targets[size_t(n)] = targets[b * Tn + j];
-        } else if (j == Tn) {
-          mt.tokens[size_t(n)] = std::max(targets[b * Tn + Tn - 1], 0);
-        }
-      }
+    MtpBatch shifted = mtp_batch(inputs, targets, m.pos, B, Tn, int64_t(k) + 1);
+    mt.tokens = std::move(shifted.tokens), mt.targets = std::move(shifted.targets);
     mt.count = 0;
     for (int32_t t : mt.targets) mt.count += t >= 0;
     mt.emb.resize(size_t(N * d)), mt.cat.resize(size_t(N * 2 * d)), mt.h_in.resize(size_t(N * d));

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "../infer/engine_backend.h"
+#include "batch.h"
 #include "ds/cuda_fp8.h"
 #include "ds/cuda_gemm.h"
 #include "ds/cuda_memory.h"
@@ -626,24 +627,11 @@ struct TrainModel::Impl {
     const float* prev = hidden[size_t(L)].data();
     for (size_t k = 0; k < mtp_depths; ++k) {
       Mtp& m = mtp[k];
-      const int64_t shift = int64_t(k) + 1;
-      std::vector<int32_t> tokens(size_t(N), 0), mtp_targets(size_t(N), -1);
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < Tn; ++i) {
-          const int64_t n = b * Tn + i, j = i + shift;
-          if (j < Tn) {
-            tokens[size_t(n)] = in[b * Tn + j];
-            bool same_document = true;
-            for (int64_t s = i + 1; s <= j; ++s) same_document = same_document && position[size_t(b * Tn + s)] != 0;
-            if (same_document) mtp_targets[size_t(n)] = tg[b * Tn + j];
-          } else if (j == Tn) {
-            tokens[size_t(n)] = std::max(tg[b * Tn + Tn - 1], 0);
-          }
-        }
+      const MtpBatch shifted = mtp_batch(in, tg, position, B, Tn, int64_t(k) + 1);
       m.count = 0;
-      for (int32_t t : mtp_targets) m.count += t >= 0;
-      m.tokens = to_device(tokens, stream), m.targets = to_device(mtp_targets, stream);
-      m.token_rows = rows_by_token(tokens, stream);
+      for (int32_t t : shifted.targets) m.count += t >= 0;
+      m.tokens = to_device(shifted.tokens, stream), m.targets = to_device(shifted.targets, stream);
+      m.token_rows = rows_by_token(shifted.tokens, stream);
       m.prev = prev;
       m.emb = buffer(N * d), m.rstd_e = buffer(N), m.rstd_h = buffer(N), m.cat = buffer(N * 2 * d);
       m.h_in = buffer(N * d), m.h_out = buffer(N * d), m.xf = buffer(N * d), m.rstd_f = buffer(N);

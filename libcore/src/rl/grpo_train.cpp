@@ -278,9 +278,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (rank_ == 0) run_.prepare();
 
   Model<float>& model = policy_->model;
-  // On a GPU the optimizer here is only the checkpoints' copy of the devices' shards, whole on every rank.
-  optimizer_.emplace(model.param_infos(), int64_t(model.params().size()), o.adamw, o.device.cuda ? nullptr : comm_,
-                     o.bucket_mb);
+  optimizer_.emplace(host_optimizer(o.device, model, o.adamw, comm_, o.bucket_mb));
   if (o.resume) {
     load_optimizer(*latest, saved.optimizer_steps);
     if (events.info && rank_ == 0) events.info(fmt::format("resumed {} at step {}", *latest, step_));

@@ -440,9 +440,7 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   load_data(saved_data_hash);
 
   // ZeRO-1: each rank keeps its part of the moments; a checkpoint holds them whole, so a run resumes on any ranks.
-  // On a GPU the optimizer here is only the checkpoints' copy of the devices' shards, whole on every rank.
-  optimizer_.emplace(student_->param_infos(), int64_t(student_->params().size()), o.adamw,
-                     o.device.cuda ? nullptr : comm_, o.bucket_mb);
+  optimizer_.emplace(host_optimizer(o.device, *student_, o.adamw, comm_, o.bucket_mb));
   if (o.resume) {
     load_optimizer_state(*latest, *optimizer_);
     optimizer_->set_steps(optimizer_steps);

@@ -114,9 +114,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
 
   TokenSource data = o.data.empty() ? TokenSource::builtin_arith(tokenizer, o.seed)
                                     : TokenSource::from_shards(o.data, uint32_t(config.vocab_size));
-  // On a GPU the optimizer here is only the checkpoints' copy of the devices' shards, whole on every rank.
-  AdamW optimizer(model.param_infos(), int64_t(model.params().size()), o.adamw, o.device.cuda ? nullptr : o.comm,
-                  o.bucket_mb);
+  AdamW optimizer = host_optimizer(o.device, model, o.adamw, o.comm, o.bucket_mb);
   BadStepGuard guard(o.max_bad_steps, o.bad_steps);
 
   // The step, tokens seen, data position and AdamW state of checkpoint dir (the weights are loaded apart), or of the

@@ -99,6 +99,11 @@ std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float
 #endif
 }
 
+AdamW host_optimizer(const Device& device, const Model<float>& model, const AdamWOptions& adamw, dist::Comm* comm,
+                     double bucket_mb) {
+  return AdamW(model.param_infos(), int64_t(model.params().size()), adamw, device.cuda ? nullptr : comm, bucket_mb);
+}
+
 std::string save_trained(StepTrainer& trainer, dist::Comm* comm, const RunDir& run, int64_t step, int keep,
                          const Model<float>& model, const Tokenizer& tokenizer, const AdamW& optimizer,
                          const std::function<void(const std::string&)>& write_state) {

@@ -68,6 +68,11 @@ class StepTrainer : public Scorer {
 std::unique_ptr<StepTrainer> make_step_trainer(const Device& device, Model<float>& model, AdamW& optimizer,
                                                const AdamWOptions& adamw, bool fp8, dist::Comm* comm);
 
+// The host optimizer over model for a trainer on device: on the CPU the one trained, ZeRO-1 over comm with gradient
+// buckets of bucket_mb; on a GPU the checkpoints' copy of the devices' shards, without a Comm: whole on every rank.
+AdamW host_optimizer(const Device& device, const Model<float>& model, const AdamWOptions& adamw, dist::Comm* comm,
+                     double bucket_mb);
+
 // save_checkpoint of the trained model and optimizer, after sync_host(). Where the state is replicated over the ranks
 // of comm, rank 0 alone writes it and the others wait for it, so that all find the same latest checkpoint. Returns
 // the checkpoint's directory on rank 0, "" on the others.
