@@ -157,7 +157,7 @@ void attention(float* o, float* lse, const float* q, const float* k, const float
                int64_t T, int64_t H, int64_t dk, int64_t dv, float scale, cudaStream_t stream) {
   const Shape s = checked_shape(B, T, H, dk, dv);
   if (B * T * H == 0) return;
-  attention_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(o, lse, q, k, v, pos, s, scale);
+  DS_LAUNCH(attention_kernel, row_blocks(s), 32 * kWarps, 0, stream)(o, lse, q, k, v, pos, s, scale);
   DS_CUDA_LAUNCHED();
 }
 
@@ -167,11 +167,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const Shape s = checked_shape(B, T, H, dk_dim, dv_dim);
   if (B * T * H == 0) return;
   DeviceBuffer<float> delta(static_cast<size_t>(B * H * T));
-  attention_backward_query_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(dq, delta.data(), dout, q, k, v, o, lse,
-                                                                             pos, s, scale);
+  DS_LAUNCH(attention_backward_query_kernel, row_blocks(s), 32 * kWarps, 0, stream)(
+      dq, delta.data(), dout, q, k, v, o, lse, pos, s, scale);
   DS_CUDA_LAUNCHED();
-  attention_backward_key_kernel<<<row_blocks(s), 32 * kWarps, 0, stream>>>(dk, dv, delta.data(), dout, q, k, v, lse,
-                                                                           pos, s, scale);
+  DS_LAUNCH(attention_backward_key_kernel, row_blocks(s), 32 * kWarps, 0, stream)(
+      dk, dv, delta.data(), dout, q, k, v, lse, pos, s, scale);
   DS_CUDA_LAUNCHED();
 }
 

@@ -8,6 +8,12 @@
 
 #include "ds/cuda_check.h"
 
+// Launches a kernel: DS_LAUNCH(kernel, grid, block, shared_bytes, stream)(arguments...). tests/simt/simt.h defines
+// it first, to run the kernels on the CPU.
+#ifndef DS_LAUNCH
+#define DS_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#endif
+
 // After every launch: a bad configuration shows up here, named with the kernel's call site.
 #define DS_CUDA_LAUNCHED() DS_CUDA_CHECK(cudaGetLastError())
 

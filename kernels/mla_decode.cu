@@ -114,10 +114,11 @@ void mla_decode(float* out, const float* q, const __nv_bfloat16* cache, const in
   const int64_t chunk = (capacity + splits - 1) / splits;
   DeviceBuffer<float> o_part(static_cast<size_t>(B * H * splits * r)), ml_part(static_cast<size_t>(B * H * splits * 2));
   const dim3 grid{unsigned(head_groups), unsigned(splits), unsigned(B)};
-  mla_decode_split_kernel<<<grid, 32 * kHeadsPerBlock, 0, stream>>>(o_part.data(), ml_part.data(), q, cache, slots,
-                                                                    lengths, H, capacity, int(r), int(dr), scale, chunk);
+  DS_LAUNCH(mla_decode_split_kernel, grid, 32 * kHeadsPerBlock, 0, stream)(
+      o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, int(r), int(dr), scale, chunk);
   DS_CUDA_LAUNCHED();
-  mla_decode_combine_kernel<<<unsigned(B * H), 128, 0, stream>>>(out, o_part.data(), ml_part.data(), splits, int(r));
+  DS_LAUNCH(mla_decode_combine_kernel, unsigned(B * H), 128, 0, stream)(
+      out, o_part.data(), ml_part.data(), splits, int(r));
   DS_CUDA_LAUNCHED();
 }
 
@@ -125,8 +126,8 @@ void mla_cache_write(__nv_bfloat16* cache, int64_t capacity, const float* latent
                      int64_t k_pe_stride, const int32_t* slots, const int32_t* pos, int64_t R, int64_t r, int64_t dr,
                      cudaStream_t stream) {
   if (R == 0) return;
-  mla_cache_write_kernel<<<unsigned(R), 128, 0, stream>>>(cache, capacity, latent, k_pe, k_pe_stride, slots, pos,
-                                                          int(r), int(dr));
+  DS_LAUNCH(mla_cache_write_kernel, unsigned(R), 128, 0, stream)(
+      cache, capacity, latent, k_pe, k_pe_stride, slots, pos, int(r), int(dr));
   DS_CUDA_LAUNCHED();
 }
 

@@ -1,0 +1,421 @@
+// simt's scheduler and its CUDA runtime: device memory is host memory, every call completes before it returns, and a
+// launch runs the grid's blocks one after another on the calling thread.
+#include "simt.h"
+
+#include <unistd.h>
+
+#include <array>
+#include <boost/context/fiber.hpp>
+#include <boost/context/stack_context.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define DS_SIMT_ASAN 1
+#endif
+
+namespace ds::simt {
+
+thread_local uint3 thread_idx, block_idx;
+thread_local dim3 block_dim, grid_dim;
+
+namespace {
+
+namespace context = boost::context;
+
+thread_local cudaError_t last_error = cudaSuccess;
+
+[[noreturn]] void fail(const std::string& message) { throw std::runtime_error("simt: " + message); }
+
+constexpr size_t kStackBytes = size_t(64) << 10;  // kernels keep a few KiB of locals
+
+// Boost.Context's stack allocator interface over stacks kept for the next launch: a launch makes a fiber per CUDA
+// thread.
+class StackPool {
+ public:
+  context::stack_context allocate() {
+    if (free_.empty()) {
+      stacks_.push_back(std::make_unique<char[]>(kStackBytes));
+      // Stack tops at the same offset in 64 KiB would share cache sets, and every switch would miss: stagger them.
+      const size_t stagger = (stacks_.size() % 16) * 1088;
+      free_.push_back({stacks_.back().get(), kStackBytes - stagger});
+    }
+    const auto [base, size] = free_.back();
+    free_.pop_back();
+    context::stack_context stack;
+    stack.sp = base + size;  // stacks grow down
+    stack.size = size;
+    return stack;
+  }
+  void deallocate(context::stack_context& stack) {
+    free_.push_back({static_cast<char*>(stack.sp) - stack.size, stack.size});
+  }
+
+ private:
+  std::vector<std::unique_ptr<char[]>> stacks_;
+  std::vector<std::pair<char*, size_t>> free_;
+};
+
+thread_local StackPool stack_pool;
+
+enum class Wait { None, Block, Warp };
+
+struct Fiber {
+  context::fiber self;          // where the thread goes on when resumed
+  context::fiber scheduler;     // where it returns to when it waits
+  const void* stack = nullptr;  // the lowest address of its stack
+  size_t stack_size = 0;
+  uint3 index{};
+  bool done = false;
+  Wait wait = Wait::None;
+  uint64_t shuffles = 0;
+};
+
+// What Boost.Context copies and calls: the thread's pool, noting the stack in the fiber.
+struct StackAllocator {
+  Fiber* fiber;
+  context::stack_context allocate() {
+    context::stack_context stack = stack_pool.allocate();
+    fiber->stack = static_cast<char*>(stack.sp) - stack.size;
+    fiber->stack_size = stack.size;
+    return stack;
+  }
+  void deallocate(context::stack_context& stack) { stack_pool.deallocate(stack); }
+};
+
+// The block being run on this thread, with its CUDA threads as fibers.
+struct Block {
+  const char* kernel = nullptr;
+  const std::function<void()>* thread = nullptr;
+  std::vector<Fiber> fibers;
+  Fiber* current = nullptr;
+  bool synchronised = false;
+  std::vector<std::array<std::array<uint64_t, 32>, 2>> lanes;  // each warp's shuffle values
+  const void* scheduler_stack = nullptr;                       // for AddressSanitizer
+  size_t scheduler_stack_size = 0;
+};
+thread_local Block* running = nullptr;  // null while threads run without fibers
+
+// AddressSanitizer follows the stack switches when told of them: the side that leaves names the stack it goes to, the
+// side that arrives learns the stack it came from.
+#ifdef DS_SIMT_ASAN
+void leaving(void** fake_stack, const void* bottom, size_t size) {
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+}
+void arrived(void* fake_stack, const void** bottom, size_t* size) {
+  __sanitizer_finish_switch_fiber(fake_stack, bottom, size);
+}
+#else
+void leaving(void**, const void*, size_t) {}
+void arrived(void*, const void**, size_t*) {}
+#endif
+
+void resume(Block& b, Fiber& f) {
+  b.current = &f;
+  thread_idx = f.index;
+  void* fake_stack = nullptr;
+  leaving(&fake_stack, f.stack, f.stack_size);
+  f.self = std::move(f.self).resume();
+  arrived(fake_stack, nullptr, nullptr);
+}
+
+// Back to the scheduler until it releases the barrier this thread waits at.
+void wait_at(Wait barrier) {
+  Block& b = *running;
+  Fiber& f = *b.current;
+  f.wait = barrier;
+  void* fake_stack = nullptr;
+  leaving(&fake_stack, b.scheduler_stack, b.scheduler_stack_size);
+  f.scheduler = std::move(f.scheduler).resume();
+  arrived(fake_stack, &b.scheduler_stack, &b.scheduler_stack_size);
+}
+
+// A fiber that starts the CUDA thread `index` at its first resume.
+void prepare(Block& b, Fiber& f, uint3 index) {
+  f.index = index;
+  f.done = false;
+  f.wait = Wait::None;
+  f.shuffles = 0;
+  f.self = context::fiber(std::allocator_arg, StackAllocator{&f}, [&b, &f](context::fiber&& scheduler) {
+    arrived(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
+    f.scheduler = std::move(scheduler);
+    (*b.thread)();
+    f.done = true;
+    leaving(nullptr, b.scheduler_stack,
+            b.scheduler_stack_size);  // this stack is done with
+    return std::move(f.scheduler);
+  });
+}
+
+int warp_of(const Fiber& f) { return int((f.index.x + block_dim.x * (f.index.y + block_dim.y * f.index.z)) / 32); }
+
+// Runs the block's threads until all have returned; between rounds, releases the warps whose live lanes all wait at a
+// shuffle, else the block if every live thread waits at __syncthreads. Later threads run first in each round, so a read
+// that misses a barrier sees stale data here as it may on a GPU.
+void run_fibers(Block& b) {
+  std::vector<int> waiting(b.lanes.size()), alive(b.lanes.size());
+  for (;;) {
+    for (auto f = b.fibers.rbegin(); f != b.fibers.rend(); ++f)
+      if (!f->done && f->wait == Wait::None) resume(b, *f);
+    std::fill(waiting.begin(), waiting.end(), 0);
+    std::fill(alive.begin(), alive.end(), 0);
+    bool live = false, all_at_block = true;
+    for (const Fiber& f : b.fibers) {
+      if (f.done) continue;
+      live = true;
+      const size_t w = size_t(warp_of(f));
+      ++alive[w];
+      waiting[w] += f.wait == Wait::Warp;
+      all_at_block = all_at_block && f.wait == Wait::Block;
+    }
+    if (!live) return;
+    bool released = false;
+    for (Fiber& f : b.fibers) {
+      const size_t w = size_t(warp_of(f));
+      if (!f.done && waiting[w] > 0 && waiting[w] == alive[w]) {
+        f.wait = Wait::None;
+        released = true;
+      }
+    }
+    if (released) continue;
+    if (all_at_block) {
+      for (Fiber& f : b.fibers) f.wait = Wait::None;
+      continue;
+    }
+    fail(std::string("kernel ") + b.kernel + ", block (" + std::to_string(block_idx.x) + "," +
+         std::to_string(block_idx.y) + "," + std::to_string(block_idx.z) +
+         "): threads wait at different barriers or at a shuffle some lanes "
+         "never reach; on a GPU this hangs or "
+         "is undefined");
+  }
+}
+
+std::mutex kernels_mutex;
+std::unordered_map<std::string, bool> kernel_synchronises;  // learned on each kernel's first launch
+
+}  // namespace
+
+void sync_threads() {
+  if (!running)
+    fail(
+        "a kernel called __syncthreads in a launch after launches that never "
+        "did; simt runs such kernels "
+        "without fibers");
+  running->synchronised = true;
+  wait_at(Wait::Block);
+}
+
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int source) {
+  if (!running) fail("a kernel shuffled in a launch after launches that never did");
+  if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
+  Block& b = *running;
+  b.synchronised = true;
+  // Shuffles alternate between two sets of values: a lane writes the set of shuffle n + 2 only after every lane has
+  // reached shuffle n + 1, so after every lane has read shuffle n.
+  Fiber& f = *b.current;
+  auto& lanes = b.lanes[size_t(warp_of(f))][f.shuffles++ % 2];
+  std::memcpy(&lanes[thread_idx.x % 32], value, bytes);
+  wait_at(Wait::Warp);
+  std::memcpy(out, &lanes[size_t(source)], bytes);
+}
+
+void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+      grid.z > 65535 || shared_bytes > 48 * 1024) {
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (threads % 32 != 0) fail(std::string("kernel ") + name + ": blocks must be whole warps here");
+  bool known = false, synchronises = true;
+  {
+    std::lock_guard lock(kernels_mutex);
+    auto it = kernel_synchronises.find(name);
+    if (it != kernel_synchronises.end()) known = true, synchronises = it->second;
+  }
+  grid_dim = grid;
+  block_dim = block;
+  Block b;
+  b.kernel = name;
+  b.thread = &thread;
+  if (synchronises) {
+    b.fibers.resize(threads);
+    b.lanes.resize(threads / 32);
+  }
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        block_idx = {x, y, z};
+        if (!synchronises) {
+          for (unsigned tz = 0; tz < block.z; ++tz)
+            for (unsigned ty = 0; ty < block.y; ++ty)
+              for (unsigned tx = 0; tx < block.x; ++tx) {
+                thread_idx = {tx, ty, tz};
+                thread();
+              }
+          continue;
+        }
+        size_t i = 0;
+        for (unsigned tz = 0; tz < block.z; ++tz)
+          for (unsigned ty = 0; ty < block.y; ++ty)
+            for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
+              prepare(b, b.fibers[i], {tx, ty, tz});
+            }
+        running = &b;
+        try {
+          run_fibers(b);
+        } catch (...) {
+          running = nullptr;
+          throw;
+        }
+        running = nullptr;
+      }
+  if (!known) {
+    std::lock_guard lock(kernels_mutex);
+    kernel_synchronises[name] = b.synchronised;
+  }
+}
+
+}  // namespace ds::simt
+
+// ---- The CUDA runtime calls the project makes: one device, "simt", whose memory is the host's.
+
+using ds::simt::last_error;
+
+namespace {
+
+cudaError_t record(cudaError_t status) {
+  if (status != cudaSuccess) last_error = status;
+  return status;
+}
+
+struct Event {
+  std::chrono::steady_clock::time_point at;
+};
+
+void* device_malloc(size_t bytes) { return std::aligned_alloc(256, (bytes + 255) / 256 * 256); }
+
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t status = last_error;
+  last_error = cudaSuccess;
+  return status;
+}
+const char* cudaGetErrorName(cudaError_t status) {
+  switch (status) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    default:
+      return "cudaError";
+  }
+}
+const char* cudaGetErrorString(cudaError_t status) {
+  return status == cudaSuccess ? "no error" : "simt: emulated CUDA error";
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) { return record(device == 0 ? cudaSuccess : cudaErrorInvalidDevice); }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return record(cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::strcpy(prop->name, "simt (CUDA kernels on the CPU)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 4;
+  prop->totalGlobalMem = size_t(sysconf(_SC_PHYS_PAGES)) * size_t(sysconf(_SC_PAGE_SIZE));
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  if (device != 0) return record(cudaErrorInvalidDevice);
+  if (attribute != cudaDevAttrMultiProcessorCount) return record(cudaErrorInvalidValue);
+  *value = 4;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  *ptr = device_malloc(bytes);
+  return *ptr ? cudaSuccess : record(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFree(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t) { return cudaMalloc(ptr, bytes); }
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind, cudaStream_t) {
+  if (count) std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind, cudaStream_t) {
+  if (width > dpitch || width > spitch) return record(cudaErrorInvalidValue);
+  for (size_t r = 0; r < height; ++r)
+    std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
+  if (count) std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  *stream = reinterpret_cast<cudaStream_t>(new int(0));
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) { return cudaStreamCreate(stream); }
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete reinterpret_cast<int*>(stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = reinterpret_cast<cudaEvent_t>(new Event{});
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete reinterpret_cast<Event*>(event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  reinterpret_cast<Event*>(event)->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t begin, cudaEvent_t end) {
+  *ms =
+      std::chrono::duration<float, std::milli>(reinterpret_cast<Event*>(end)->at - reinterpret_cast<Event*>(begin)->at)
+          .count();
+  return cudaSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,84 @@
+#pragma once
+// simt: runs the CUDA kernels of kernels/ on the CPU, so that machines without a GPU execute them (tests only).
+//
+// The .cu files compile as C++ with this header included first (-include). It keeps CUDA's own host headers for the
+// types (__nv_bfloat16, e4m3 conversions, cudaStream_t) and replaces what only nvcc knows: __shared__ becomes a static
+// (blocks run one after another), the thread and block indices are set per CUDA thread, __syncthreads and the warp
+// shuffles suspend the calling thread, and DS_LAUNCH (common.cuh) runs a grid here. Each CUDA thread of a block that
+// synchronises is a fiber; a block whose threads wait at different barriers fails as a deadlock instead of hanging.
+// simt.cpp holds the scheduler and the CUDA runtime calls; cublaslt.cpp the cuBLASLt subset.
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __forceinline__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+namespace ds::simt {
+
+// The running CUDA thread's coordinates (set by the scheduler before the thread runs or resumes).
+extern thread_local uint3 thread_idx, block_idx;
+extern thread_local dim3 block_dim, grid_dim;
+
+void sync_threads();
+// Exchanges `bytes` of `value` within the warp: returns lane `source`'s bytes in `out`.
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int source);
+
+template <typename T>
+T shfl_xor(unsigned mask, T value, int lane_mask) {
+  T out;
+  warp_exchange(mask, &value, &out, sizeof(T), int(thread_idx.x % 32) ^ lane_mask);
+  return out;
+}
+
+// Runs `thread` once for every thread of the grid; an invalid configuration sets the error cudaGetLastError returns.
+void launch(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread);
+
+// What DS_LAUNCH(...) returns: called with the kernel's arguments, it runs the grid. `call` calls the kernel, so that a
+// template kernel deduces its parameters as it does under nvcc.
+template <typename Call>
+struct Launch {
+  const char* kernel;
+  dim3 grid, block;
+  size_t shared_bytes;
+  Call call;
+  template <typename... Args>
+  void operator()(const Args&... args) const {
+    launch(kernel, grid, block, shared_bytes, [&] { call(args...); });
+  }
+};
+template <typename Call>
+Launch<Call> launcher(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t, Call call) {
+  return {kernel, grid, block, shared_bytes, call};
+}
+
+}  // namespace ds::simt
+
+#define threadIdx (::ds::simt::thread_idx)
+#define blockIdx (::ds::simt::block_idx)
+#define blockDim (::ds::simt::block_dim)
+#define gridDim (::ds::simt::grid_dim)
+#define __syncthreads() ::ds::simt::sync_threads()
+#define __shfl_xor_sync(mask, value, lane_mask) ::ds::simt::shfl_xor(mask, value, lane_mask)
+#define DS_LAUNCH(kernel, grid, block, shared_bytes, stream)       \
+  ::ds::simt::launcher(#kernel, grid, block, shared_bytes, stream, \
+                       [](const auto&... arguments) { kernel(arguments...); })
+
+using std::max;
+using std::min;
