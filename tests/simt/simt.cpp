@@ -9,6 +9,7 @@
 #include <boost/context/stack_context.hpp>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -17,14 +18,14 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define DS_SIMT_ASAN 1
 #endif
 
 namespace ds::simt {
 
-thread_local uint3 thread_idx, block_idx;
-thread_local dim3 block_dim, grid_dim;
+uint3 thread_idx, block_idx, block_dim, grid_dim;
 
 namespace {
 
@@ -35,6 +36,14 @@ thread_local cudaError_t last_error = cudaSuccess;
 [[noreturn]] void fail(const std::string& message) { throw std::runtime_error("simt: " + message); }
 
 constexpr size_t kStackBytes = size_t(64) << 10;  // kernels keep a few KiB of locals
+
+// A reused stack keeps AddressSanitizer's marks of the frames that were on it when its fiber was abandoned (a failed
+// block): they go before the stack is used again.
+#ifdef DS_SIMT_ASAN
+void unpoison(char* base, size_t size) { ASAN_UNPOISON_MEMORY_REGION(base, size); }
+#else
+void unpoison(char*, size_t) {}
+#endif
 
 // Boost.Context's stack allocator interface over stacks kept for the next launch: a launch makes a fiber per CUDA
 // thread.
@@ -49,6 +58,7 @@ class StackPool {
     }
     const auto [base, size] = free_.back();
     free_.pop_back();
+    unpoison(base, size);
     context::stack_context stack;
     stack.sp = base + size;  // stacks grow down
     stack.size = size;
@@ -63,9 +73,12 @@ class StackPool {
   std::vector<std::pair<char*, size_t>> free_;
 };
 
-thread_local StackPool stack_pool;
+StackPool stack_pool;
 
 enum class Wait { None, Block, Warp };
+
+// Thrown in the waiting threads of a block that failed, so that each fiber returns before it is destroyed.
+struct Abandoned {};
 
 struct Fiber {
   context::fiber self;          // where the thread goes on when resumed
@@ -97,11 +110,13 @@ struct Block {
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
   bool synchronised = false;
+  std::exception_ptr error;  // what a thread threw
+  bool abandoned = false;
   std::vector<std::array<std::array<uint64_t, 32>, 2>> lanes;  // each warp's shuffle values
   const void* scheduler_stack = nullptr;                       // for AddressSanitizer
   size_t scheduler_stack_size = 0;
 };
-thread_local Block* running = nullptr;  // null while threads run without fibers
+Block* running = nullptr;  // null while threads run without fibers
 
 // AddressSanitizer follows the stack switches when told of them: the side that leaves names the stack it goes to, the
 // side that arrives learns the stack it came from.
@@ -135,6 +150,7 @@ void wait_at(Wait barrier) {
   leaving(&fake_stack, b.scheduler_stack, b.scheduler_stack_size);
   f.scheduler = std::move(f.scheduler).resume();
   arrived(fake_stack, &b.scheduler_stack, &b.scheduler_stack_size);
+  if (b.abandoned) throw Abandoned{};
 }
 
 // A fiber that starts the CUDA thread `index` at its first resume.
@@ -146,40 +162,53 @@ void prepare(Block& b, Fiber& f, uint3 index) {
   f.self = context::fiber(std::allocator_arg, StackAllocator{&f}, [&b, &f](context::fiber&& scheduler) {
     arrived(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
     f.scheduler = std::move(scheduler);
-    (*b.thread)();
+    try {
+      if (!b.abandoned) (*b.thread)();
+    } catch (const Abandoned&) {
+    } catch (...) {
+      b.error = std::current_exception();  // rethrown by the scheduler: nothing may leave a fiber
+    }
     f.done = true;
-    leaving(nullptr, b.scheduler_stack,
-            b.scheduler_stack_size);  // this stack is done with
+    leaving(nullptr, b.scheduler_stack, b.scheduler_stack_size);  // this stack is done with
     return std::move(f.scheduler);
   });
 }
 
 int warp_of(const Fiber& f) { return int((f.index.x + block_dim.x * (f.index.y + block_dim.y * f.index.z)) / 32); }
 
-// Runs the block's threads until all have returned; between rounds, releases the warps whose live lanes all wait at a
-// shuffle, else the block if every live thread waits at __syncthreads. Later threads run first in each round, so a read
-// that misses a barrier sees stale data here as it may on a GPU.
+// Ends a failed block: its waiting threads unwind and return, then `error` goes to the launch's caller.
+[[noreturn]] void abandon(Block& b, std::exception_ptr error) {
+  b.abandoned = true;
+  for (Fiber& f : b.fibers)
+    if (!f.done) resume(b, f);
+  std::rethrow_exception(error);
+}
+
+// Runs the block's threads until all have returned; between rounds, releases the warps whose 32 lanes all wait at a
+// shuffle, else the block if every thread that has not returned waits at __syncthreads. Later threads run first in
+// each round, so a read that misses a barrier sees stale data here as it may on a GPU.
 void run_fibers(Block& b) {
-  std::vector<int> waiting(b.lanes.size()), alive(b.lanes.size());
+  std::vector<int> waiting(b.lanes.size());
   for (;;) {
     for (auto f = b.fibers.rbegin(); f != b.fibers.rend(); ++f)
-      if (!f->done && f->wait == Wait::None) resume(b, *f);
+      if (!f->done && f->wait == Wait::None) {
+        resume(b, *f);
+        if (b.error) abandon(b, b.error);
+      }
     std::fill(waiting.begin(), waiting.end(), 0);
-    std::fill(alive.begin(), alive.end(), 0);
     bool live = false, all_at_block = true;
     for (const Fiber& f : b.fibers) {
       if (f.done) continue;
       live = true;
-      const size_t w = size_t(warp_of(f));
-      ++alive[w];
-      waiting[w] += f.wait == Wait::Warp;
+      waiting[size_t(warp_of(f))] += f.wait == Wait::Warp;
       all_at_block = all_at_block && f.wait == Wait::Block;
     }
     if (!live) return;
+    // A shuffle with the full mask needs all 32 lanes: one that returned before it leaves the others waiting.
     bool released = false;
     for (Fiber& f : b.fibers) {
       const size_t w = size_t(warp_of(f));
-      if (!f.done && waiting[w] > 0 && waiting[w] == alive[w]) {
+      if (!f.done && waiting[w] == 32) {
         f.wait = Wait::None;
         released = true;
       }
@@ -189,15 +218,15 @@ void run_fibers(Block& b) {
       for (Fiber& f : b.fibers) f.wait = Wait::None;
       continue;
     }
-    fail(std::string("kernel ") + b.kernel + ", block (" + std::to_string(block_idx.x) + "," +
-         std::to_string(block_idx.y) + "," + std::to_string(block_idx.z) +
-         "): threads wait at different barriers or at a shuffle some lanes "
-         "never reach; on a GPU this hangs or "
-         "is undefined");
+    abandon(b, std::make_exception_ptr(std::runtime_error(
+                   std::string("simt: kernel ") + b.kernel + ", block (" + std::to_string(block_idx.x) + "," +
+                   std::to_string(block_idx.y) + "," + std::to_string(block_idx.z) +
+                   "): threads wait at different barriers, or at a shuffle some lanes never reach; on a GPU this "
+                   "hangs or is undefined")));
   }
 }
 
-std::mutex kernels_mutex;
+std::mutex launch_mutex;  // one launch at a time: the globals above are the running one's
 std::unordered_map<std::string, bool> kernel_synchronises;  // learned on each kernel's first launch
 
 }  // namespace
@@ -234,14 +263,11 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
     return;
   }
   if (threads % 32 != 0) fail(std::string("kernel ") + name + ": blocks must be whole warps here");
-  bool known = false, synchronises = true;
-  {
-    std::lock_guard lock(kernels_mutex);
-    auto it = kernel_synchronises.find(name);
-    if (it != kernel_synchronises.end()) known = true, synchronises = it->second;
-  }
-  grid_dim = grid;
-  block_dim = block;
+  std::lock_guard lock(launch_mutex);
+  const auto it = kernel_synchronises.find(name);
+  const bool known = it != kernel_synchronises.end(), synchronises = !known || it->second;
+  grid_dim = {grid.x, grid.y, grid.z};
+  block_dim = {block.x, block.y, block.z};
   Block b;
   b.kernel = name;
   b.thread = &thread;
@@ -277,10 +303,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
         }
         running = nullptr;
       }
-  if (!known) {
-    std::lock_guard lock(kernels_mutex);
-    kernel_synchronises[name] = b.synchronised;
-  }
+  if (!known) kernel_synchronises[name] = b.synchronised;
 }
 
 }  // namespace ds::simt
@@ -300,7 +323,10 @@ struct Event {
   std::chrono::steady_clock::time_point at;
 };
 
-void* device_malloc(size_t bytes) { return std::aligned_alloc(256, (bytes + 255) / 256 * 256); }
+// Device memory, as cudaFree checks it. Never destroyed, so memory that the runtime's caching allocator still holds
+// at exit, as it may, stays reachable for LeakSanitizer.
+std::mutex allocations_mutex;
+auto* const allocations = new std::unordered_map<void*, size_t>;
 
 }  // namespace
 
@@ -358,10 +384,16 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
 }
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
-  *ptr = device_malloc(bytes);
-  return *ptr ? cudaSuccess : record(cudaErrorMemoryAllocation);
+  *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  if (!*ptr) return record(cudaErrorMemoryAllocation);
+  std::lock_guard lock(allocations_mutex);
+  allocations->emplace(*ptr, bytes);
+  return cudaSuccess;
 }
 cudaError_t cudaFree(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  std::lock_guard lock(allocations_mutex);
+  if (allocations->erase(ptr) == 0) return record(cudaErrorInvalidValue);
   std::free(ptr);
   return cudaSuccess;
 }

@@ -32,9 +32,9 @@
 
 namespace ds::simt {
 
-// The running CUDA thread's coordinates (set by the scheduler before the thread runs or resumes).
-extern thread_local uint3 thread_idx, block_idx;
-extern thread_local dim3 block_dim, grid_dim;
+// The running CUDA thread's coordinates, set by the scheduler before the thread runs or resumes. Launches take turns
+// (one host thread at a time), so these are plain globals.
+extern uint3 thread_idx, block_idx, block_dim, grid_dim;
 
 void sync_threads();
 // Exchanges `bytes` of `value` within the warp: returns lane `source`'s bytes in `out`.
