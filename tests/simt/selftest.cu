@@ -1,6 +1,7 @@
-// simt's own checks: what the gpu tests rely on it for. Block reductions over shuffles and barriers give the sum; a
-// read that misses a barrier sees stale data; threads that wait at different barriers, or a shuffle that some lanes
-// never reach, fail the launch instead of hanging; a bad launch configuration is reported as CUDA reports it.
+// simt's own checks: what the gpu tests rely on it for. Block reductions over shuffles and barriers give the sum, in
+// one- and two-dimensional blocks; a read that misses a barrier sees stale data; threads that wait at different
+// barriers, or a shuffle that some lanes never reach, fail the launch instead of hanging; a bad launch configuration
+// is reported as CUDA reports it.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -19,6 +20,12 @@ __global__ void block_sums(float* out, const float* x) {
   const float v = x[blockIdx.x * blockDim.x + threadIdx.x];
   const float sum = block_reduce<false>(v, shared), max = block_reduce<true>(v, shared);
   if (threadIdx.x == 0) out[2 * blockIdx.x] = sum, out[2 * blockIdx.x + 1] = max;
+}
+
+// Warps of a two-dimensional block: lanes count along x, then y.
+__global__ void warp_sums_2d(float* out) {
+  const unsigned linear = threadIdx.y * blockDim.x + threadIdx.x;
+  out[linear] = warp_sum(float(linear));
 }
 
 // Each thread reads its neighbour's value, after a barrier or, wrongly, without one.
@@ -57,6 +64,15 @@ TEST_CASE("block reductions over shuffles and barriers") {
     const auto first = x.begin() + b * threads, last = first + threads;
     CHECK(out[2 * b] == std::accumulate(first, last, 0.0f));  // integers: exact in any order
     CHECK(out[2 * b + 1] == *std::max_element(first, last));
+  }
+}
+
+TEST_CASE("the warps of a two-dimensional block") {
+  std::vector<float> out(128);
+  DS_LAUNCH(warp_sums_2d, 1, dim3(16, 8), 0, nullptr)(out.data());
+  for (int i = 0; i < 128; ++i) {
+    const int first = i / 32 * 32;
+    CHECK(out[i] == float(32 * first + 31 * 32 / 2));  // first + (first + 1) + ... + (first + 31)
   }
 }
 

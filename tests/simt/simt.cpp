@@ -91,7 +91,7 @@ struct Fiber {
   uint64_t shuffles = 0;
 };
 
-// What Boost.Context copies and calls: the thread's pool, noting the stack in the fiber.
+// What Boost.Context copies and calls: the pool, noting the stack in the fiber.
 struct StackAllocator {
   Fiber* fiber;
   context::stack_context allocate() {
@@ -103,7 +103,7 @@ struct StackAllocator {
   void deallocate(context::stack_context& stack) { stack_pool.deallocate(stack); }
 };
 
-// The block being run on this thread, with its CUDA threads as fibers.
+// The block being run, with its CUDA threads as fibers.
 struct Block {
   const char* kernel = nullptr;
   const std::function<void()>* thread = nullptr;
@@ -116,7 +116,8 @@ struct Block {
   const void* scheduler_stack = nullptr;                       // for AddressSanitizer
   size_t scheduler_stack_size = 0;
 };
-Block* running = nullptr;  // null while threads run without fibers
+Block* running = nullptr;        // null while threads run without fibers
+const char* direct_kernel = "";  // the kernel running without fibers
 
 // AddressSanitizer follows the stack switches when told of them: the side that leaves names the stack it goes to, the
 // side that arrives learns the stack it came from.
@@ -174,7 +175,8 @@ void prepare(Block& b, Fiber& f, uint3 index) {
   });
 }
 
-int warp_of(const Fiber& f) { return int((f.index.x + block_dim.x * (f.index.y + block_dim.y * f.index.z)) / 32); }
+int linear_of(const Fiber& f) { return int(f.index.x + block_dim.x * (f.index.y + block_dim.y * f.index.z)); }
+int warp_of(const Fiber& f) { return linear_of(f) / 32; }
 
 // Ends a failed block: its waiting threads unwind and return, then `error` goes to the launch's caller.
 [[noreturn]] void abandon(Block& b, std::exception_ptr error) {
@@ -233,16 +235,16 @@ std::unordered_map<std::string, bool> kernel_synchronises;  // learned on each k
 
 void sync_threads() {
   if (!running)
-    fail(
-        "a kernel called __syncthreads in a launch after launches that never "
-        "did; simt runs such kernels "
-        "without fibers");
+    fail(std::string("kernel ") + direct_kernel +
+         " called __syncthreads after launches that never did, which simt runs without fibers");
   running->synchronised = true;
   wait_at(Wait::Block);
 }
 
-void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int source) {
-  if (!running) fail("a kernel shuffled in a launch after launches that never did");
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask) {
+  if (!running)
+    fail(std::string("kernel ") + direct_kernel +
+         " shuffled after launches that never did, which simt runs without fibers");
   if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
   Block& b = *running;
   b.synchronised = true;
@@ -250,9 +252,10 @@ void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, in
   // reached shuffle n + 1, so after every lane has read shuffle n.
   Fiber& f = *b.current;
   auto& lanes = b.lanes[size_t(warp_of(f))][f.shuffles++ % 2];
-  std::memcpy(&lanes[thread_idx.x % 32], value, bytes);
+  const int lane = linear_of(f) % 32;
+  std::memcpy(&lanes[size_t(lane)], value, bytes);
   wait_at(Wait::Warp);
-  std::memcpy(out, &lanes[size_t(source)], bytes);
+  std::memcpy(out, &lanes[size_t(lane ^ lane_mask)], bytes);
 }
 
 void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread) {
@@ -280,6 +283,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
       for (unsigned x = 0; x < grid.x; ++x) {
         block_idx = {x, y, z};
         if (!synchronises) {
+          direct_kernel = name;
           for (unsigned tz = 0; tz < block.z; ++tz)
             for (unsigned ty = 0; ty < block.y; ++ty)
               for (unsigned tx = 0; tx < block.x; ++tx) {

@@ -37,13 +37,13 @@ namespace ds::simt {
 extern uint3 thread_idx, block_idx, block_dim, grid_dim;
 
 void sync_threads();
-// Exchanges `bytes` of `value` within the warp: returns lane `source`'s bytes in `out`.
-void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int source);
+// Exchanges `bytes` of `value` within the warp: `out` gets those of lane (this lane ^ lane_mask).
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask);
 
 template <typename T>
 T shfl_xor(unsigned mask, T value, int lane_mask) {
   T out;
-  warp_exchange(mask, &value, &out, sizeof(T), int(thread_idx.x % 32) ^ lane_mask);
+  warp_exchange(mask, &value, &out, sizeof(T), lane_mask);
   return out;
 }
 
