@@ -108,3 +108,15 @@ TEST_CASE("launch configurations CUDA refuses") {
   CHECK(cudaGetLastError() == cudaSuccess);
   CHECK(std::accumulate(out.begin(), out.end(), 0.0f) == 128.0f);
 }
+
+TEST_CASE("devices: DS_SIMT_DEVICES of them, one by default") {
+  int count = 0, device = -1;
+  REQUIRE(cudaGetDeviceCount(&count) == cudaSuccess);
+  CHECK(count >= 1);
+  CHECK(cudaSetDevice(count) == cudaErrorInvalidDevice);
+  CHECK(cudaGetLastError() == cudaErrorInvalidDevice);
+  CHECK(cudaSetDevice(count - 1) == cudaSuccess);
+  CHECK(cudaGetDevice(&device) == cudaSuccess);
+  CHECK(device == count - 1);
+  CHECK(cudaSetDevice(0) == cudaSuccess);
+}

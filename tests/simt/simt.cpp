@@ -312,7 +312,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
 
 }  // namespace ds::simt
 
-// ---- The CUDA runtime calls the project makes: one device, "simt", whose memory is the host's.
+// ---- The CUDA runtime calls the project makes, on devices whose memory is the host's.
 
 using ds::simt::last_error;
 
@@ -326,6 +326,17 @@ cudaError_t record(cudaError_t status) {
 struct Event {
   std::chrono::steady_clock::time_point at;
 };
+
+// DS_SIMT_DEVICES devices (1 by default), all of them the host: a process per rank under mpirun can take its own.
+int device_count() {
+  static const int count = [] {
+    const char* text = std::getenv("DS_SIMT_DEVICES");
+    const int n = text ? std::atoi(text) : 1;
+    return n > 0 ? n : 1;
+  }();
+  return count;
+}
+thread_local int current_device = 0;
 
 // Device memory, as cudaFree checks it. Never destroyed, so memory that the runtime's caching allocator still holds
 // at exit, as it may, stays reachable for LeakSanitizer.
@@ -362,16 +373,20 @@ const char* cudaGetErrorString(cudaError_t status) {
 }
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = device_count();
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = current_device;
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int device) { return record(device == 0 ? cudaSuccess : cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= device_count()) return record(cudaErrorInvalidDevice);
+  current_device = device;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= device_count()) return record(cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
   std::strcpy(prop->name, "simt (CUDA kernels on the CPU)");
   prop->major = 9;
@@ -381,7 +396,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
-  if (device != 0) return record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= device_count()) return record(cudaErrorInvalidDevice);
   if (attribute != cudaDevAttrMultiProcessorCount) return record(cudaErrorInvalidValue);
   *value = 4;
   return cudaSuccess;
