@@ -86,6 +86,7 @@ struct Fiber {
   const void* stack = nullptr;  // the lowest address of its stack
   size_t stack_size = 0;
   uint3 index{};
+  unsigned linear = 0;  // its place in the block: x fastest, then y, then z
   bool done = false;
   Wait wait = Wait::None;
   uint64_t shuffles = 0;
@@ -103,9 +104,10 @@ struct StackAllocator {
   void deallocate(context::stack_context& stack) { stack_pool.deallocate(stack); }
 };
 
-// The block being run, with its CUDA threads as fibers.
+// The block being run, with its CUDA threads as fibers unless its kernel is known never to synchronise.
 struct Block {
   const char* kernel = nullptr;
+  bool with_fibers = true;
   const std::function<void()>* thread = nullptr;
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
@@ -116,8 +118,7 @@ struct Block {
   const void* scheduler_stack = nullptr;                       // for AddressSanitizer
   size_t scheduler_stack_size = 0;
 };
-Block* running = nullptr;        // null while threads run without fibers
-const char* direct_kernel = "";  // the kernel running without fibers
+Block* running = nullptr;  // the block of the launch under way
 
 // AddressSanitizer follows the stack switches when told of them: the side that leaves names the stack it goes to, the
 // side that arrives learns the stack it came from.
@@ -154,9 +155,15 @@ void wait_at(Wait barrier) {
   if (b.abandoned) throw Abandoned{};
 }
 
-// A fiber that starts the CUDA thread `index` at its first resume.
-void prepare(Block& b, Fiber& f, uint3 index) {
-  f.index = index;
+// The coordinates of thread `linear` of the running block.
+uint3 thread_index(unsigned linear) {
+  return {linear % block_dim.x, linear / block_dim.x % block_dim.y, linear / (block_dim.x * block_dim.y)};
+}
+
+// A fiber that starts thread `linear` of the block at its first resume.
+void prepare(Block& b, Fiber& f, unsigned linear) {
+  f.index = thread_index(linear);
+  f.linear = linear;
   f.done = false;
   f.wait = Wait::None;
   f.shuffles = 0;
@@ -175,8 +182,7 @@ void prepare(Block& b, Fiber& f, uint3 index) {
   });
 }
 
-int linear_of(const Fiber& f) { return int(f.index.x + block_dim.x * (f.index.y + block_dim.y * f.index.z)); }
-int warp_of(const Fiber& f) { return linear_of(f) / 32; }
+int warp_of(const Fiber& f) { return int(f.linear / 32); }
 
 // Ends a failed block: its waiting threads unwind and return, then `error` goes to the launch's caller.
 [[noreturn]] void abandon(Block& b, std::exception_ptr error) {
@@ -231,31 +237,34 @@ void run_fibers(Block& b) {
 std::mutex launch_mutex;  // one launch at a time: the globals above are the running one's
 std::unordered_map<std::string, bool> kernel_synchronises;  // learned on each kernel's first launch
 
+// The running block, where a thread is about to wait.
+Block& waiting_block(const char* what) {
+  Block& b = *running;
+  if (!b.with_fibers)
+    fail(std::string("kernel ") + b.kernel + " " + what +
+         " after launches that never did, which simt runs without fibers");
+  b.synchronised = true;
+  return b;
+}
+
 }  // namespace
 
 void sync_threads() {
-  if (!running)
-    fail(std::string("kernel ") + direct_kernel +
-         " called __syncthreads after launches that never did, which simt runs without fibers");
-  running->synchronised = true;
+  waiting_block("called __syncthreads");
   wait_at(Wait::Block);
 }
 
 void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask) {
-  if (!running)
-    fail(std::string("kernel ") + direct_kernel +
-         " shuffled after launches that never did, which simt runs without fibers");
+  Block& b = waiting_block("shuffled");
   if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
-  Block& b = *running;
-  b.synchronised = true;
   // Shuffles alternate between two sets of values: a lane writes the set of shuffle n + 2 only after every lane has
   // reached shuffle n + 1, so after every lane has read shuffle n.
   Fiber& f = *b.current;
   auto& lanes = b.lanes[size_t(warp_of(f))][f.shuffles++ % 2];
-  const int lane = linear_of(f) % 32;
+  const unsigned lane = f.linear % 32;
   std::memcpy(&lanes[size_t(lane)], value, bytes);
   wait_at(Wait::Warp);
-  std::memcpy(out, &lanes[size_t(lane ^ lane_mask)], bytes);
+  std::memcpy(out, &lanes[size_t(lane ^ unsigned(lane_mask))], bytes);
 }
 
 void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread) {
@@ -268,44 +277,34 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
   if (threads % 32 != 0) fail(std::string("kernel ") + name + ": blocks must be whole warps here");
   std::lock_guard lock(launch_mutex);
   const auto it = kernel_synchronises.find(name);
-  const bool known = it != kernel_synchronises.end(), synchronises = !known || it->second;
+  const bool known = it != kernel_synchronises.end();
   grid_dim = {grid.x, grid.y, grid.z};
   block_dim = {block.x, block.y, block.z};
   Block b;
   b.kernel = name;
   b.thread = &thread;
-  if (synchronises) {
+  b.with_fibers = !known || it->second;
+  if (b.with_fibers) {
     b.fibers.resize(threads);
     b.lanes.resize(threads / 32);
   }
+  running = &b;
+  struct Done {
+    ~Done() { running = nullptr; }
+  } done;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         block_idx = {x, y, z};
-        if (!synchronises) {
-          direct_kernel = name;
-          for (unsigned tz = 0; tz < block.z; ++tz)
-            for (unsigned ty = 0; ty < block.y; ++ty)
-              for (unsigned tx = 0; tx < block.x; ++tx) {
-                thread_idx = {tx, ty, tz};
-                thread();
-              }
-          continue;
-        }
-        size_t i = 0;
-        for (unsigned tz = 0; tz < block.z; ++tz)
-          for (unsigned ty = 0; ty < block.y; ++ty)
-            for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
-              prepare(b, b.fibers[i], {tx, ty, tz});
-            }
-        running = &b;
-        try {
+        if (b.with_fibers) {
+          for (unsigned i = 0; i < threads; ++i) prepare(b, b.fibers[i], i);
           run_fibers(b);
-        } catch (...) {
-          running = nullptr;
-          throw;
+        } else {
+          for (unsigned i = 0; i < threads; ++i) {
+            thread_idx = thread_index(i);
+            thread();
+          }
         }
-        running = nullptr;
       }
   if (!known) kernel_synchronises[name] = b.synchronised;
 }
