@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "ds/cuda_check.h"
 
@@ -44,6 +45,74 @@ __device__ inline float block_reduce(float v, float* shared) {
   __syncthreads();
   v = lane < warps ? shared[lane] : (Max ? -INFINITY : 0.0f);
   return Max ? warp_max(v) : warp_sum(v);
+}
+
+// d += A B on the tensor cores (mma.sync, sm_80 and later) for one warp: A a 16x16 bf16 tile, B 16x8 bf16, D 16x8
+// float. With g = lane / 4 and t = lane % 4 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), a 32-bit register holds
+// two bf16 of consecutive k (the lower k in the low half):
+//   a = {A[g][2t..2t+1], A[g+8][2t..2t+1], A[g][2t+8..2t+9], A[g+8][2t+8..2t+9]},
+//   b = {B[2t..2t+1][g], B[2t+8..2t+9][g]},  d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+__device__ inline void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef DS_MMA_16X8X16
+  DS_MMA_16X8X16(d, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Two floats as the bf16 pair of one fragment register, `lo` in the low half.
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+  uint32_t bits;
+  memcpy(&bits, &pair, sizeof bits);
+  return bits;
+}
+
+// Lets `kernel` launch with up to `bytes` of dynamic shared memory; above 48 KiB a launch needs it.
+#ifndef DS_ALLOW_SHARED
+#define DS_ALLOW_SHARED(kernel, bytes) \
+  DS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)))
+#endif
+
+// The launch's dynamic shared memory (its shared_bytes), 16-byte aligned.
+__device__ inline unsigned char* dynamic_shared() {
+#ifdef DS_DYNAMIC_SHARED
+  return DS_DYNAMIC_SHARED();
+#else
+  extern __shared__ __align__(16) unsigned char bytes[];
+  return bytes;
+#endif
+}
+
+// cp.async (sm_80 and later): 16 bytes from global to shared memory without passing through registers. Copies are
+// grouped by commit; copy_async_wait<N>() returns once at most N of this thread's groups are still in flight, and a
+// barrier after it shows the block's copies to every thread.
+__device__ inline void copy_async_16(void* shared, const void* global) {
+#ifdef DS_COPY_ASYNC_16
+  DS_COPY_ASYNC_16(shared, global);
+#else
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+#endif
+}
+__device__ inline void copy_async_commit() {
+#ifdef DS_COPY_ASYNC_COMMIT
+  DS_COPY_ASYNC_COMMIT();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int PendingGroups>
+__device__ inline void copy_async_wait() {
+#ifdef DS_COPY_ASYNC_WAIT
+  DS_COPY_ASYNC_WAIT(PendingGroups);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PendingGroups));
+#endif
 }
 
 // e4m3 with saturation to +-448, as ds::float_to_e4m3 on the CPU.

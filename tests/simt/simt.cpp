@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <bit>
 #include <boost/context/fiber.hpp>
 #include <boost/context/stack_context.hpp>
 #include <chrono>
@@ -77,6 +78,19 @@ StackPool stack_pool;
 
 enum class Wait { None, Block, Warp };
 
+constexpr size_t kLaneBytes = 32;  // what one lane gives to a warp exchange, at most
+
+// A thread's cp.async copies: committed groups, oldest first, and those not yet committed.
+struct AsyncCopy {
+  void* shared;
+  const void* global;
+  size_t bytes;
+};
+struct AsyncCopies {
+  std::vector<std::vector<AsyncCopy>> committed;
+  std::vector<AsyncCopy> open;
+};
+
 // Thrown in the waiting threads of a block that failed, so that each fiber returns before it is destroyed.
 struct Abandoned {};
 
@@ -90,6 +104,7 @@ struct Fiber {
   bool done = false;
   Wait wait = Wait::None;
   uint64_t shuffles = 0;
+  AsyncCopies copies;
 };
 
 // What Boost.Context copies and calls: the pool, noting the stack in the fiber.
@@ -114,8 +129,11 @@ struct Block {
   bool synchronised = false;
   std::exception_ptr error;  // what a thread threw
   bool abandoned = false;
-  std::vector<std::array<std::array<uint64_t, 32>, 2>> lanes;  // each warp's shuffle values
-  const void* scheduler_stack = nullptr;                       // for AddressSanitizer
+  // Each warp's values of its last two shuffles, kLaneBytes per lane.
+  std::vector<std::array<std::array<std::array<unsigned char, kLaneBytes>, 32>, 2>> lanes;
+  std::vector<unsigned char> dynamic_shared;
+  AsyncCopies direct_copies;  // the running thread's, without fibers
+  const void* scheduler_stack = nullptr;  // for AddressSanitizer
   size_t scheduler_stack_size = 0;
 };
 Block* running = nullptr;  // the block of the launch under way
@@ -167,6 +185,7 @@ void prepare(Block& b, Fiber& f, unsigned linear) {
   f.done = false;
   f.wait = Wait::None;
   f.shuffles = 0;
+  f.copies = {};
   f.self = context::fiber(std::allocator_arg, StackAllocator{&f}, [&b, &f](context::fiber&& scheduler) {
     arrived(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
     f.scheduler = std::move(scheduler);
@@ -234,6 +253,17 @@ void run_fibers(Block& b) {
   }
 }
 
+constexpr size_t kDefaultSharedBytes = 48 << 10, kMaxSharedBytes = 227 << 10;  // sm_90's, with and without opting in
+
+std::mutex shared_limits_mutex;
+std::unordered_map<std::string, size_t> shared_limits;  // allow_shared's, by kernel
+
+size_t max_dynamic_shared(const char* kernel) {
+  std::lock_guard lock(shared_limits_mutex);
+  const auto it = shared_limits.find(kernel);
+  return it == shared_limits.end() ? kDefaultSharedBytes : it->second;
+}
+
 std::mutex launch_mutex;  // one launch at a time: the globals above are the running one's
 std::unordered_map<std::string, bool> kernel_synchronises;  // learned on each kernel's first launch
 
@@ -254,24 +284,104 @@ void sync_threads() {
   wait_at(Wait::Block);
 }
 
-void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask) {
-  Block& b = waiting_block("shuffled");
-  if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
-  // Shuffles alternate between two sets of values: a lane writes the set of shuffle n + 2 only after every lane has
-  // reached shuffle n + 1, so after every lane has read shuffle n.
+namespace {
+
+// Gives `bytes` of `value` to the warp, waits for all 32 lanes, and returns what they gave, by lane.
+const std::array<std::array<unsigned char, kLaneBytes>, 32>& warp_gather(const char* what, const void* value,
+                                                                          size_t bytes) {
+  Block& b = waiting_block(what);
+  if (bytes > kLaneBytes) fail("a lane exchanges at most 32 bytes");
+  // Exchanges alternate between two sets of values: a lane writes the set of exchange n + 2 only after every lane has
+  // reached exchange n + 1, so after every lane has read exchange n.
   Fiber& f = *b.current;
   auto& lanes = b.lanes[size_t(warp_of(f))][f.shuffles++ % 2];
-  const unsigned lane = f.linear % 32;
-  std::memcpy(&lanes[size_t(lane)], value, bytes);
+  std::memcpy(&lanes[f.linear % 32], value, bytes);
   wait_at(Wait::Warp);
-  std::memcpy(out, &lanes[size_t(lane ^ unsigned(lane_mask))], bytes);
+  return lanes;
+}
+
+float bf16_bits_to_float(uint32_t bits) { return std::bit_cast<float>(bits << 16); }
+
+}  // namespace
+
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask) {
+  if (mask != 0xffffffffu) fail("only full-warp shuffles are emulated");
+  const auto& lanes = warp_gather("shuffled", value, bytes);
+  std::memcpy(out, &lanes[(running->current->linear % 32) ^ unsigned(lane_mask)], bytes);
+}
+
+void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  struct Fragments {
+    uint32_t a[4], b[2];
+  };
+  const Fragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+  const auto& lanes = warp_gather("used the tensor cores", &mine, sizeof mine);
+  std::array<Fragments, 32> all;
+  for (size_t lane = 0; lane < 32; ++lane) std::memcpy(&all[lane], &lanes[lane], sizeof(Fragments));
+  // Where common.cuh's layout keeps A[row][k] and B[k][col]: lane, register, and half of the register.
+  const auto A = [&](unsigned row, unsigned k) {
+    const uint32_t reg = all[(row % 8) * 4 + (k % 8) / 2].a[(row / 8) + 2 * (k / 8)];
+    return bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffffu);
+  };
+  const auto B = [&](unsigned k, unsigned col) {
+    const uint32_t reg = all[col * 4 + (k % 8) / 2].b[k / 8];
+    return bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffffu);
+  };
+  const unsigned lane = running->current->linear % 32, g = lane / 4, t = lane % 4;
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float sum = 0;
+    for (unsigned k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
+    d[i] += sum;
+  }
+}
+
+void allow_shared(const char* kernel, size_t bytes) {
+  if (bytes > kMaxSharedBytes)
+    fail(std::string("kernel ") + kernel + ": " + std::to_string(bytes) +
+         " bytes of shared memory, more than a block has");
+  std::lock_guard lock(shared_limits_mutex);
+  shared_limits[kernel] = bytes;
+}
+
+unsigned char* dynamic_shared() { return running->dynamic_shared.data(); }
+
+namespace {
+
+AsyncCopies& running_copies() {
+  Block& b = *running;
+  return b.with_fibers ? b.current->copies : b.direct_copies;
+}
+
+}  // namespace
+
+void copy_async(void* shared, const void* global, size_t bytes) {
+  running_copies().open.push_back({shared, global, bytes});
+}
+
+void copy_async_commit() {
+  AsyncCopies& copies = running_copies();
+  copies.committed.push_back(std::move(copies.open));
+  copies.open.clear();
+}
+
+void copy_async_wait(int pending_groups) {
+  AsyncCopies& copies = running_copies();
+  while (copies.committed.size() > size_t(pending_groups)) {
+    for (const AsyncCopy& c : copies.committed.front()) std::memcpy(c.shared, c.global, c.bytes);
+    copies.committed.erase(copies.committed.begin());
+  }
 }
 
 void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
-      grid.z > 65535 || shared_bytes > 48 * 1024) {
+      grid.z > 65535) {
     last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (shared_bytes > kDefaultSharedBytes && shared_bytes > max_dynamic_shared(name)) {
+    last_error = cudaErrorInvalidValue;
     return;
   }
   if (threads % 32 != 0) fail(std::string("kernel ") + name + ": blocks must be whole warps here");
@@ -288,6 +398,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
     b.fibers.resize(threads);
     b.lanes.resize(threads / 32);
   }
+  b.dynamic_shared.resize(shared_bytes);
   running = &b;
   struct Done {
     ~Done() { running = nullptr; }
@@ -296,6 +407,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, const 
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         block_idx = {x, y, z};
+        std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xff);
         if (b.with_fibers) {
           for (unsigned i = 0; i < threads; ++i) prepare(b, b.fibers[i], i);
           run_fibers(b);

@@ -6,6 +6,8 @@
 // (blocks run one after another), the thread and block indices are set per CUDA thread, __syncthreads and the warp
 // shuffles suspend the calling thread, and DS_LAUNCH (common.cuh) runs a grid here. Each CUDA thread of a block that
 // synchronises is a fiber; a block whose threads wait at different barriers fails as a deadlock instead of hanging.
+// The warp's tensor-core product gathers the 32 lanes' fragments; cp.async copies wait in their thread's groups; dynamic
+// shared memory starts as NaN bytes.
 // simt.cpp holds the scheduler and the CUDA runtime calls; cublaslt.cpp the cuBLASLt subset.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -37,8 +39,16 @@ namespace ds::simt {
 extern uint3 thread_idx, block_idx, block_dim, grid_dim;
 
 void sync_threads();
-// Exchanges `bytes` of `value` within the warp: `out` gets those of lane (this lane ^ lane_mask).
+// Exchanges `bytes` (at most 32) of `value` within the warp: `out` gets those of lane (this lane ^ lane_mask).
 void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask);
+// The warp-wide tensor-core product of common.cuh's mma_16x8x16, with its fragment layout.
+void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+// The launch's dynamic shared memory, filled with 0xff bytes (NaN as float and bf16) when each block starts.
+unsigned char* dynamic_shared();
+// cp.async: a copy lands when the thread waits for its group (common.cuh's copy_async_*), not before.
+void copy_async(void* shared, const void* global, size_t bytes);
+void copy_async_commit();
+void copy_async_wait(int pending_groups);
 
 template <typename T>
 T shfl_xor(unsigned mask, T value, int lane_mask) {
@@ -48,7 +58,9 @@ T shfl_xor(unsigned mask, T value, int lane_mask) {
 }
 
 // Runs `thread` once for every thread of the grid; an invalid configuration sets the error cudaGetLastError returns.
+// More than 48 KiB of dynamic shared memory needs allow_shared (common.cuh's DS_ALLOW_SHARED) first, as on the GPU.
 void launch(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread);
+void allow_shared(const char* kernel, size_t bytes);
 
 // What DS_LAUNCH(...) returns: called with the kernel's arguments, it runs the grid. `call` calls the kernel, so that a
 // template kernel deduces its parameters as it does under nvcc.
@@ -79,6 +91,12 @@ Launch<Call> launcher(const char* kernel, dim3 grid, dim3 block, size_t shared_b
 #define DS_LAUNCH(kernel, grid, block, shared_bytes, stream)       \
   ::ds::simt::launcher(#kernel, grid, block, shared_bytes, stream, \
                        [](const auto&... arguments) { kernel(arguments...); })
+#define DS_ALLOW_SHARED(kernel, bytes) ::ds::simt::allow_shared(#kernel, bytes)
+#define DS_MMA_16X8X16(d, a, b) ::ds::simt::mma_16x8x16(d, a, b)
+#define DS_DYNAMIC_SHARED() ::ds::simt::dynamic_shared()
+#define DS_COPY_ASYNC_16(shared, global) ::ds::simt::copy_async(shared, global, 16)
+#define DS_COPY_ASYNC_COMMIT() ::ds::simt::copy_async_commit()
+#define DS_COPY_ASYNC_WAIT(pending_groups) ::ds::simt::copy_async_wait(pending_groups)
 
 using std::max;
 using std::min;

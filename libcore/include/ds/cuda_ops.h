@@ -148,8 +148,10 @@ void sum_squares(double* out, const float* x, int64_t n, cudaStream_t stream);
 // each slot (a sequence). Query row b, q [B, H, r + dr] f32 holding [q~ = W_UK^T q_nope | q_pe], attends to the first
 // lengths[b] (1..capacity) tokens of slot slots[b] (slots null: slot b): out [B, H, r] = softmax_j(scale q.k_j)
 // c_KV_j, the latent of each head before W_UV. Decode is one row per sequence; prefill a row per new token, each
-// with its own length, which makes the attention causal. r + dr is at most kMlaMaxWidth (V3: 512 + 64).
-inline constexpr int64_t kMlaMaxWidth = 576;
+// with its own length, which makes the attention causal. r is at most kMlaMaxLatent, r + dr at most kMlaMaxWidth
+// (V3: 512 + 64). The products run on the tensor cores in bf16 with float sums, as FlashMLA's: q and the softmax
+// probabilities are rounded to bf16 on the way.
+inline constexpr int64_t kMlaMaxLatent = 512, kMlaMaxWidth = 576;
 void mla_decode(float* out, const float* q, const __nv_bfloat16* cache, const int32_t* slots, const int32_t* lengths,
                 int64_t B, int64_t H, int64_t capacity, int64_t r, int64_t dr, float scale, cudaStream_t stream);
 // Row i of the cache's slot slots[i] at position pos[i] becomes bf16([latent [R, r] row i | k_pe row i]), the k_pe
