@@ -1,7 +1,9 @@
-// Causal attention forward and backward without the probability matrix (see ds/cuda_ops.h). Every kernel gives one
-// warp a row (a query, or in the key pass a key) and walks the other side of the causal triangle, lane l holding
-// dims l, l+32, ... of each head vector; dot products are warp sums. Plain and exact in float; a tensor-core
-// version would tile the same loops.
+// Causal attention forward and backward on the tensor cores (see ds/cuda_ops.h), FlashAttention-2's loops with
+// mma.sync: a block takes 64 rows of one (sequence, head), a warp 16 of them, and walks the other side of the causal
+// triangle 64 rows at a time through shared memory. Inputs are float and go to shared memory in bf16; products sum in
+// float. The forward keeps an online softmax per query. The backward recomputes the probabilities from lse in two
+// kernels, one over query blocks for dq and one over key blocks for dk and dv, so that every gradient element is summed
+// by one thread in a fixed order (no atomics: a run repeats bit for bit).
 #include "common.cuh"
 #include "ds/cuda_ops.h"
 
@@ -9,147 +11,330 @@ namespace ds::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;  // per block
-constexpr int kPerLane = int(kMaxAttentionHeadDim) / 32;
+constexpr int kRows = 64;  // a block's rows, and the rows of each step over the other side
+constexpr int kThreads = 128;
 
-// The problem and the row a warp owns: sequence b, head h, position t.
+// Head-dim classes a kernel is compiled for (registers hold a warp's rows across the head dims).
+struct HeadDims {
+  int dk, dv;
+};
+constexpr HeadDims kHeadDims[] = {{64, 64}, {128, 128}, {192, 128}, {256, 256}};
+
 struct Shape {
   int64_t B, T, H, dk, dv;
 };
-struct Row {
-  int64_t b, h, t;
-  bool valid;
-};
-__device__ inline Row warp_row(const Shape& s) {
-  const int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
-  return {w / (s.H * s.T), w / s.T % s.H, w % s.T, w < s.B * s.H * s.T};
-}
 
-// Loads dims lane, lane+32, ... of a head vector (0 past d).
-__device__ inline void load(float (&dst)[kPerLane], const float* src, int64_t d) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i) dst[i] = lane + 32 * i < d ? src[lane + 32 * i] : 0.0f;
-}
-__device__ inline float dot(const float (&a)[kPerLane], const float* b, int64_t d) {
-  const int lane = threadIdx.x % 32;
-  float acc = 0;
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i)
-    if (lane + 32 * i < d) acc += a[i] * b[lane + 32 * i];
-  return warp_sum(acc);
-}
-// dst[dims] += src held by lanes.
-__device__ inline void add_to(float* dst, const float (&src)[kPerLane], int64_t d) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i)
-    if (lane + 32 * i < d) dst[lane + 32 * i] += src[i];
-}
+// Shared-memory rows of d dims: k-steps of 16, and 8 more so that a fragment's rows fall in different banks.
+__host__ __device__ inline int row_stride(int64_t d) { return int((d + 15) / 16 * 16 + 8); }
 
-// The first key query t of sequence b sees: the start of its document (pos null: one document per sequence).
+// The first key query t of sequence b sees: the start of its document (pos null: one document per sequence). Within a
+// document positions count up from 0, so first keys never fall as t rises.
 __device__ inline int64_t first_key(const int32_t* pos, const Shape& s, int64_t b, int64_t t) {
   return pos ? t - pos[b * s.T + t] : 0;
 }
 
-// Offsets of (sequence b, position t, head h) in the q/k and the v/o layouts.
-__device__ inline int64_t qk_at(const Shape& s, int64_t b, int64_t t, int64_t h) {
-  return ((b * s.T + t) * s.H + h) * s.dk;
-}
-__device__ inline int64_t v_at(const Shape& s, int64_t b, int64_t t, int64_t h) {
-  return ((b * s.T + t) * s.H + h) * s.dv;
-}
-
-__global__ void attention_kernel(float* o, float* lse, const float* q, const float* k, const float* v,
-                                 const int32_t* pos, Shape s, float scale) {
-  const Row r = warp_row(s);
-  if (!r.valid) return;
-  float qi[kPerLane], acc[kPerLane];
-  load(qi, q + qk_at(s, r.b, r.t, r.h), s.dk);
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
-  const int lane = threadIdx.x % 32;
-  for (int64_t j = first_key(pos, s, r.b, r.t); j <= r.t; ++j) {
-    const float score = dot(qi, k + qk_at(s, r.b, j, r.h), s.dk) * scale;
-    const float m_new = fmaxf(m, score), correction = expf(m - m_new), p = expf(score - m_new);
-    l = l * correction + p;
-    const float* vj = v + v_at(s, r.b, j, r.h);
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i)
-      if (lane + 32 * i < s.dv) acc[i] = acc[i] * correction + p * vj[lane + 32 * i];
-    m = m_new;
+// Rows [t0, t0 + 64) of head h of sequence b of x [B*T, H, d] into shared memory as bf16; rows past T and the padding
+// dims are zero.
+__device__ inline void load_rows(__nv_bfloat16* dst, const float* x, const Shape& s, int64_t b, int64_t h, int64_t t0,
+                                 int64_t d) {
+  const int width = row_stride(d) - 8;
+  for (int i = threadIdx.x; i < kRows * width; i += kThreads) {
+    const int row = i / width, e = i % width;
+    const int64_t t = t0 + row;
+    dst[row * (width + 8) + e] = __float2bfloat16(t < s.T && e < d ? x[((b * s.T + t) * s.H + h) * d + e] : 0.0f);
   }
-  float* oi = o + v_at(s, r.b, r.t, r.h);
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i)
-    if (lane + 32 * i < s.dv) oi[lane + 32 * i] = acc[i] / l;
-  if (lane == 0) lse[(r.b * s.H + r.h) * s.T + r.t] = m + logf(l);
 }
 
-// Query pass: D_i = dO_i . O_i (kept for the key pass) and dq_i += scale sum_j P_ij (dO_i . v_j - D_i) k_j.
-__global__ void attention_backward_query_kernel(float* dq, float* delta, const float* dout, const float* q,
-                                                const float* k, const float* v, const float* o, const float* lse,
-                                                const int32_t* pos, Shape s, float scale) {
-  const Row r = warp_row(s);
-  if (!r.valid) return;
-  float qi[kPerLane], doi[kPerLane], acc[kPerLane];
-  load(qi, q + qk_at(s, r.b, r.t, r.h), s.dk);
-  load(doi, dout + v_at(s, r.b, r.t, r.h), s.dv);
-  const int64_t row = (r.b * s.H + r.h) * s.T + r.t;
-  const float D = dot(doi, o + v_at(s, r.b, r.t, r.h), s.dv), L = lse[row];
-  const int lane = threadIdx.x % 32;
-  if (lane == 0) delta[row] = D;
+// 16 x 64 = rows [16 warp, +16) of `a` times the 64 rows of `b`, both [64, d] tiles: acc[n] holds columns 8n..8n+7.
+__device__ inline void rows_times_rows(float (&acc)[8][4], const __nv_bfloat16* a, const __nv_bfloat16* b, int stride,
+                                       int d_pad) {
+  const int warp = threadIdx.x / 32;
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
-  for (int64_t j = first_key(pos, s, r.b, r.t); j <= r.t; ++j) {
-    const float* kj = k + qk_at(s, r.b, j, r.h);
-    const float p = expf(dot(qi, kj, s.dk) * scale - L);
-    const float ds = p * (dot(doi, v + v_at(s, r.b, j, r.h), s.dv) - D) * scale;
+  for (int n = 0; n < 8; ++n)
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i)
-      if (lane + 32 * i < s.dk) acc[i] += ds * kj[lane + 32 * i];
-  }
-  add_to(dq + qk_at(s, r.b, r.t, r.h), acc, s.dk);
-}
-
-// Key pass, a warp per key j: dv_j += sum_i P_ij dO_i and dk_j += scale sum_i P_ij (dO_i . v_j - D_i) q_i.
-__global__ void attention_backward_key_kernel(float* dk, float* dv, const float* delta, const float* dout,
-                                              const float* q, const float* k, const float* v, const float* lse,
-                                              const int32_t* pos, Shape s, float scale) {
-  const Row r = warp_row(s);
-  if (!r.valid) return;
-  float kj[kPerLane], vj[kPerLane], gk[kPerLane], gv[kPerLane];
-  load(kj, k + qk_at(s, r.b, r.t, r.h), s.dk);
-  load(vj, v + v_at(s, r.b, r.t, r.h), s.dv);
+    for (int i = 0; i < 4; ++i) acc[n][i] = 0.0f;
+  for (int k0 = 0; k0 < d_pad; k0 += 16) {
+    uint32_t fa[4];
+    fragment_a(fa, a + 16 * warp * stride + k0, stride);
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) gk[i] = gv[i] = 0.0f;
-  const int lane = threadIdx.x % 32;
-  // The queries that see key r.t: from it to the end of its document, where a query's first key passes it.
-  for (int64_t t = r.t; t < s.T && first_key(pos, s, r.b, t) <= r.t; ++t) {
-    const int64_t row = (r.b * s.H + r.h) * s.T + t;
-    const float* qi = q + qk_at(s, r.b, t, r.h);
-    const float* doi = dout + v_at(s, r.b, t, r.h);
-    const float p = expf(dot(kj, qi, s.dk) * scale - lse[row]);
-    const float ds = p * (dot(vj, doi, s.dv) - delta[row]) * scale;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      if (lane + 32 * i < s.dv) gv[i] += p * doi[lane + 32 * i];
-      if (lane + 32 * i < s.dk) gk[i] += ds * qi[lane + 32 * i];
+    for (int n = 0; n < 8; ++n) {
+      uint32_t fb[2];
+      fragment_b(fb, b + 8 * n * stride + k0, stride);
+      mma_16x8x16(acc[n], fa, fb);
     }
   }
-  add_to(dk + qk_at(s, r.b, r.t, r.h), gk, s.dk);
-  add_to(dv + v_at(s, r.b, r.t, r.h), gv, s.dv);
+}
+
+// acc [16, d] += p [16, 64] (as rows_times_rows leaves it) times the 64 rows of `b` [64, d].
+template <int MaxTiles>
+__device__ inline void accumulate_times_rows(float (&acc)[MaxTiles][4], const float (&p)[8][4],
+                                             const __nv_bfloat16* b, int stride, int tiles) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    uint32_t fa[4];
+    fragment_a_of(fa, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+    for (int n = 0; n < MaxTiles; ++n) {
+      if (n >= tiles) break;
+      uint32_t fb[2];
+      fragment_b_rows(fb, b + 16 * kk * stride + 8 * n, stride);
+      mma_16x8x16(acc[n], fa, fb);
+    }
+  }
+}
+
+// Row i of a lane's 16 x 64 tile, i in {0, 1}: g or g + 8; column c in 0..15: 8 (c / 2) + 2t + c % 2.
+__device__ inline int tile_row(int i) { return threadIdx.x % 32 / 4 + 8 * i; }
+__device__ inline int tile_col(int n, int i) { return 8 * n + 2 * (threadIdx.x % 4) + i % 2; }
+
+// Sum over the four lanes that hold a row.
+__device__ inline float row_sum(float v) {
+  v += __shfl_xor_sync(kFullMask, v, 1);
+  return v + __shfl_xor_sync(kFullMask, v, 2);
+}
+__device__ inline float row_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 1));
+  return fmaxf(v, __shfl_xor_sync(kFullMask, v, 2));
+}
+
+// Adds a lane's part of a warp's 16 x d result to rows [r0, r0 + 16) of head h of x [B*T, H, d].
+template <int MaxTiles>
+__device__ inline void add_rows(float* x, const float (&acc)[MaxTiles][4], const Shape& s, int64_t b, int64_t h,
+                                int64_t r0, int64_t d) {
+#pragma unroll
+  for (int n = 0; n < MaxTiles; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = r0 + tile_row(i / 2), e = tile_col(n, i);
+      if (t < s.T && e < d) x[((b * s.T + t) * s.H + h) * d + e] += acc[n][i];
+    }
+}
+
+// Forward: block (query rows [64 x, +64), head y, sequence z).
+template <int Dims>
+__global__ void __launch_bounds__(kThreads)
+    attention_kernel(float* o, float* lse, const float* q, const float* k, const float* v, const int32_t* pos,
+                     Shape s, float scale) {
+  constexpr int kValueTiles = kHeadDims[Dims].dv / 8;
+  const int qk_stride = row_stride(s.dk), v_stride = row_stride(s.dv);
+  auto* sq = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
+  __nv_bfloat16* sk = sq + kRows * qk_stride;
+  __nv_bfloat16* sv = sk + kRows * qk_stride;
+  const int64_t t0 = int64_t(blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z;
+  const int64_t r0 = t0 + 16 * (threadIdx.x / 32), t_last = min(t0 + kRows, s.T) - 1;
+  int64_t row[2], first[2];
+  for (int i = 0; i < 2; ++i) {
+    row[i] = r0 + tile_row(i);
+    first[i] = row[i] < s.T ? first_key(pos, s, b, row[i]) : 0;
+  }
+  load_rows(sq, q, s, b, h, t0, s.dk);
+
+  float acc[kValueTiles][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int64_t j0 = first_key(pos, s, b, t0); j0 <= t_last; j0 += kRows) {
+    __syncthreads();  // every warp is done with the previous keys
+    load_rows(sk, k, s, b, h, j0, s.dk);
+    load_rows(sv, v, s, b, h, j0, s.dv);
+    __syncthreads();
+    float p[8][4];
+    rows_times_rows(p, sq, sk, qk_stride, qk_stride - 8);
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t j = j0 + tile_col(n, i), t = row[i / 2];
+        p[n][i] = t < s.T && j >= first[i / 2] && j <= t ? p[n][i] * scale : -INFINITY;
+        tile_max[i / 2] = fmaxf(tile_max[i / 2], p[n][i]);
+      }
+    float correction[2], base[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float m_new = fmaxf(m[i], row_max(tile_max[i]));
+      base[i] = m_new == -INFINITY ? 0.0f : m_new;  // a row that has seen no key yet keeps everything at 0
+      correction[i] = expf(m[i] - base[i]);
+      m[i] = m_new;
+      l[i] *= correction[i];
+    }
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        p[n][i] = expf(p[n][i] - base[i / 2]);
+        l[i / 2] += p[n][i];
+      }
+#pragma unroll
+    for (int n = 0; n < kValueTiles; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[n][i] *= correction[i / 2];
+    accumulate_times_rows(acc, p, sv, v_stride, (v_stride - 8) / 8);
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) l[i] = row_sum(l[i]);
+#pragma unroll
+  for (int n = 0; n < kValueTiles; ++n)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = row[i / 2], e = tile_col(n, i);
+      if (t < s.T && e < s.dv) o[((b * s.T + t) * s.H + h) * s.dv + e] = acc[n][i] / l[i / 2];
+    }
+  if (threadIdx.x % 4 == 0)
+    for (int i = 0; i < 2; ++i)
+      if (row[i] < s.T) lse[(b * s.H + h) * s.T + row[i]] = m[i] + logf(l[i]);
+}
+
+// Backward, query pass: block (query rows [64 x, +64), head y, sequence z). D_t = dO_t . O_t (kept for the key pass),
+// and dq_t += scale sum_j P_tj (dO_t . v_j - D_t) k_j.
+template <int Dims>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_query_kernel(float* dq, float* delta, const float* dout, const float* q, const float* k,
+                                    const float* v, const float* o, const float* lse, const int32_t* pos, Shape s,
+                                    float scale) {
+  constexpr int kKeyTiles = kHeadDims[Dims].dk / 8;
+  const int qk_stride = row_stride(s.dk), v_stride = row_stride(s.dv);
+  auto* sq = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
+  __nv_bfloat16* sk = sq + kRows * qk_stride;
+  __nv_bfloat16* sdo = sk + kRows * qk_stride;
+  __nv_bfloat16* sv = sdo + kRows * v_stride;
+  const int64_t t0 = int64_t(blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r0 = t0 + 16 * warp, t_last = min(t0 + kRows, s.T) - 1;
+  load_rows(sq, q, s, b, h, t0, s.dk);
+  load_rows(sdo, dout, s, b, h, t0, s.dv);
+
+  // D of the warp's 16 rows in float, a row at a time across the lanes; then each lane's two rows.
+  float row_delta[2] = {0.0f, 0.0f}, row_lse[2] = {0.0f, 0.0f};
+  int64_t row[2], first[2];
+  for (int r = 0; r < 16; ++r) {
+    const int64_t t = r0 + r;
+    if (t >= s.T) break;
+    const int64_t at = ((b * s.T + t) * s.H + h) * s.dv;
+    float part = 0.0f;
+    for (int64_t e = lane; e < s.dv; e += 32) part += dout[at + e] * o[at + e];
+    const float D = warp_sum(part);
+    if (lane == 0) delta[(b * s.H + h) * s.T + t] = D;
+    for (int i = 0; i < 2; ++i)
+      if (r == tile_row(i)) row_delta[i] = D;
+  }
+  for (int i = 0; i < 2; ++i) {
+    row[i] = r0 + tile_row(i);
+    first[i] = row[i] < s.T ? first_key(pos, s, b, row[i]) : 0;
+    if (row[i] < s.T) row_lse[i] = lse[(b * s.H + h) * s.T + row[i]];
+  }
+
+  float acc[kKeyTiles][4] = {};
+  for (int64_t j0 = first_key(pos, s, b, t0); j0 <= t_last; j0 += kRows) {
+    __syncthreads();  // every warp is done with the previous keys
+    load_rows(sk, k, s, b, h, j0, s.dk);
+    load_rows(sv, v, s, b, h, j0, s.dv);
+    __syncthreads();
+    float p[8][4], dp[8][4];
+    rows_times_rows(p, sq, sk, qk_stride, qk_stride - 8);
+    rows_times_rows(dp, sdo, sv, v_stride, v_stride - 8);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t j = j0 + tile_col(n, i), t = row[i / 2];
+        const bool seen = t < s.T && j >= first[i / 2] && j <= t;
+        const float prob = seen ? expf(p[n][i] * scale - row_lse[i / 2]) : 0.0f;
+        p[n][i] = prob * (dp[n][i] - row_delta[i / 2]) * scale;  // dS
+      }
+    accumulate_times_rows(acc, p, sk, qk_stride, (qk_stride - 8) / 8);
+  }
+  add_rows(dq, acc, s, b, h, r0, s.dk);
+}
+
+// Backward, key pass: block (key rows [64 x, +64), head y, sequence z), over the queries that see them:
+// dv_j += sum_t P_tj dO_t and dk_j += scale sum_t P_tj (dO_t . v_j - D_t) q_t.
+template <int Dims>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_key_kernel(float* dk, float* dv, const float* delta, const float* dout, const float* q,
+                                  const float* k, const float* v, const float* lse, const int32_t* pos, Shape s,
+                                  float scale) {
+  constexpr int kKeyTiles = kHeadDims[Dims].dk / 8, kValueTiles = kHeadDims[Dims].dv / 8;
+  const int qk_stride = row_stride(s.dk), v_stride = row_stride(s.dv);
+  auto* sk = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
+  __nv_bfloat16* sq = sk + kRows * qk_stride;
+  __nv_bfloat16* sv = sq + kRows * qk_stride;
+  __nv_bfloat16* sdo = sv + kRows * v_stride;
+  auto* query_lse = reinterpret_cast<float*>(sdo + kRows * v_stride);
+  float* query_delta = query_lse + kRows;
+  auto* query_first = reinterpret_cast<int64_t*>(query_delta + kRows);
+  const int64_t j0 = int64_t(blockIdx.x) * kRows, h = blockIdx.y, b = blockIdx.z;
+  const int64_t r0 = j0 + 16 * (threadIdx.x / 32), j_last = min(j0 + kRows, s.T) - 1;
+  load_rows(sk, k, s, b, h, j0, s.dk);
+  load_rows(sv, v, s, b, h, j0, s.dv);
+  int64_t key[2];
+  for (int i = 0; i < 2; ++i) key[i] = r0 + tile_row(i);
+
+  float gk[kKeyTiles][4] = {}, gv[kValueTiles][4] = {};
+  // The queries from j0 on, while a block of them starts in a document that began by the last key.
+  for (int64_t t0 = j0; t0 < s.T && first_key(pos, s, b, t0) <= j_last; t0 += kRows) {
+    __syncthreads();  // every warp is done with the previous queries
+    load_rows(sq, q, s, b, h, t0, s.dk);
+    load_rows(sdo, dout, s, b, h, t0, s.dv);
+    for (int i = threadIdx.x; i < kRows; i += kThreads) {
+      const int64_t t = t0 + i;
+      query_lse[i] = t < s.T ? lse[(b * s.H + h) * s.T + t] : 0.0f;
+      query_delta[i] = t < s.T ? delta[(b * s.H + h) * s.T + t] : 0.0f;
+      query_first[i] = t < s.T ? first_key(pos, s, b, t) : s.T;  // past T: sees nothing
+    }
+    __syncthreads();
+    float p[8][4], dp[8][4];
+    rows_times_rows(p, sk, sq, qk_stride, qk_stride - 8);   // S^T: keys by queries
+    rows_times_rows(dp, sv, sdo, v_stride, v_stride - 8);  // dP^T
+    float ds[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = tile_col(n, i);
+        const int64_t t = t0 + c, j = key[i / 2];
+        const bool seen = j < s.T && j >= query_first[c] && j <= t;
+        p[n][i] = seen ? expf(p[n][i] * scale - query_lse[c]) : 0.0f;
+        ds[n][i] = p[n][i] * (dp[n][i] - query_delta[c]) * scale;
+      }
+    accumulate_times_rows(gv, p, sdo, v_stride, (v_stride - 8) / 8);
+    accumulate_times_rows(gk, ds, sq, qk_stride, (qk_stride - 8) / 8);
+  }
+  add_rows(dk, gk, s, b, h, r0, s.dk);
+  add_rows(dv, gv, s, b, h, r0, s.dv);
 }
 
 Shape checked_shape(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv) {
   if (dk < 1 || dv < 1 || dk > kMaxAttentionHeadDim || dv > kMaxAttentionHeadDim)
     fail_text("attention: head dims " + std::to_string(dk) + " and " + std::to_string(dv) + " must be 1.." +
               std::to_string(kMaxAttentionHeadDim));
+  if (B > 65535 || H > 65535) fail_text("attention: at most 65535 sequences and heads");
   return {B, T, H, dk, dv};
 }
 
-unsigned row_blocks(const Shape& s) { return blocks_for(s.B * s.H * s.T, kWarps); }
+// The smallest class of kHeadDims that holds the shape's head dims.
+int head_dims_class(const Shape& s) {
+  int c = 0;
+  while (s.dk > kHeadDims[c].dk || s.dv > kHeadDims[c].dv) ++c;
+  return c;
+}
+
+// Calls f(std::integral_constant<int, class>) for the shape's class, where f launches the kernels compiled for it.
+template <typename F>
+void with_head_dims(const Shape& s, F&& f) {
+  switch (head_dims_class(s)) {
+    case 0:
+      return f(std::integral_constant<int, 0>{});
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    default:
+      return f(std::integral_constant<int, 3>{});
+  }
+}
+
+dim3 row_blocks(const Shape& s) { return {unsigned((s.T + kRows - 1) / kRows), unsigned(s.H), unsigned(s.B)}; }
+size_t tile_bytes(int64_t d) { return sizeof(__nv_bfloat16) * kRows * size_t(row_stride(d)); }
 
 }  // namespace
 
@@ -157,8 +342,13 @@ void attention(float* o, float* lse, const float* q, const float* k, const float
                int64_t T, int64_t H, int64_t dk, int64_t dv, float scale, cudaStream_t stream) {
   const Shape s = checked_shape(B, T, H, dk, dv);
   if (B * T * H == 0) return;
-  DS_LAUNCH(attention_kernel, row_blocks(s), 32 * kWarps, 0, stream)(o, lse, q, k, v, pos, s, scale);
-  DS_CUDA_LAUNCHED();
+  const size_t smem = 2 * tile_bytes(dk) + tile_bytes(dv);
+  with_head_dims(s, [&](auto dims) {
+    constexpr int D = decltype(dims)::value;
+    DS_ALLOW_SHARED(attention_kernel<D>, smem);
+    DS_LAUNCH(attention_kernel<D>, row_blocks(s), kThreads, smem, stream)(o, lse, q, k, v, pos, s, scale);
+    DS_CUDA_LAUNCHED();
+  });
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
@@ -167,12 +357,19 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const Shape s = checked_shape(B, T, H, dk_dim, dv_dim);
   if (B * T * H == 0) return;
   DeviceBuffer<float> delta(static_cast<size_t>(B * H * T));
-  DS_LAUNCH(attention_backward_query_kernel, row_blocks(s), 32 * kWarps, 0, stream)(
-      dq, delta.data(), dout, q, k, v, o, lse, pos, s, scale);
-  DS_CUDA_LAUNCHED();
-  DS_LAUNCH(attention_backward_key_kernel, row_blocks(s), 32 * kWarps, 0, stream)(
-      dk, dv, delta.data(), dout, q, k, v, lse, pos, s, scale);
-  DS_CUDA_LAUNCHED();
+  const size_t smem = 2 * tile_bytes(dk_dim) + 2 * tile_bytes(dv_dim),
+               key_smem = smem + kRows * (2 * sizeof(float) + sizeof(int64_t));
+  with_head_dims(s, [&](auto dims) {
+    constexpr int D = decltype(dims)::value;
+    DS_ALLOW_SHARED(attention_backward_query_kernel<D>, smem);
+    DS_LAUNCH(attention_backward_query_kernel<D>, row_blocks(s), kThreads, smem, stream)(
+        dq, delta.data(), dout, q, k, v, o, lse, pos, s, scale);
+    DS_CUDA_LAUNCHED();
+    DS_ALLOW_SHARED(attention_backward_key_kernel<D>, key_smem);
+    DS_LAUNCH(attention_backward_key_kernel<D>, row_blocks(s), kThreads, key_smem, stream)(
+        dk, dv, delta.data(), dout, q, k, v, lse, pos, s, scale);
+    DS_CUDA_LAUNCHED();
+  });
 }
 
 }  // namespace ds::cuda

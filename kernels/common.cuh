@@ -72,6 +72,40 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
   return bits;
 }
 
+// Fragments of bf16 tiles in shared memory, row-major with rows `stride` elements apart (a multiple of 8 that is not
+// one of 64, so that the eight rows of a fragment fall in different banks).
+// A[m][k] = tile[m][k]:
+__device__ inline void fragment_a(uint32_t (&a)[4], const __nv_bfloat16* tile, int stride) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const auto pair = [&](int row, int col) { return *reinterpret_cast<const uint32_t*>(tile + row * stride + col); };
+  a[0] = pair(g, 2 * t);
+  a[1] = pair(g + 8, 2 * t);
+  a[2] = pair(g, 2 * t + 8);
+  a[3] = pair(g + 8, 2 * t + 8);
+}
+// B[k][n] = tile[n][k], a tile whose rows are B's columns (the keys of Q K^T):
+__device__ inline void fragment_b(uint32_t (&b)[2], const __nv_bfloat16* tile, int stride) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  b[0] = *reinterpret_cast<const uint32_t*>(tile + g * stride + 2 * t);
+  b[1] = *reinterpret_cast<const uint32_t*>(tile + g * stride + 2 * t + 8);
+}
+// B[k][n] = tile[k][n], a tile whose rows are B's rows (the values of P V):
+__device__ inline void fragment_b_rows(uint32_t (&b)[2], const __nv_bfloat16* tile, int stride) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const auto* bits = reinterpret_cast<const uint16_t*>(tile);
+  const auto pair = [&](int k) { return uint32_t(bits[k * stride + g]) | uint32_t(bits[(k + 1) * stride + g]) << 16; };
+  b[0] = pair(2 * t);
+  b[1] = pair(2 * t + 8);
+}
+// The A fragment of the 16x16 tile that two adjacent 16x8 results hold (columns 0-7 and 8-15), in bf16: a product's
+// rows feed the next product without leaving registers.
+__device__ inline void fragment_a_of(uint32_t (&a)[4], const float (&left)[4], const float (&right)[4]) {
+  a[0] = pack_bf16(left[0], left[1]);
+  a[1] = pack_bf16(left[2], left[3]);
+  a[2] = pack_bf16(right[0], right[1]);
+  a[3] = pack_bf16(right[2], right[3]);
+}
+
 // Lets `kernel` launch with up to `bytes` of dynamic shared memory; above 48 KiB a launch needs it.
 #ifndef DS_ALLOW_SHARED
 #define DS_ALLOW_SHARED(kernel, bytes) \

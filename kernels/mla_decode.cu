@@ -31,20 +31,6 @@ __host__ __device__ inline size_t shared_bytes(int heads, int width) {
          4 * sizeof(float) * size_t(heads);
 }
 
-__device__ inline uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-// Two bf16 of one column, rows k and k + 1, as a fragment register.
-__device__ inline uint32_t load_column_pair(const __nv_bfloat16* p, int stride) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(p);
-  return uint32_t(bits[0]) | uint32_t(bits[stride]) << 16;
-}
-// The A fragment of the 16x16 tile at `tile` (row-major, `stride` apart).
-__device__ inline void load_a(uint32_t (&a)[4], const __nv_bfloat16* tile, int stride, int g, int t) {
-  a[0] = load_pair(tile + g * stride + 2 * t);
-  a[1] = load_pair(tile + (g + 8) * stride + 2 * t);
-  a[2] = load_pair(tile + g * stride + 2 * t + 8);
-  a[3] = load_pair(tile + (g + 8) * stride + 2 * t + 8);
-}
-
 // Cache rows [j0, j0 + 32) of one sequence into a key tile; rows at or past `end` become zeros, so that their zero
 // probabilities meet finite values.
 __device__ inline void load_keys(__nv_bfloat16* tile, const __nv_bfloat16* kv, int64_t j0, int64_t end, int width,
@@ -119,11 +105,11 @@ __global__ void __launch_bounds__(64 * HeadTiles)
     const __nv_bfloat16* my_keys = keys + 16 * half * stride;
     for (int k0 = 0; k0 < k_pad; k0 += 16) {
       uint32_t a[4];
-      load_a(a, q_tile + k0, stride, g, t);
+      fragment_a(a, q_tile + k0, stride);
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
-        const __nv_bfloat16* key = my_keys + (8 * n + g) * stride + k0 + 2 * t;
-        const uint32_t bk[2] = {load_pair(key), load_pair(key + 8)};
+        uint32_t bk[2];
+        fragment_b(bk, my_keys + 8 * n * stride + k0, stride);
         mma_16x8x16(s[n], a, bk);
       }
     }
@@ -173,12 +159,12 @@ __global__ void __launch_bounds__(64 * HeadTiles)
 #pragma unroll
     for (int k0 = 0; k0 < kKeysPerTile; k0 += 16) {
       uint32_t a[4];
-      load_a(a, p_tile + k0, kProbStride, g, t);
+      fragment_a(a, p_tile + k0, kProbStride);
 #pragma unroll
       for (int v = 0; v < kMaxValueTiles; ++v) {
         if (v >= value_tiles) break;
-        const __nv_bfloat16* value = keys + (k0 + 2 * t) * stride + half * half_dims + 8 * v + g;
-        const uint32_t bv[2] = {load_column_pair(value, stride), load_column_pair(value + 8 * stride, stride)};
+        uint32_t bv[2];
+        fragment_b_rows(bv, keys + k0 * stride + half * half_dims + 8 * v, stride);
         mma_16x8x16(o[v], a, bv);
       }
     }

@@ -100,8 +100,8 @@ void moe_combine(float* y, const float* ye, const int32_t* row_of, const float* 
 
 // ---- Causal attention for training and prefill (the MLA heads expanded, as ops::attention) ----
 // Flash-style: each query keeps an online softmax over its keys, so no [T, T] probabilities are stored; the backward
-// recomputes them from lse. One warp per query (and per key in the backward), lanes across the head dimensions, in
-// float on CUDA cores. q, k [B*T, H, dk], v [B*T, H, dv], o [B*T, H, dv]; lse [B, H, T] is each query's
+// recomputes them from lse. On the tensor cores in bf16 with float sums (q, k, v, dout, the probabilities and dS are
+// rounded to bf16), deterministic. q, k [B*T, H, dk], v [B*T, H, dv], o [B*T, H, dv]; lse [B, H, T] is each query's
 // log-sum-exp of its scaled scores. dk and dv are at most kMaxAttentionHeadDim. With pos ([B*T] on the device, or
 // null), a sequence holds packed documents as in ops::attention: each starts where its position is 0, and a query
 // attends only to keys of its own document.
