@@ -34,14 +34,25 @@ __device__ inline int64_t first_key(const int32_t* pos, const Shape& s, int64_t 
 }
 
 // Rows [t0, t0 + 64) of head h of sequence b of x [B*T, H, d] into shared memory as bf16; rows past T and the padding
-// dims are zero.
+// dims are zero. Four dims a thread at a time (one 16-byte load where the rows allow it).
 __device__ inline void load_rows(__nv_bfloat16* dst, const float* x, const Shape& s, int64_t b, int64_t h, int64_t t0,
                                  int64_t d) {
-  const int width = row_stride(d) - 8;
-  for (int i = threadIdx.x; i < kRows * width; i += kThreads) {
-    const int row = i / width, e = i % width;
+  const int width = row_stride(d) - 8, quads = width / 4;
+  const bool whole = d % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  for (int i = threadIdx.x; i < kRows * quads; i += kThreads) {
+    const int row = i / quads, e = 4 * (i % quads);
     const int64_t t = t0 + row;
-    dst[row * (width + 8) + e] = __float2bfloat16(t < s.T && e < d ? x[((b * s.T + t) * s.H + h) * d + e] : 0.0f);
+    float4 v = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (t < s.T && e < d) {
+      const float* src = x + ((b * s.T + t) * s.H + h) * d + e;
+      if (whole)
+        v = *reinterpret_cast<const float4*>(src);
+      else
+        v = {src[0], e + 1 < d ? src[1] : 0.0f, e + 2 < d ? src[2] : 0.0f, e + 3 < d ? src[3] : 0.0f};
+    }
+    auto* out = reinterpret_cast<uint32_t*>(dst + row * (width + 8) + e);
+    out[0] = pack_bf16(v.x, v.y);
+    out[1] = pack_bf16(v.z, v.w);
   }
 }
 

@@ -35,7 +35,7 @@ __host__ __device__ inline size_t shared_bytes(int heads, int width) {
 // probabilities meet finite values.
 __device__ inline void load_keys(__nv_bfloat16* tile, const __nv_bfloat16* kv, int64_t j0, int64_t end, int width,
                                  int stride, int threads) {
-  if (width % 8 == 0) {  // whole 16-byte pieces, 16-byte aligned
+  if (width % 8 == 0 && reinterpret_cast<uintptr_t>(kv) % 16 == 0) {  // whole 16-byte pieces, 16-byte aligned
     const int pieces = width / 8;
     for (int i = threadIdx.x; i < kKeysPerTile * pieces; i += threads) {
       const int row = i / pieces, piece = i % pieces;

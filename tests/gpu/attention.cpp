@@ -72,7 +72,10 @@ void check_attention(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv, bo
 }  // namespace
 
 TEST_CASE("causal attention at MLA's widths (192 q/k, 128 v)") { check_attention(2, 70, 4, 192, 128); }
-TEST_CASE("causal attention at small widths") { check_attention(3, 17, 2, 24, 40); }
+TEST_CASE("causal attention at small widths, and at odd ones") {
+  check_attention(3, 17, 2, 24, 40);
+  check_attention(2, 70, 2, 13, 7);
+}
 TEST_CASE("attention over packed documents") { check_attention(3, 40, 2, 192, 128, true); }
 TEST_CASE("packed documents across blocks of 64 rows, at the small config's widths (96 q/k, 64 v)") {
   check_attention(2, 200, 2, 96, 64, true);

@@ -85,6 +85,8 @@ __global__ void async_copies(float* out, const float* x) {
   out[3 * threadIdx.x + 2] = mine[0] + mine[4];
 }
 
+__global__ void misaligned_copy(const float* x) { copy_async_16(dynamic_shared(), x + 1); }
+
 __global__ void first_shared_byte(float* out) { out[blockIdx.x] = dynamic_shared()[0]; }
 
 }  // namespace
@@ -180,6 +182,8 @@ TEST_CASE("cp.async copies land when their thread waits for their group") {
     CHECK(std::isnan(out[3 * t + 1]));  // the second group is still in flight
     CHECK(out[3 * t + 2] == x[8 * t] + x[8 * t + 4]);
   }
+  CHECK_THROWS_WITH_AS(DS_LAUNCH(misaligned_copy, 1, 32, 64, nullptr)(x.data()), doctest::Contains("cp.async of 16"),
+                       std::runtime_error);
 }
 
 TEST_CASE("dynamic shared memory above 48 KiB needs opting in, up to 227 KiB") {

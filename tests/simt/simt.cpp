@@ -356,6 +356,8 @@ AsyncCopies& running_copies() {
 }  // namespace
 
 void copy_async(void* shared, const void* global, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(shared) % bytes || reinterpret_cast<uintptr_t>(global) % bytes)
+    fail("cp.async of " + std::to_string(bytes) + " bytes from or to an address that is not a multiple of it");
   running_copies().open.push_back({shared, global, bytes});
 }
 
