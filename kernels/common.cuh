@@ -89,13 +89,19 @@ __device__ inline void fragment_b(uint32_t (&b)[2], const __nv_bfloat16* tile, i
   b[0] = *reinterpret_cast<const uint32_t*>(tile + g * stride + 2 * t);
   b[1] = *reinterpret_cast<const uint32_t*>(tile + g * stride + 2 * t + 8);
 }
-// B[k][n] = tile[k][n], a tile whose rows are B's rows (the values of P V):
+// B[k][n] = tile[k][n], a tile whose rows are B's rows (the values of P V): ldmatrix's transposing load, from the
+// 16-byte rows that lanes 0-15 name (so `tile` and `stride` keep rows 16-byte aligned), at full shared-memory width
+// where 16-bit loads would take half.
 __device__ inline void fragment_b_rows(uint32_t (&b)[2], const __nv_bfloat16* tile, int stride) {
-  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-  const auto* bits = reinterpret_cast<const uint16_t*>(tile);
-  const auto pair = [&](int k) { return uint32_t(bits[k * stride + g]) | uint32_t(bits[(k + 1) * stride + g]) << 16; };
-  b[0] = pair(2 * t);
-  b[1] = pair(2 * t + 8);
+  const __nv_bfloat16* row = tile + threadIdx.x % 16 * stride;
+#ifdef DS_LDMATRIX_X2_TRANS
+  DS_LDMATRIX_X2_TRANS(b, row);
+#else
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(b[0]), "=r"(b[1])
+               : "r"(address));
+#endif
 }
 // The A fragment of the 16x16 tile that two adjacent 16x8 results hold (columns 0-7 and 8-15), in bf16: a product's
 // rows feed the next product without leaving registers.

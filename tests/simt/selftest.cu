@@ -70,6 +70,17 @@ __global__ void mma_tile(float* d, const __nv_bfloat16* a, const __nv_bfloat16* 
   for (int i = 0; i < 4; ++i) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = acc[i];
 }
 
+// The same through common.cuh's loaders, B by ldmatrix's transposing load.
+__global__ void mma_tile_loaded(float* d, const __nv_bfloat16* a, const __nv_bfloat16* b) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  uint32_t af[4], bf[2];
+  fragment_a(af, a, 16);
+  fragment_b_rows(bf, b, 8);
+  float acc[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+  mma_16x8x16(acc, af, bf);
+  for (int i = 0; i < 4; ++i) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = acc[i];
+}
+
 // Each thread copies 16 bytes in two groups and reads its shared memory before, between and after the waits.
 __global__ void async_copies(float* out, const float* x) {
   float* shared = reinterpret_cast<float*>(dynamic_shared());
@@ -158,17 +169,19 @@ TEST_CASE("devices: DS_SIMT_DEVICES of them, one by default") {
   CHECK(cudaSetDevice(0) == cudaSuccess);
 }
 
-TEST_CASE("the tensor-core product, fragments as common.cuh lays them out") {
+TEST_CASE("the tensor-core product, fragments as common.cuh lays them out and loads them") {
   std::vector<__nv_bfloat16> a(16 * 16), b(16 * 8);
   for (int i = 0; i < 256; ++i) a[i] = __float2bfloat16(float(i * 7 % 9 - 4));  // small integers: exact sums
   for (int i = 0; i < 128; ++i) b[i] = __float2bfloat16(float(i * 5 % 7 - 3));
-  std::vector<float> d(16 * 8);
+  std::vector<float> d(16 * 8), loaded(16 * 8);
   DS_LAUNCH(mma_tile, 1, 32, 0, nullptr)(d.data(), a.data(), b.data());
+  DS_LAUNCH(mma_tile_loaded, 1, 32, 0, nullptr)(loaded.data(), a.data(), b.data());
   for (int row = 0; row < 16; ++row)
     for (int col = 0; col < 8; ++col) {
       float want = 0.5f;
       for (int k = 0; k < 16; ++k) want += __bfloat162float(a[row * 16 + k]) * __bfloat162float(b[k * 8 + col]);
       CHECK(d[row * 8 + col] == want);
+      CHECK(loaded[row * 8 + col] == want);
     }
 }
 

@@ -344,6 +344,19 @@ void allow_shared(const char* kernel, size_t bytes) {
   shared_limits[kernel] = bytes;
 }
 
+void ldmatrix_x2_trans(uint32_t (&b)[2], const void* row) {
+  const auto& lanes = warp_gather("loaded a matrix", &row, sizeof row);
+  std::array<const uint16_t*, 16> rows;
+  for (size_t i = 0; i < 16; ++i) {
+    std::memcpy(&rows[i], &lanes[i], sizeof(const void*));
+    if (reinterpret_cast<uintptr_t>(rows[i]) % 16) fail("ldmatrix from a row that is not 16-byte aligned");
+  }
+  // Lane (g, t) gets rows 2t and 2t + 1 of column g of each matrix: the transposes' row g, columns 2t and 2t + 1.
+  const unsigned lane = running->current->linear % 32, g = lane / 4, t = lane % 4;
+  for (unsigned m = 0; m < 2; ++m)
+    b[m] = uint32_t(rows[8 * m + 2 * t][g]) | uint32_t(rows[8 * m + 2 * t + 1][g]) << 16;
+}
+
 unsigned char* dynamic_shared() { return running->dynamic_shared.data(); }
 
 namespace {

@@ -43,6 +43,9 @@ void sync_threads();
 void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask);
 // The warp-wide tensor-core product of common.cuh's mma_16x8x16, with its fragment layout.
 void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+// ldmatrix.x2.trans: lanes 0-15 each name a 16-byte row of two 8x8 b16 matrices; each lane gets its fragment of
+// their transposes.
+void ldmatrix_x2_trans(uint32_t (&b)[2], const void* row);
 // The launch's dynamic shared memory, filled with 0xff bytes (NaN as float and bf16) when each block starts.
 unsigned char* dynamic_shared();
 // cp.async: a copy lands when the thread waits for its group (common.cuh's copy_async_*), not before.
@@ -93,6 +96,7 @@ Launch<Call> launcher(const char* kernel, dim3 grid, dim3 block, size_t shared_b
                        [](const auto&... arguments) { kernel(arguments...); })
 #define DS_ALLOW_SHARED(kernel, bytes) ::ds::simt::allow_shared(#kernel, bytes)
 #define DS_MMA_16X8X16(d, a, b) ::ds::simt::mma_16x8x16(d, a, b)
+#define DS_LDMATRIX_X2_TRANS(b, row) ::ds::simt::ldmatrix_x2_trans(b, row)
 #define DS_DYNAMIC_SHARED() ::ds::simt::dynamic_shared()
 #define DS_COPY_ASYNC_16(shared, global) ::ds::simt::copy_async(shared, global, 16)
 #define DS_COPY_ASYNC_COMMIT() ::ds::simt::copy_async_commit()
