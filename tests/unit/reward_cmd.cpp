@@ -1,6 +1,7 @@
 // --reward-cmd against small sh/awk rewarders: one that answers, one that crashes, one that hangs, one that prints
 // garbage. Every failure is a ds::Error naming the command and what went wrong, and leaves no child process behind.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <sys/wait.h>
 
 #include <cerrno>
@@ -16,7 +17,7 @@ namespace {
 
 std::vector<RewardSample> samples(size_t n, const std::string& completion = "yes") {
   std::vector<RewardSample> out;
-  for (size_t i = 0; i < n; ++i) out.push_back({"s" + std::to_string(i), "What is 1 + 1?", completion, "2"});
+  for (size_t i = 0; i < n; ++i) out.push_back({fmt::format("s{}", i), "What is 1 + 1?", completion, "2"});
   return out;
 }
 
