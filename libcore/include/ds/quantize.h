@@ -77,12 +77,13 @@ bool parse_target(std::string_view name, Target& out);  // "f32", "bf16", "fp8"
 
 // The tensors DeepSeek's released FP8 checkpoint keeps in high precision (reference section 7.2): embeddings, norms,
 // the router gate and its correction bias, lm_head, and the MTP layers' eh_proj, enorm, hnorm and shared_head.
-// ECMAScript regular expressions searched for in tensor names.
+// Regular expressions (ds/regex.h) searched for in tensor names; fp8_keeps tells whether one matches.
 const std::vector<std::string>& fp8_keep_patterns();
+bool fp8_keeps(const std::string& name);
 
 struct ConvertOptions {
   Target to = Target::FP8;
-  // Tensors whose name matches one of these (searched, ECMAScript) keep their input dtype, in addition to the
+  // Tensors whose name matches one of these (searched, PCRE2) keep their input dtype, in addition to the
   // target's own rules: for FP8 fp8_keep_patterns() and every tensor that is not a 2-D `.weight`; for BF16 the
   // router's e_score_correction_bias, which stays F32 as in DeepSeek's checkpoints.
   std::vector<std::string> keep;

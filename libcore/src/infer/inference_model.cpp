@@ -7,7 +7,6 @@
 #include <charconv>
 #include <cmath>
 #include <filesystem>
-#include <regex>
 
 #include "ds/checkpoint.h"
 #include "ds/error.h"
@@ -120,14 +119,11 @@ InferenceModel load_inference_model(const std::string& path) {
 
 InferenceWeights inference_weights(const Model<float>& model, bool fp8) {
   const ModelConfig& c = model.config();
-  std::vector<std::regex> keep;
-  for (const std::string& p : quant::fp8_keep_patterns()) keep.emplace_back(p, std::regex::ECMAScript);
   InferenceWeights out(c, "model");
   for (const ParamInfo& p : model.param_infos()) {
     if (is_mtp(p.name, c)) continue;
     const float* values = model.params().data() + p.offset;
-    const auto kept = [&](const std::regex& re) { return std::regex_search(p.name, re); };
-    const bool quantize = fp8 && p.shape.size() == 2 && p.name.ends_with(".weight") && std::ranges::none_of(keep, kept);
+    const bool quantize = fp8 && p.shape.size() == 2 && p.name.ends_with(".weight") && !quant::fp8_keeps(p.name);
     if (quantize) {
       const quant::QuantizedWeight q = quant::quantize_weight(Tensor::view(DType::F32, p.shape, values, nullptr));
       out.add(p.name, p.shape, fp8_matrix(q.weight, q.scale_inv, p.name), {q.weight, q.scale_inv});

@@ -12,11 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <regex>
 #include <set>
 
 #include "ds/checkpoint.h"
@@ -24,6 +25,7 @@
 #include "ds/error.h"
 #include "ds/fsutil.h"
 #include "ds/quantize.h"
+#include "ds/regex.h"
 
 namespace ds::quant {
 
@@ -37,20 +39,14 @@ bool is_float(DType d) {
   return d == DType::F64 || d == DType::F32 || d == DType::BF16 || d == DType::F16 || d == DType::F8_E4M3;
 }
 
-std::vector<std::regex> compile(const std::vector<std::string>& patterns) {
-  std::vector<std::regex> out;
-  for (const std::string& p : patterns) {
-    try {
-      out.emplace_back(p, std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      fail("--keep '{}': invalid regular expression: {}", p, e.what());
-    }
-  }
+std::vector<Regex> compile(const std::vector<std::string>& patterns, const std::string& origin) {
+  std::vector<Regex> out;
+  for (const std::string& p : patterns) out.emplace_back(p, false, origin);
   return out;
 }
 
-bool matches(const std::vector<std::regex>& patterns, const std::string& name) {
-  return std::ranges::any_of(patterns, [&](const std::regex& re) { return std::regex_search(name, re); });
+bool matches(const std::vector<Regex>& patterns, const std::string& name) {
+  return std::ranges::any_of(patterns, [&](const Regex& re) { return re.search(name); });
 }
 
 // One output tensor and, once its shard is laid out, where its bytes start in the shard's data buffer.
@@ -71,9 +67,8 @@ struct Item {
 };
 
 std::vector<Item> plan(const safetensors::ModelFiles& files, const std::string& dir, const ConvertOptions& options) {
-  const auto user_keep = compile(options.keep);
-  const auto fp8_keep = compile(fp8_keep_patterns());
-  const auto bf16_keep = compile({"e_score_correction_bias"});
+  const auto user_keep = compile(options.keep, "--keep");
+  const auto bf16_keep = compile({"e_score_correction_bias"}, "bf16 keep pattern");
   std::vector<Item> items;
   for (const std::string& name : files.names()) {
     const TensorInfo* info = files.find(name);
@@ -99,7 +94,7 @@ std::vector<Item> plan(const safetensors::ModelFiles& files, const std::string& 
       switch (options.to) {
         case Target::FP8:
           if (info->dtype != DType::F8_E4M3 && info->shape.size() == 2 && name.ends_with(".weight") &&
-              !matches(fp8_keep, name))
+              !fp8_keeps(name))
             item.action = Item::Quantize;
           break;
         case Target::BF16:
@@ -311,6 +306,11 @@ const std::vector<std::string>& fp8_keep_patterns() {
   return patterns;
 }
 
+bool fp8_keeps(const std::string& name) {
+  static const std::vector<Regex> patterns = compile(fp8_keep_patterns(), "fp8 keep pattern");
+  return matches(patterns, name);
+}
+
 ConvertReport convert_model(const std::string& model, const std::string& out, const ConvertOptions& options,
                             const std::function<void(size_t, size_t)>& progress) {
   const std::string dir = resolve_model_dir(model);
@@ -376,15 +376,25 @@ ConvertReport convert_model(const std::string& model, const std::string& out, co
 }
 
 uint64_t parse_byte_size(std::string_view text) {
-  static const std::regex pattern(R"(^\s*([0-9]+(\.[0-9]+)?)\s*([kmgt]i?)?b?\s*$)", std::regex::icase);
-  std::cmatch m;
-  if (!std::regex_match(text.begin(), text.end(), m, pattern))
+  // A number, then optionally k, m, g or t (i: powers of 1024), then optionally b; any case, spaces around.
+  const auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  const auto first = std::ranges::find_if(text, not_space);
+  const auto last = std::ranges::find_if(text.rbegin(), text.rend(), not_space).base();
+  std::string rest = first < last ? std::string(first, last) : std::string();
+  std::ranges::transform(rest, rest.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  const auto digits = std::ranges::find_if_not(rest, [](char c) { return std::isdigit(c) || c == '.'; });
+  const std::string number(rest.begin(), digits);
+  std::string unit(digits, rest.end());
+  unit.erase(unit.begin(), std::ranges::find_if(unit, not_space));
+  if (unit.ends_with('b')) unit.pop_back();
+  double value = 0;
+  const auto [end, error] = std::from_chars(number.data(), number.data() + number.size(), value);
+  const size_t prefix = unit.empty() ? 0 : std::string_view("kmgt").find(unit[0]);
+  const bool binary = unit.size() == 2 && unit[1] == 'i';
+  if (number.empty() || number.front() == '.' || number.back() == '.' || error != std::errc() ||
+      end != number.data() + number.size() || prefix == std::string_view::npos || unit.size() > (binary ? 2u : 1u))
     fail("'{}' is not a size (examples: 5GB, 100MB, 64KiB, 1000)", text);
-  std::string unit = m[3].str();
-  std::ranges::transform(unit, unit.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  const double base = unit.size() == 2 ? 1024.0 : 1000.0;
-  const int power = unit.empty() ? 0 : int(std::string_view("kmgt").find(unit[0])) + 1;
-  const double bytes = std::stod(m[1].str()) * std::pow(base, power);
+  const double bytes = value * std::pow(binary ? 1024.0 : 1000.0, unit.empty() ? 0 : int(prefix) + 1);
   if (bytes >= 1.8e19) fail("'{}' is too large a size", text);
   return uint64_t(std::round(bytes));
 }

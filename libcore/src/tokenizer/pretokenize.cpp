@@ -1,8 +1,5 @@
 #include "pretokenize.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include <algorithm>
 
 #include "ds/error.h"
@@ -19,79 +16,7 @@ constexpr std::string_view kGpt2Pattern =
 constexpr std::string_view kBehaviors[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
                                            "Contiguous"};
 
-// Per-thread match state: PCRE2 match data and a JIT stack big enough for long runs of one character class.
-struct Matcher {
-  pcre2_match_data* data = pcre2_match_data_create(1, nullptr);
-  pcre2_jit_stack* stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, nullptr);
-  pcre2_match_context* context = pcre2_match_context_create(nullptr);
-  Matcher() {
-    if (!data || !stack || !context) throw std::bad_alloc();
-    pcre2_jit_stack_assign(context, nullptr, stack);
-  }
-  ~Matcher() {
-    pcre2_match_context_free(context);
-    pcre2_jit_stack_free(stack);
-    pcre2_match_data_free(data);
-  }
-  Matcher(const Matcher&) = delete;
-  Matcher& operator=(const Matcher&) = delete;
-};
-
-Matcher& thread_matcher() {
-  thread_local Matcher matcher;
-  return matcher;
-}
-
 }  // namespace
-
-struct Regex::Code {
-  explicit Code(pcre2_code* c) : code(c) {}
-  ~Code() { pcre2_code_free(code); }
-  Code(const Code&) = delete;
-  Code& operator=(const Code&) = delete;
-  pcre2_code* code;
-};
-
-Regex::Regex(const std::string& pattern, bool literal, const std::string& origin) : origin_(origin) {
-  int error = 0;
-  PCRE2_SIZE offset = 0;
-  const uint32_t options = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error,
-                                   &offset, nullptr);
-  if (!code) {
-    PCRE2_UCHAR message[256];
-    pcre2_get_error_message(error, message, sizeof message);
-    fail("{}: regex {:?} does not compile at offset {}: {}", origin, pattern, offset,
-         reinterpret_cast<const char*>(message));
-  }
-  code_ = std::make_shared<const Code>(code);
-  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // where JIT is unavailable, pcre2_match interprets
-}
-
-void Regex::for_each_match(std::string_view subject, const std::function<void(size_t, size_t)>& on_match) const {
-  Matcher& m = thread_matcher();
-  const auto* text = reinterpret_cast<PCRE2_SPTR>(subject.data());
-  size_t start = 0, last_end = std::string_view::npos;
-  while (start <= subject.size()) {
-    const int rc = pcre2_match(code_->code, text, subject.size(), start, 0, m.data, m.context);
-    if (rc == PCRE2_ERROR_NOMATCH) return;
-    if (rc < 0) {
-      PCRE2_UCHAR message[256];
-      pcre2_get_error_message(rc, message, sizeof message);
-      fail("{}: regex match failed: {}", origin_, reinterpret_cast<const char*>(message));
-    }
-    const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(m.data);
-    const size_t begin = ovector[0], end = ovector[1];
-    if (begin == end && end == last_end) {  // an empty match touching the last one: try one character further
-      if (end == subject.size()) return;
-      const auto c = decode_utf8(subject, end);
-      start = end + (c ? c->second : 1);
-      continue;
-    }
-    on_match(begin, end);
-    last_end = start = end;
-  }
-}
 
 Json PreTokenizer::deepseek_v3_config() {
   const auto split = [](std::string pattern) {

@@ -14,26 +14,11 @@
 #include <string_view>
 #include <vector>
 
+#include "ds/regex.h"
+
 namespace ds::tok {
 
 using Json = nlohmann::json;  // std::map objects: vocabularies of 128K entries parse in O(n log n)
-
-// A compiled PCRE2 pattern (UTF-8, Unicode properties, JIT where available). Matching is const and thread-safe.
-// Invalid UTF-8 in a subject is allowed and never matched, so such bytes end up in the gaps between matches.
-class Regex {
- public:
-  Regex(const std::string& pattern, bool literal, const std::string& origin);
-
-  // Calls on_match(begin, end) with the byte offsets of each match, in order. Matches are leftmost and
-  // non-overlapping; an empty match right where the previous match ended is skipped, as in `tokenizers` (Rust's
-  // find_iter).
-  void for_each_match(std::string_view subject, const std::function<void(size_t, size_t)>& on_match) const;
-
- private:
-  struct Code;
-  std::shared_ptr<const Code> code_;
-  std::string origin_;
-};
 
 class PreTokenizer {
  public:
