@@ -355,9 +355,9 @@ void attention(float* o, float* lse, const float* q, const float* k, const float
   if (B * T * H == 0) return;
   const size_t smem = 2 * tile_bytes(dk) + tile_bytes(dv);
   with_head_dims(s, [&](auto dims) {
-    constexpr int D = decltype(dims)::value;
-    DS_ALLOW_SHARED(attention_kernel<D>, smem);
-    DS_LAUNCH(attention_kernel<D>, row_blocks(s), kThreads, smem, stream)(o, lse, q, k, v, pos, s, scale);
+    DS_ALLOW_SHARED(attention_kernel<decltype(dims)::value>, smem);
+    DS_LAUNCH(attention_kernel<decltype(dims)::value>, row_blocks(s), kThreads, smem, stream)(
+        o, lse, q, k, v, pos, s, scale);
     DS_CUDA_LAUNCHED();
   });
 }
@@ -371,13 +371,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   const size_t smem = 2 * tile_bytes(dk_dim) + 2 * tile_bytes(dv_dim),
                key_smem = smem + kRows * (2 * sizeof(float) + sizeof(int64_t));
   with_head_dims(s, [&](auto dims) {
-    constexpr int D = decltype(dims)::value;
-    DS_ALLOW_SHARED(attention_backward_query_kernel<D>, smem);
-    DS_LAUNCH(attention_backward_query_kernel<D>, row_blocks(s), kThreads, smem, stream)(
+    DS_ALLOW_SHARED(attention_backward_query_kernel<decltype(dims)::value>, smem);
+    DS_LAUNCH(attention_backward_query_kernel<decltype(dims)::value>, row_blocks(s), kThreads, smem, stream)(
         dq, delta.data(), dout, q, k, v, o, lse, pos, s, scale);
     DS_CUDA_LAUNCHED();
-    DS_ALLOW_SHARED(attention_backward_key_kernel<D>, key_smem);
-    DS_LAUNCH(attention_backward_key_kernel<D>, row_blocks(s), kThreads, key_smem, stream)(
+    DS_ALLOW_SHARED(attention_backward_key_kernel<decltype(dims)::value>, key_smem);
+    DS_LAUNCH(attention_backward_key_kernel<decltype(dims)::value>, row_blocks(s), kThreads, key_smem, stream)(
         dk, dv, delta.data(), dout, q, k, v, lse, pos, s, scale);
     DS_CUDA_LAUNCHED();
   });

@@ -6,8 +6,8 @@
 // (blocks run one after another), the thread and block indices are set per CUDA thread, __syncthreads and the warp
 // shuffles suspend the calling thread, and DS_LAUNCH (common.cuh) runs a grid here. Each CUDA thread of a block that
 // synchronises is a fiber; a block whose threads wait at different barriers fails as a deadlock instead of hanging.
-// The warp's tensor-core product gathers the 32 lanes' fragments; cp.async copies wait in their thread's groups; dynamic
-// shared memory starts as NaN bytes.
+// The warp's tensor-core product and ldmatrix gather the 32 lanes' fragments or row addresses; cp.async copies wait in
+// their thread's groups; dynamic shared memory starts as NaN bytes.
 // simt.cpp holds the scheduler and the CUDA runtime calls; cublaslt.cpp the cuBLASLt subset.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
