@@ -67,9 +67,10 @@ void check_decode(int64_t H, int64_t r, int64_t dr, const std::vector<int32_t>& 
 
 }  // namespace
 
-TEST_CASE("MLA decode at V3's widths (512 latent + 64 rope), 20 and 128 heads, lengths 1 to 1500") {
+TEST_CASE("MLA decode at V3's widths (512 latent + 64 rope), 20, 80 and 128 heads, lengths 1 to 1500") {
   check_decode(20, 512, 64, {1, 100, 1500, 64, 65});
   check_decode(128, 512, 64, {33, 700});
+  check_decode(80, 512, 64, {40});  // a second block of 64 heads, 16 of them real
 }
 
 TEST_CASE("MLA decode at the small config's widths (256 + 32), 16 heads") { check_decode(16, 256, 32, {31, 32, 500}); }
