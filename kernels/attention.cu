@@ -24,9 +24,6 @@ struct Shape {
   int64_t B, T, H, dk, dv;
 };
 
-// Shared-memory rows of d dims: k-steps of 16, and 8 more so that a fragment's rows fall in different banks.
-__host__ __device__ inline int row_stride(int64_t d) { return int((d + 15) / 16 * 16 + 8); }
-
 // The first key query t of sequence b sees: the start of its document (pos null: one document per sequence). Within a
 // document positions count up from 0, so first keys never fall as t rises.
 __device__ inline int64_t first_key(const int32_t* pos, const Shape& s, int64_t b, int64_t t) {
@@ -37,7 +34,7 @@ __device__ inline int64_t first_key(const int32_t* pos, const Shape& s, int64_t 
 // dims are zero. Four dims a thread at a time (one 16-byte load where the rows allow it).
 __device__ inline void load_rows(__nv_bfloat16* dst, const float* x, const Shape& s, int64_t b, int64_t h, int64_t t0,
                                  int64_t d) {
-  const int width = row_stride(d) - 8, quads = width / 4;
+  const int width = fragment_stride(d) - 8, quads = width / 4;
   const bool whole = d % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   for (int i = threadIdx.x; i < kRows * quads; i += kThreads) {
     const int row = i / quads, e = 4 * (i % quads);
@@ -98,16 +95,6 @@ __device__ inline void accumulate_times_rows(float (&acc)[MaxTiles][4], const fl
 __device__ inline int tile_row(int i) { return threadIdx.x % 32 / 4 + 8 * i; }
 __device__ inline int tile_col(int n, int i) { return 8 * n + 2 * (threadIdx.x % 4) + i % 2; }
 
-// Sum over the four lanes that hold a row.
-__device__ inline float row_sum(float v) {
-  v += __shfl_xor_sync(kFullMask, v, 1);
-  return v + __shfl_xor_sync(kFullMask, v, 2);
-}
-__device__ inline float row_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 1));
-  return fmaxf(v, __shfl_xor_sync(kFullMask, v, 2));
-}
-
 // Adds a lane's part of a warp's 16 x d result to rows [r0, r0 + 16) of head h of x [B*T, H, d].
 template <int MaxTiles>
 __device__ inline void add_rows(float* x, const float (&acc)[MaxTiles][4], const Shape& s, int64_t b, int64_t h,
@@ -127,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
     attention_kernel(float* o, float* lse, const float* q, const float* k, const float* v, const int32_t* pos,
                      Shape s, float scale) {
   constexpr int kValueTiles = kHeadDims[Dims].dv / 8;
-  const int qk_stride = row_stride(s.dk), v_stride = row_stride(s.dv);
+  const int qk_stride = fragment_stride(s.dk), v_stride = fragment_stride(s.dv);
   auto* sq = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
   __nv_bfloat16* sk = sq + kRows * qk_stride;
   __nv_bfloat16* sv = sk + kRows * qk_stride;
@@ -161,7 +148,7 @@ __global__ void __launch_bounds__(kThreads)
     float correction[2], base[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const float m_new = fmaxf(m[i], row_max(tile_max[i]));
+      const float m_new = fmaxf(m[i], warp_max<4>(tile_max[i]));
       base[i] = m_new == -INFINITY ? 0.0f : m_new;  // a row that has seen no key yet keeps everything at 0
       correction[i] = expf(m[i] - base[i]);
       m[i] = m_new;
@@ -182,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
 #pragma unroll
-  for (int i = 0; i < 2; ++i) l[i] = row_sum(l[i]);
+  for (int i = 0; i < 2; ++i) l[i] = warp_sum<4>(l[i]);
 #pragma unroll
   for (int n = 0; n < kValueTiles; ++n)
 #pragma unroll
@@ -203,7 +190,7 @@ __global__ void __launch_bounds__(kThreads)
                                     const float* v, const float* o, const float* lse, const int32_t* pos, Shape s,
                                     float scale) {
   constexpr int kKeyTiles = kHeadDims[Dims].dk / 8;
-  const int qk_stride = row_stride(s.dk), v_stride = row_stride(s.dv);
+  const int qk_stride = fragment_stride(s.dk), v_stride = fragment_stride(s.dv);
   auto* sq = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
   __nv_bfloat16* sk = sq + kRows * qk_stride;
   __nv_bfloat16* sdo = sk + kRows * qk_stride;
@@ -265,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
                                   const float* k, const float* v, const float* lse, const int32_t* pos, Shape s,
                                   float scale) {
   constexpr int kKeyTiles = kHeadDims[Dims].dk / 8, kValueTiles = kHeadDims[Dims].dv / 8;
-  const int qk_stride = row_stride(s.dk), v_stride = row_stride(s.dv);
+  const int qk_stride = fragment_stride(s.dk), v_stride = fragment_stride(s.dv);
   auto* sk = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
   __nv_bfloat16* sq = sk + kRows * qk_stride;
   __nv_bfloat16* sv = sq + kRows * qk_stride;
@@ -345,7 +332,7 @@ void with_head_dims(const Shape& s, F&& f) {
 }
 
 dim3 row_blocks(const Shape& s) { return {unsigned((s.T + kRows - 1) / kRows), unsigned(s.H), unsigned(s.B)}; }
-size_t tile_bytes(int64_t d) { return sizeof(__nv_bfloat16) * kRows * size_t(row_stride(d)); }
+size_t tile_bytes(int64_t d) { return sizeof(__nv_bfloat16) * kRows * size_t(fragment_stride(d)); }
 
 }  // namespace
 

@@ -25,12 +25,16 @@ inline constexpr unsigned kFullMask = 0xffffffffu;
 __device__ inline float to_float(float x) { return x; }
 __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// Sum or max over each group of Lanes consecutive lanes (the whole warp by default; 4 for the lanes that hold one row
+// of an mma result); every lane of the group gets it.
+template <int Lanes = 32>
 __device__ inline float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  for (int offset = Lanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
   return v;
 }
+template <int Lanes = 32>
 __device__ inline float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  for (int offset = Lanes / 2; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
 
@@ -72,8 +76,11 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
   return bits;
 }
 
-// Fragments of bf16 tiles in shared memory, row-major with rows `stride` elements apart (a multiple of 8 that is not
-// one of 64, so that the eight rows of a fragment fall in different banks).
+// The row stride, in elements, of a bf16 tile of d columns in shared memory for the fragment loads below: d padded to
+// k-steps of 16, and 8 more so that the eight rows of a fragment fall in different banks.
+__host__ __device__ inline int fragment_stride(int64_t d) { return int((d + 15) / 16 * 16 + 8); }
+
+// Fragments of bf16 tiles in shared memory, row-major with rows `stride` elements apart (fragment_stride's).
 // A[m][k] = tile[m][k]:
 __device__ inline void fragment_a(uint32_t (&a)[4], const __nv_bfloat16* tile, int stride) {
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;

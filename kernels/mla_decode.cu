@@ -21,14 +21,11 @@ constexpr int kMaxValueTiles = int(kMlaMaxLatent) / 2 / 8;  // 8-wide output til
 constexpr int kProbStride = kKeysPerTile + 8;               // P rows 4 banks apart
 constexpr int64_t kMinChunk = 64;                           // cache rows per split, at least
 
-// Rows of `width` bf16 padded to k-steps of 16, 8 more so that the rows of a fragment fall in different banks.
-__host__ __device__ inline int row_stride(int width) { return (width + 15) / 16 * 16 + 8; }
-
 // Shared memory: the queries [heads, stride], two key tiles [32, stride] and P [heads, kProbStride] in bf16, then
 // each warp's row maxima and sums [2 halves, heads] in float.
 __host__ __device__ inline size_t shared_bytes(int heads, int width) {
-  return 2 * size_t(heads * row_stride(width) + 2 * kKeysPerTile * row_stride(width) + heads * kProbStride) +
-         4 * sizeof(float) * size_t(heads);
+  const size_t stride = size_t(fragment_stride(width));
+  return 2 * (heads * stride + 2 * kKeysPerTile * stride + size_t(heads) * kProbStride) + 4 * sizeof(float) * heads;
 }
 
 // Cache rows [j0, j0 + 32) of one sequence into a key tile; rows at or past `end` become zeros, so that their zero
@@ -59,7 +56,7 @@ __global__ void __launch_bounds__(64 * HeadTiles)
                             const int32_t* slots, const int32_t* lengths, int64_t H, int64_t capacity, int r, int dr,
                             float scale, int64_t chunk) {
   constexpr int kHeads = 16 * HeadTiles, kThreads = 64 * HeadTiles;
-  const int width = r + dr, stride = row_stride(width), k_pad = stride - 8;
+  const int width = r + dr, stride = fragment_stride(width), k_pad = stride - 8;
   const int half_dims = (r + 15) / 16 * 8, value_tiles = half_dims / 8;
   auto* sq = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
   __nv_bfloat16* sk = sq + kHeads * stride;
@@ -123,9 +120,8 @@ __global__ void __launch_bounds__(64 * HeadTiles)
         tile_max[i / 2] = fmaxf(tile_max[i / 2], s[n][i]);
       }
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {  // over the four lanes of a row
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(kFullMask, tile_max[i], 1));
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(kFullMask, tile_max[i], 2));
+    for (int i = 0; i < 2; ++i) {
+      tile_max[i] = warp_max<4>(tile_max[i]);
       if (t == 0) smax[half * kHeads + 16 * head_tile + g + 8 * i] = tile_max[i];
     }
     __syncthreads();  // both halves' maxima
@@ -173,8 +169,7 @@ __global__ void __launch_bounds__(64 * HeadTiles)
   // The rows' sums: over the four lanes of a row, then over the two halves.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(kFullMask, l[i], 1);
-    l[i] += __shfl_xor_sync(kFullMask, l[i], 2);
+    l[i] = warp_sum<4>(l[i]);
     if (t == 0) ssum[half * kHeads + 16 * head_tile + g + 8 * i] = l[i];
   }
   __syncthreads();

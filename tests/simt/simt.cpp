@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <bit>
 #include <boost/context/fiber.hpp>
 #include <boost/context/stack_context.hpp>
 #include <chrono>
@@ -17,6 +16,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "ds/bf16.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -300,8 +301,6 @@ const std::array<std::array<unsigned char, kLaneBytes>, 32>& warp_gather(const c
   return lanes;
 }
 
-float bf16_bits_to_float(uint32_t bits) { return std::bit_cast<float>(bits << 16); }
-
 }  // namespace
 
 void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int lane_mask) {
@@ -321,11 +320,11 @@ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) 
   // Where common.cuh's layout keeps A[row][k] and B[k][col]: lane, register, and half of the register.
   const auto A = [&](unsigned row, unsigned k) {
     const uint32_t reg = all[(row % 8) * 4 + (k % 8) / 2].a[(row / 8) + 2 * (k / 8)];
-    return bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffffu);
+    return bf16_to_float(uint16_t(k % 2 ? reg >> 16 : reg));
   };
   const auto B = [&](unsigned k, unsigned col) {
     const uint32_t reg = all[col * 4 + (k % 8) / 2].b[k / 8];
-    return bf16_bits_to_float(k % 2 ? reg >> 16 : reg & 0xffffu);
+    return bf16_to_float(uint16_t(k % 2 ? reg >> 16 : reg));
   };
   const unsigned lane = running->current->linear % 32, g = lane / 4, t = lane % 4;
   for (unsigned i = 0; i < 4; ++i) {
