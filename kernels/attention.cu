@@ -30,6 +30,11 @@ __device__ inline int64_t first_key(const int32_t* pos, const Shape& s, int64_t 
   return pos ? t - pos[b * s.T + t] : 0;
 }
 
+// Whether query t sees key j, given the first key it sees: causal, within its document, and t a real row.
+__device__ inline bool sees(const Shape& s, int64_t t, int64_t first, int64_t j) {
+  return t < s.T && j >= first && j <= t;
+}
+
 // Rows [t0, t0 + 64) of head h of sequence b of x [B*T, H, d] into shared memory as bf16; rows past T and the padding
 // dims are zero. Four dims a thread at a time (one 16-byte load where the rows allow it).
 __device__ inline void load_rows(__nv_bfloat16* dst, const float* x, const Shape& s, int64_t b, int64_t h, int64_t t0,
@@ -142,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int64_t j = j0 + tile_col(n, i), t = row[i / 2];
-        p[n][i] = t < s.T && j >= first[i / 2] && j <= t ? p[n][i] * scale : -INFINITY;
+        p[n][i] = sees(s, t, first[i / 2], j) ? p[n][i] * scale : -INFINITY;
         tile_max[i / 2] = fmaxf(tile_max[i / 2], p[n][i]);
       }
     float correction[2], base[2];
@@ -235,8 +240,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int64_t j = j0 + tile_col(n, i), t = row[i / 2];
-        const bool seen = t < s.T && j >= first[i / 2] && j <= t;
-        const float prob = seen ? expf(p[n][i] * scale - row_lse[i / 2]) : 0.0f;
+        const float prob = sees(s, t, first[i / 2], j) ? expf(p[n][i] * scale - row_lse[i / 2]) : 0.0f;
         p[n][i] = prob * (dp[n][i] - row_delta[i / 2]) * scale;  // dS
       }
     accumulate_times_rows(acc, p, sk, qk_stride, (qk_stride - 8) / 8);
@@ -277,7 +281,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t t = t0 + i;
       query_lse[i] = t < s.T ? lse[(b * s.H + h) * s.T + t] : 0.0f;
       query_delta[i] = t < s.T ? delta[(b * s.H + h) * s.T + t] : 0.0f;
-      query_first[i] = t < s.T ? first_key(pos, s, b, t) : s.T;  // past T: sees nothing
+      query_first[i] = t < s.T ? first_key(pos, s, b, t) : 0;
     }
     __syncthreads();
     float p[8][4], dp[8][4];
@@ -290,8 +294,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < 4; ++i) {
         const int c = tile_col(n, i);
         const int64_t t = t0 + c, j = key[i / 2];
-        const bool seen = j < s.T && j >= query_first[c] && j <= t;
-        p[n][i] = seen ? expf(p[n][i] * scale - query_lse[c]) : 0.0f;
+        p[n][i] = sees(s, t, query_first[c], j) ? expf(p[n][i] * scale - query_lse[c]) : 0.0f;
         ds[n][i] = p[n][i] * (dp[n][i] - query_delta[c]) * scale;
       }
     accumulate_times_rows(gv, p, sdo, v_stride, (v_stride - 8) / 8);
