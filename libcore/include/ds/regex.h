@@ -3,8 +3,10 @@
 // patterns and ds-quantize's --keep patterns.
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ds {
 
@@ -21,6 +23,9 @@ class Regex {
   void for_each_match(std::string_view subject, const std::function<void(size_t, size_t)>& on_match) const;
   // Whether the pattern matches somewhere in `subject`.
   bool search(std::string_view subject) const;
+  // When the pattern matches the whole of `subject`: its capture groups, 0 the whole match, groups that took no part
+  // empty.
+  std::optional<std::vector<std::string_view>> whole_match(std::string_view subject) const;
 
  private:
   struct Code;

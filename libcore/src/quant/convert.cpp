@@ -12,8 +12,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cctype>
-#include <charconv>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -376,25 +374,14 @@ ConvertReport convert_model(const std::string& model, const std::string& out, co
 }
 
 uint64_t parse_byte_size(std::string_view text) {
-  // A number, then optionally k, m, g or t (i: powers of 1024), then optionally b; any case, spaces around.
-  const auto not_space = [](unsigned char c) { return !std::isspace(c); };
-  const auto first = std::ranges::find_if(text, not_space);
-  const auto last = std::ranges::find_if(text.rbegin(), text.rend(), not_space).base();
-  std::string rest = first < last ? std::string(first, last) : std::string();
-  std::ranges::transform(rest, rest.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  const auto digits = std::ranges::find_if_not(rest, [](char c) { return std::isdigit(c) || c == '.'; });
-  const std::string number(rest.begin(), digits);
-  std::string unit(digits, rest.end());
-  unit.erase(unit.begin(), std::ranges::find_if(unit, not_space));
-  if (unit.ends_with('b')) unit.pop_back();
-  double value = 0;
-  const auto [end, error] = std::from_chars(number.data(), number.data() + number.size(), value);
-  const size_t prefix = unit.empty() ? 0 : std::string_view("kmgt").find(unit[0]);
-  const bool binary = unit.size() == 2 && unit[1] == 'i';
-  if (number.empty() || number.front() == '.' || number.back() == '.' || error != std::errc() ||
-      end != number.data() + number.size() || prefix == std::string_view::npos || unit.size() > (binary ? 2u : 1u))
-    fail("'{}' is not a size (examples: 5GB, 100MB, 64KiB, 1000)", text);
-  const double bytes = value * std::pow(binary ? 1024.0 : 1000.0, unit.empty() ? 0 : int(prefix) + 1);
+  static const Regex pattern(R"((?i)\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?)?b?\s*)", false, "byte size");
+  const auto m = pattern.whole_match(text);
+  if (!m) fail("'{}' is not a size (examples: 5GB, 100MB, 64KiB, 1000)", text);
+  std::string unit((*m)[2]);
+  std::ranges::transform(unit, unit.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  const double base = unit.size() == 2 ? 1024.0 : 1000.0;
+  const int power = unit.empty() ? 0 : int(std::string_view("kmgt").find(unit[0])) + 1;
+  const double bytes = std::stod(std::string((*m)[1])) * std::pow(base, power);
   if (bytes >= 1.8e19) fail("'{}' is too large a size", text);
   return uint64_t(std::round(bytes));
 }

@@ -3,6 +3,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include <memory>
 #include <optional>
 #include <utility>
 
@@ -63,19 +64,26 @@ Regex::Regex(const std::string& pattern, bool literal, const std::string& origin
 
 namespace {
 
-// The offsets of the first match of `code` in `subject` at or after `start`, if any.
-std::optional<std::pair<size_t, size_t>> first_match(const pcre2_code* code, std::string_view subject, size_t start,
-                                                     const std::string& origin) {
-  Matcher& m = thread_matcher();
-  const int rc =
-      pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), start, 0, m.data, m.context);
-  if (rc == PCRE2_ERROR_NOMATCH) return std::nullopt;
+// pcre2_match into `data`: whether it matched; an error other than no match throws.
+bool run_match(const pcre2_code* code, std::string_view subject, size_t start, uint32_t options,
+               pcre2_match_data* data, const std::string& origin) {
+  const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), start, options, data,
+                             thread_matcher().context);
+  if (rc == PCRE2_ERROR_NOMATCH) return false;
   if (rc < 0) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(rc, message, sizeof message);
     fail("{}: regex match failed: {}", origin, reinterpret_cast<const char*>(message));
   }
-  const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(m.data);
+  return true;
+}
+
+// The offsets of the first match of `code` in `subject` at or after `start`, if any.
+std::optional<std::pair<size_t, size_t>> first_match(const pcre2_code* code, std::string_view subject, size_t start,
+                                                     const std::string& origin) {
+  pcre2_match_data* data = thread_matcher().data;
+  if (!run_match(code, subject, start, 0, data, origin)) return std::nullopt;
+  const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
   return std::pair<size_t, size_t>(ovector[0], ovector[1]);
 }
 
@@ -99,5 +107,18 @@ void Regex::for_each_match(std::string_view subject, const std::function<void(si
 }
 
 bool Regex::search(std::string_view subject) const { return first_match(code_->code, subject, 0, origin_).has_value(); }
+
+std::optional<std::vector<std::string_view>> Regex::whole_match(std::string_view subject) const {
+  const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
+      pcre2_match_data_create_from_pattern(code_->code, nullptr), pcre2_match_data_free);
+  if (!data) throw std::bad_alloc();
+  if (!run_match(code_->code, subject, 0, PCRE2_ANCHORED | PCRE2_ENDANCHORED, data.get(), origin_))
+    return std::nullopt;
+  const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data.get());
+  std::vector<std::string_view> groups(pcre2_get_ovector_count(data.get()));
+  for (size_t i = 0; i < groups.size(); ++i)
+    if (ovector[2 * i] != PCRE2_UNSET) groups[i] = subject.substr(ovector[2 * i], ovector[2 * i + 1] - ovector[2 * i]);
+  return groups;
+}
 
 }  // namespace ds
