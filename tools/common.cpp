@@ -48,6 +48,9 @@ int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body)
   } catch (const CLI::ParseError& e) {
     fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
     return 2;
+  } catch (const UsageError& e) {
+    fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
+    return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
     return 1;
@@ -142,6 +145,13 @@ void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& 
   app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str();
   app.add_option("--max-bad-steps", o.max_bad_steps, "consecutive non-finite steps skipped before failing")
       ->capture_default_str();
+}
+
+std::function<bool(const std::string&)> given_options(const CLI::App& app) {
+  return [&app](const std::string& name) {
+    const CLI::Option* option = app.get_option_no_throw("--" + name);
+    return option && option->count() > 0;
+  };
 }
 
 void add_bad_step_options(CLI::App& app, BadStepOptions& o) {

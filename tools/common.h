@@ -75,7 +75,10 @@ TrainingOptions training_options(Options& o) {
 }
 void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,
                           const std::string& seed_help);
-// --on-bad-steps, --bad-lr-factor and --max-reloads: what ds-pretrain and ds-grpo do after --max-bad-steps.
+// For a resumed run taking its recorded options (ds::adopt_run_options): whether --NAME was given, on the command
+// line or in --config.
+std::function<bool(const std::string&)> given_options(const CLI::App& app);
+// --on-bad-steps, --bad-lr-factor and --max-reloads: what the trainers do after --max-bad-steps.
 void add_bad_step_options(CLI::App& app, BadStepOptions& o);
 // --fp8: the trainers' FP8 training emulation (Model::set_fp8).
 void add_fp8_flag(CLI::App& app, bool& fp8);

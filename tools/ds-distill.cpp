@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   ds::tool::add_training_options(app, ds::tool::training_options(o), schedule,
                                  "total steps of the run (0 = --epochs passes over the data)",
                                  "seed of a new student's weights, the data order and the validation split");
+  ds::tool::add_bad_step_options(app, o.bad_steps);
   ds::tool::add_fp8_flag(app, o.fp8);
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
@@ -66,14 +67,15 @@ int main(int argc, char** argv) {
     if (!resume_dir.empty() && !run_positional.empty() && resume_dir != run_positional)
       throw CLI::ValidationError("run", "give the run directory once: either positionally or with --resume");
     if (resume_dir.empty() && run_positional.empty()) throw CLI::RequiredError("run directory");
-    if (o.data.empty() && (o.teacher.empty() || o.prompts.empty()))
-      throw CLI::ValidationError("--data", "give --data FILE, or --teacher MODEL with --prompts TASKS to sample it");
     o.run_dir = resume_dir.empty() ? run_positional : resume_dir;
     o.resume = !resume_dir.empty();
-    if (alpha->count() == 0) o.alpha = !o.data.empty() && !o.teacher.empty() ? 0.5 : 0.0;
-    if (o.alpha > 0 && o.teacher.empty()) throw CLI::ValidationError("--alpha", "logit distillation needs --teacher");
     o.schedule.kind = ds::parse_schedule(schedule);
     o.kd.divergence = ds::kd::parse_divergence(divergence);
+    if (o.resume) ds::adopt_run_options(ds::distill::run_options(o), o.run_dir, ds::tool::given_options(app));
+    if (!o.resume && o.data.empty() && (o.teacher.empty() || o.prompts.empty()))
+      throw CLI::ValidationError("--data", "give --data FILE, or --teacher MODEL with --prompts TASKS to sample it");
+    if (!o.resume && alpha->count() == 0) o.alpha = !o.data.empty() && !o.teacher.empty() ? 0.5 : 0.0;
+    if (o.alpha > 0 && o.teacher.empty()) throw CLI::ValidationError("--alpha", "logit distillation needs --teacher");
     o.sample.seed = o.seed;
     compute.device = ds::tool::local_device(compute.device);  // each rank on its node's GPU
     o.device = o.sample.device = ds::tool::apply_compute_options(compute, true);
@@ -93,6 +95,7 @@ int main(int argc, char** argv) {
                  r.epoch);
       if (r.comm_share > 0) fmt::print(stderr, " comm {:.0f}%", 100 * r.comm_share);
       if (r.bad_steps > 0) fmt::print(stderr, " bad {}", r.bad_steps);
+      if (r.reloads > 0) fmt::print(stderr, " reloads {}", r.reloads);
       fmt::print(stderr, "\n");
     };
     events.checkpoint = [](const std::string& dir) { fmt::print(stderr, "saved {}\n", dir); };

@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
     o.schedule.kind = ds::parse_schedule(schedule);
     o.aggregation = ds::grpo::parse_aggregation(loss);
     o.scale_rewards = ds::grpo::parse_scale_rewards(scale_rewards);
+    if (o.resume) ds::adopt_run_options(ds::run_options(o), o.run_dir, ds::tool::given_options(app));
     compute.device = ds::tool::local_device(compute.device);  // each rank on its node's GPU
     o.device = ds::tool::apply_compute_options(compute, true);
     // Data parallel under mpirun or srun. Over MPI even on GPUs: rollouts and rewards meet in host memory.

@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
     o.resume = !resume_dir.empty();
     o.schedule.kind = ds::parse_schedule(schedule);
     if (o.data.size() == 1 && o.data[0] == "builtin:arith") o.data.clear();
+    if (o.resume) ds::adopt_run_options(ds::run_options(o), o.run_dir, ds::tool::given_options(app));
     compute.device = ds::tool::local_device(compute.device);
     o.device = ds::tool::apply_compute_options(compute, true);
     const auto comm = ds::tool::make_comm(dist, o.device);  // data parallel under mpirun or srun

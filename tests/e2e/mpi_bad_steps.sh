@@ -4,12 +4,14 @@
 set -eu
 . "$(dirname "$0")/mpi.inc"
 COMMON="--model-config tiny --batch 4 --seq-len 32 --threads 1 --log-every 1 --schedule constant --comm-timeout 60"
-BAD="--lr 1e30 --on-bad-steps reload --bad-lr-factor 1e-32 --max-bad-steps 2"
+BAD="--on-bad-steps reload --bad-lr-factor 1e-32 --max-bad-steps 2"
 # The value of a number in the last record of RUN/metrics.jsonl.
 field() { tail -n 1 "$2/metrics.jsonl" | sed -n "s/.*\"$1\":\([-0-9.e+]*\).*/\1/p"; }
 loss() { field main_loss "$1"; }
 
+# A resumed run keeps its recorded options: the absurd learning rate comes from an edited record.
 $DS_BIN/ds-pretrain "$T/one" $COMMON --lr 1e-2 --steps 3 2>/dev/null
+sed -i 's/"lr": 0.01,/"lr": 1e+30,/' "$T/one/latest/trainer_state.json"
 cp -r "$T/one" "$T/two"
 $DS_BIN/ds-pretrain --resume "$T/one" $COMMON $BAD --steps 8 2>"$T/one.log" || fail "1 process: $(cat "$T/one.log")"
 $MPIRUN -np 2 "$DS_BIN/ds-pretrain" --resume "$T/two" $COMMON $BAD --steps 8 2>"$T/two.log" ||

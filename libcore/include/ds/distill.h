@@ -32,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ds/bad_steps.h"
 #include "ds/chat.h"
 #include "ds/comm.h"
 #include "ds/config.h"
@@ -40,6 +41,7 @@
 #include "ds/kd.h"
 #include "ds/model.h"
 #include "ds/optim.h"
+#include "ds/run.h"
 #include "ds/sampler.h"
 #include "ds/tasks.h"
 #include "ds/tokenizer.h"
@@ -141,7 +143,8 @@ struct DistillOptions {
   int keep = 0;
   int64_t log_every = 10;
   int64_t eval_every = 0;                   // validation loss every N steps; 0 = at the end only
-  int64_t max_bad_steps = 10;
+  int64_t max_bad_steps = 10;               // non-finite steps in a row tolerated before bad_steps acts
+  BadStepOptions bad_steps;                 // then stop, or reload the last checkpoint (the start with none)
   bool fp8 = false;                         // emulate the FP8 training GEMMs (Model::set_fp8), the teacher's too
   Device device;                            // where the teacher samples and scores, and the student trains
   // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on the r-th
@@ -159,6 +162,7 @@ struct DistillRecord {
   std::optional<double> val_loss;  // mean cross-entropy of the validation completions, when measured
   double elapsed_s = 0;
   int64_t bad_steps = 0;
+  int64_t reloads = 0;  // returns to the last checkpoint after too many bad steps in a row (ds/bad_steps.h)
   bool skipped = false;
   double comm_share = 0;  // share of the time since the last record spent in collectives (data parallel)
 };
@@ -168,6 +172,9 @@ struct DistillEvents {
   std::function<void(const DistillRecord&)> log;
   std::function<void(const std::string&)> checkpoint;
 };
+
+// The options a run keeps for its whole life (ds/run.h), bound to o's fields.
+RunOptions run_options(DistillOptions& o);
 
 // Runs until the planned steps, options.stop_after, or stop becomes true (then saves and returns). Throws ds::Error.
 void distill(const DistillOptions& options, const std::atomic<bool>& stop, const DistillEvents& events);

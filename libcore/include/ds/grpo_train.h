@@ -21,6 +21,7 @@
 #include "ds/cuda.h"
 #include "ds/grpo.h"
 #include "ds/optim.h"
+#include "ds/run.h"
 #include "ds/sampler.h"
 
 namespace ds {
@@ -90,6 +91,9 @@ struct GrpoEvents {
   std::function<void(const GrpoRecord&)> log;
   std::function<void(const std::string&)> checkpoint;
 };
+
+// The options a run keeps for its whole life (ds/run.h), bound to o's fields.
+RunOptions run_options(GrpoTrainOptions& o);
 
 // Runs until options.steps, options.stop_after, or stop becomes true (then saves and returns). Throws ds::Error;
 // rollouts sampled before a failure are appended to options.rollouts first (unscored ones with "reward": null).

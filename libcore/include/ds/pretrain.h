@@ -12,6 +12,7 @@
 #include "ds/cuda.h"
 #include "ds/model.h"
 #include "ds/optim.h"
+#include "ds/run.h"
 
 namespace ds {
 
@@ -65,6 +66,9 @@ struct PretrainEvents {
   std::function<void(const StepRecord&)> log;          // every log_every steps and the last
   std::function<void(const std::string&)> checkpoint;  // path of each checkpoint written
 };
+
+// The options a run keeps for its whole life (ds/run.h), bound to o's fields.
+RunOptions run_options(PretrainOptions& o);
 
 // Runs until options.steps, options.stop_after, or stop becomes true (then saves and returns). Throws ds::Error.
 void pretrain(const PretrainOptions& options, const std::atomic<bool>& stop, const PretrainEvents& events);

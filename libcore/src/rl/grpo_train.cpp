@@ -24,12 +24,19 @@
 #include "ds/jsonl.h"
 #include "ds/ops.h"
 #include "ds/reward_cmd.h"
+#include "ds/run.h"
 #include "ds/safetensors.h"
 #include "ds/tasks.h"
 #include "ds/verify.h"
 #include "../train/step_trainer.h"
 
 namespace ds {
+
+namespace grpo {  // --loss and --scale-rewards as a run records them
+NLOHMANN_JSON_SERIALIZE_ENUM(Aggregation, {{Aggregation::grpo, "grpo"}, {Aggregation::dapo, "dapo"},
+                                           {Aggregation::dr_grpo, "dr_grpo"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(ScaleRewards, {{ScaleRewards::group, "group"}, {ScaleRewards::none, "none"}})
+}  // namespace grpo
 
 namespace {
 
@@ -127,12 +134,6 @@ void append_rollouts(const std::string& path, const std::vector<Rollout>& rollou
   if (fd != STDOUT_FILENO) close(fd);
 }
 
-// What a resume must not change: it would silently alter the task stream, the batch or the numerics.
-nlohmann::json options_json(const GrpoTrainOptions& o) {
-  return {{"tasks", o.tasks},           {"template", o.prompt_template}, {"seed", o.seed},
-          {"group_size", o.group_size}, {"prompts_per_step", o.prompts_per_step}, {"fp8", o.fp8}};
-}
-
 // A checkpoint's trainer state, checked against the options a resume must not change.
 struct SavedState {
   int64_t step = 0, optimizer_steps = 0;
@@ -142,27 +143,14 @@ struct SavedState {
 };
 
 SavedState read_state(const std::string& dir, const GrpoTrainOptions& o) {
-  const std::string path = dir + "/trainer_state.json";
-  SavedState s;
-  try {
-    s.json = nlohmann::json::parse(read_file(path));
-    s.step = s.json.at("step").get<int64_t>();
-    s.cursor = s.json.at("task_cursor").get<uint64_t>();
-    s.optimizer_steps = s.json.at("optimizer_steps").get<int64_t>();
-    s.base = s.json.at("base_model").get<std::string>();
-    s.config_hash = s.json.at("config_hash").get<std::string>();
-    const nlohmann::json now = options_json(o);
-    for (const auto& [key, value] : s.json.at("options").items())
-      if (now.at(key) != value)
-        fail("{}: the run was trained with {} = {}, not {}; resume with the same value", path, key, value.dump(),
-             now.at(key).dump());
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: bad trainer state: {}", path, e.what());
-  }
-  return s;
+  const TrainerState state(dir);
+  GrpoTrainOptions now = o;
+  run_options(now).check(state.json()["options"], state.path());
+  return {state.step(), state.count("optimizer_steps"), uint64_t(state.count("task_cursor")), state.text("base_model"),
+          state.text("config_hash"), state.json()};
 }
 
-void validate(const GrpoTrainOptions& o) {
+const GrpoTrainOptions& validated(const GrpoTrainOptions& o) {
   if (o.group_size < 2) fail("--group-size must be at least 2 (advantages compare completions of one prompt)");
   if (o.prompts_per_step < 1 || o.steps < 1 || o.iterations < 1 || o.micro_batch < 0 || o.max_sampling_rounds < 1)
     fail("--prompts-per-step, --steps, --iterations and --max-sampling-rounds must be positive");
@@ -172,6 +160,7 @@ void validate(const GrpoTrainOptions& o) {
   if (!(o.loss.epsilon > 0 && o.loss.epsilon < 1) || !(o.loss.epsilon_high > 0))
     fail("--epsilon must be in (0, 1) and --epsilon-high positive");
   if (o.loss.beta < 0) fail("--beta must not be negative");
+  return o;
 }
 
 // A micro-batch: sequences [begin, end) of the batch, packed, and where their completion tokens start in the flat
@@ -219,7 +208,7 @@ class Trainer {
 
   const GrpoTrainOptions& o_;
   const GrpoEvents& events_;
-  RunDir run_;
+  TrainingRun run_;
   BadStepGuard guard_;
   int64_t step_ = 0;
   uint64_t cursor_ = 0;  // tasks consumed
@@ -240,19 +229,18 @@ class Trainer {
   dist::Comm* comm_ = nullptr;    // data parallel when set (more than one rank)
   int rank_ = 0, ranks_ = 1;
   LossOptions no_aux_;            // RL trains the next-token policy only
+  nlohmann::json options_;        // as the checkpoints record them (ds/run.h)
 };
 
 Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
-    : o_(o), events_(events), run_(o.run_dir), guard_(o.max_bad_steps, o.bad_steps) {
-  namespace fs = std::filesystem;
-  validate(o);
+    : o_(validated(o)), events_(events), run_(o.run_dir, o.resume, o.comm), guard_(o.max_bad_steps, o.bad_steps) {
   if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
-  const std::optional<std::string> latest = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
-  if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
-  if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
+  const std::optional<std::string>& latest = run_.resumed_from();
+  GrpoTrainOptions recorded = o;
+  options_ = run_options(recorded).to_json();
   if (!o.resume && o.model.empty()) fail("--model: the base model to start from is required");
 
-  // Everything that can be refused is checked before the run directory is created.
+  // Everything that can be refused is checked before the run is started (a new one's directory is removed if not).
   SavedState saved;
   if (o.resume) {
     saved = read_state(*latest, o);
@@ -275,7 +263,7 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
   chat_.emplace(policy_->tokenizer, parse_chat_format(o.prompt_template));
   if (!o.reward_cmd.empty()) command_ = std::make_unique<RewardCommand>(o.reward_cmd, o.reward_timeout);
-  if (rank_ == 0) run_.prepare();
+  run_.started();
 
   Model<float>& model = policy_->model;
   optimizer_.emplace(host_optimizer(o.device, model, o.adamw, comm_, o.bucket_mb));
@@ -545,7 +533,7 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
 // Back to the last checkpoint (weights, AdamW state, step, task cursor), or to the base model at step 0 when the run
 // has none; the weights are copied in place, where the engine reads them.
 void Trainer::reload() {
-  const std::optional<std::string> dir = run_.latest();
+  const std::optional<std::string> dir = run_.dir().latest();
   load_weights(resolve_model_dir(dir ? *dir : base_), policy_->model);
   if (dir) {
     const SavedState s = read_state(*dir, o_);
@@ -591,19 +579,19 @@ void Trainer::log(const GrpoRecord& r) {
                            {"skipped", r.skipped},
                            {"elapsed_s", r.elapsed_s}};
   if (o_.loss.beta > 0) record["kl"] = r.kl;
-  run_.append_metrics(record);
+  run_.dir().append_metrics(record);
   if (events_.log) events_.log(r);
 }
 
 void Trainer::save() {
-  const std::string dir = save_trained(*trainer_, comm_, run_, step_, o_.keep, policy_->model, policy_->tokenizer,
+  const std::string dir = save_trained(*trainer_, comm_, run_.dir(), step_, o_.keep, policy_->model, policy_->tokenizer,
                                        *optimizer_, [&](const std::string& tmp) {
     nlohmann::json state = {{"step", step_},
                             {"task_cursor", cursor_},
                             {"optimizer_steps", optimizer_->steps()},
                             {"base_model", base_},
                             {"config_hash", config_hash(policy_->config)},
-                            {"options", options_json(o_)},
+                            {"options", options_},
                             {"threads", get_threads()}};
     guard_.save(state);
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
@@ -612,6 +600,20 @@ void Trainer::save() {
 }
 
 }  // namespace
+
+RunOptions run_options(GrpoTrainOptions& o) {
+  RunOptions r;
+  r.add_path("model", o.model).add_path("tasks", o.tasks).add("template", o.prompt_template);
+  r.add("group-size", o.group_size).add("prompts-per-step", o.prompts_per_step);
+  r.add("max-new-tokens", o.sampling.max_new_tokens).add("temperature", o.sampling.temperature);
+  r.add("top-p", o.sampling.top_p).add("top-k", o.sampling.top_k).add("stop", o.sampling.stop);
+  r.add("epsilon", o.loss.epsilon).add("epsilon-high", o.loss.epsilon_high).add("beta", o.loss.beta);
+  r.add("loss", o.aggregation).add("scale-rewards", o.scale_rewards).add("iterations", o.iterations);
+  r.add("micro-batch", o.micro_batch).add("dynamic-sampling", o.dynamic_sampling);
+  r.add("max-sampling-rounds", o.max_sampling_rounds).add("format-weight", o.format_weight);
+  r.add("reward-cmd", o.reward_cmd).add("bias-gamma", o.bias_gamma).add("fp8", o.fp8);
+  return r.add_training(o.schedule, o.adamw, o.clip, o.seed);
+}
 
 void grpo_train(const GrpoTrainOptions& options, const std::atomic<bool>& stop, const GrpoEvents& events) {
   Trainer(options, events).run(stop);

@@ -136,12 +136,15 @@ std::string RunDir::save(int64_t step, int keep, const std::function<void(const 
   const std::string tmp = fmt::format("{}/.tmp-{}-{}", checkpoints, name, getpid());
   const std::string final_dir = checkpoints + "/" + name;
   std::error_code ec;
-  // Temporary directories of writers that were killed mid-checkpoint: only one process writes a run.
-  for (const auto& entry : fs::directory_iterator(checkpoints))
-    if (entry.path().filename().string().starts_with(".tmp-")) fs::remove_all(entry.path(), ec);
+  // Those of writers killed mid-checkpoint are removed when a run is opened (ds/run.h).
   fs::create_directories(tmp);
-  write_files(tmp);  // every file is written with AtomicFile, so it is fsynced
-  fsync_dir(tmp);
+  try {
+    write_files(tmp);  // every file is written with AtomicFile, so it is fsynced
+    fsync_dir(tmp);
+  } catch (...) {  // a full disk, say: latest still points at the last complete checkpoint
+    fs::remove_all(tmp, ec);
+    throw;
+  }
   if (fs::exists(final_dir)) {  // a checkpoint of the same step (a resumed run saving again) is replaced
     const std::string old = tmp + ".old";
     fs::rename(final_dir, old);

@@ -20,6 +20,11 @@
 #include "ds/ops.h"
 #include "step_trainer.h"
 
+namespace ds::kd {  // --divergence as a run records it
+NLOHMANN_JSON_SERIALIZE_ENUM(Divergence, {{Divergence::forward_kl, "forward-kl"}, {Divergence::reverse_kl, "reverse-kl"},
+                                          {Divergence::jsd, "jsd"}})
+}  // namespace ds::kd
+
 namespace ds::distill {
 
 using json = nlohmann::json;
@@ -293,26 +298,7 @@ class RowStream {
   std::vector<std::vector<size_t>> rows_;
 };
 
-json options_json(const DistillOptions& o) {
-  return {{"data", o.data.empty() ? "samples.jsonl" : o.data},
-          {"template", o.prompt_template},
-          {"teacher", o.teacher},
-          {"prompts", o.prompts},
-          {"limit", o.limit},
-          {"samples_per_prompt", o.sample.k},
-          {"val_fraction", o.val_fraction},
-          {"alpha", o.alpha},
-          {"divergence", int(o.kd.divergence)},
-          {"beta", o.kd.beta},
-          {"temperature", o.kd.temperature},
-          {"top_k", o.kd.top_k},
-          {"batch", o.batch},
-          {"seq_len", o.seq_len},
-          {"seed", o.seed},
-          {"fp8", o.fp8}};
-}
-
-void validate(const DistillOptions& o) {
+const DistillOptions& validated(const DistillOptions& o) {
   if (o.batch < 1 || o.seq_len < 1 || o.epochs < 1 || o.steps < 0 || o.stop_after < 0)
     fail("--batch, --seq-len and --epochs must be positive, --steps and --stop-after not negative");
   if (!(o.val_fraction >= 0 && o.val_fraction < 1)) fail("--val-fraction must lie in [0, 1)");
@@ -327,6 +313,7 @@ void validate(const DistillOptions& o) {
   const int ranks = o.comm ? o.comm->size() : 1;
   if (o.batch % ranks != 0)
     fail("--batch {} is the global batch: it must be a multiple of the {} ranks", o.batch, ranks);
+  return o;
 }
 
 class Trainer {
@@ -339,11 +326,14 @@ class Trainer {
   void load_data(const std::string& hash);
   kd::Loss step(const Batch& b);
   double validation_loss();
+  void reload();
   void save();
 
   const DistillOptions& o_;
   const DistillEvents& events_;
-  RunDir run_;
+  TrainingRun run_;
+  BadStepGuard guard_;
+  json options_;  // as the checkpoints record them (ds/run.h)
   dist::Comm* comm_ = nullptr;  // data parallel when set (more than one rank)
   int rank_ = 0, ranks_ = 1;
   int64_t local_batch_ = 0;     // rows of each step this rank trains on
@@ -366,35 +356,27 @@ class Trainer {
   LossOptions next_token_only_;  // distillation trains the next-token head only
 };
 
-Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), events_(events), run_(o.run_dir) {
-  namespace fs = std::filesystem;
-  validate(o);
+Trainer::Trainer(const DistillOptions& o, const DistillEvents& events)
+    : o_(validated(o)), events_(events), run_(o.run_dir, o.resume, o.comm), guard_(o.max_bad_steps, o.bad_steps) {
   if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
   local_batch_ = o.batch / ranks_;
-  const std::optional<std::string> latest = fs::exists(o.run_dir) ? run_.latest() : std::nullopt;
-  if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
-  if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
+  const std::optional<std::string>& latest = run_.resumed_from();
+  DistillOptions recorded = o;
+  options_ = run_options(recorded).to_json();
 
   std::string saved_hash, saved_data_hash;
   int64_t optimizer_steps = 0;
   const std::string state_path = o.resume ? *latest + "/trainer_state.json" : "";
   if (o.resume) {
-    try {
-      const json state = json::parse(read_file(state_path));
-      step_ = state.at("step").get<int64_t>();
-      cursor_ = state.at("row_cursor").get<uint64_t>();
-      tokens_seen_ = state.at("tokens_seen").get<uint64_t>();
-      optimizer_steps = state.at("optimizer_steps").get<int64_t>();
-      saved_hash = state.at("config_hash").get<std::string>();
-      saved_data_hash = state.at("data_hash").get<std::string>();
-      const json now = options_json(o);
-      for (const auto& [key, value] : state.at("options").items())
-        if (now.at(key) != value)
-          fail("{}: the run was trained with {} = {}, not {}; resume with the same value", state_path, key,
-               value.dump(), now.at(key).dump());
-    } catch (const json::exception& e) {
-      fail("{}: bad trainer state: {}", state_path, e.what());
-    }
+    const TrainerState state(*latest);
+    step_ = state.step();
+    guard_.load(state.json(), state.path());
+    cursor_ = uint64_t(state.count("row_cursor"));
+    tokens_seen_ = uint64_t(state.count("tokens_seen"));
+    optimizer_steps = state.count("optimizer_steps");
+    saved_hash = state.text("config_hash");
+    saved_data_hash = state.text("data_hash");
+    run_options(recorded).check(state.json()["options"], state.path());
   }
 
   // The teacher: for logit distillation, or to sample the data of a new run.
@@ -436,8 +418,8 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events) : o_(o), 
   if (o.seq_len > config_.max_position_embeddings ||
       (teacher_ && o.seq_len > teacher_->weights.config().max_position_embeddings))
     fail("--seq-len {} exceeds the model's max_position_embeddings", o.seq_len);
-  if (rank_ == 0) run_.prepare();
   load_data(saved_data_hash);
+  run_.started();
 
   // ZeRO-1: each rank keeps its part of the moments; a checkpoint holds them whole, so a run resumes on any ranks.
   optimizer_.emplace(host_optimizer(o.device, *student_, o.adamw, comm_, o.bucket_mb));
@@ -574,7 +556,6 @@ void Trainer::run(const std::atomic<bool>& stop) {
   }
   ScheduleOptions schedule = o_.schedule;
   schedule.total = total_steps_;
-  int64_t bad_in_a_row = 0, bad_total = 0;
   const auto start = Clock::now();
   auto interval_start = start;
   uint64_t interval_tokens = 0;
@@ -592,18 +573,15 @@ void Trainer::run(const std::atomic<bool>& stop) {
       L.total = x[0] / ranks_, L.ce = x[1] / ranks_, L.kd = x[2] / ranks_, stopping = x[3] > 0;
     }
     DistillRecord r;
-    r.lr = learning_rate(schedule, step_);
+    r.lr = learning_rate(schedule, step_) * guard_.lr_scale();
     r.grad_norm = trainer_->reduce_grads(o_.clip);
     // The loss and the norm are the same on every rank, so every rank takes the same decision.
     r.skipped = !std::isfinite(L.total) || !std::isfinite(r.grad_norm);
-    if (r.skipped) {
-      ++bad_total;
-      if (++bad_in_a_row > o_.max_bad_steps)
-        fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept)", bad_in_a_row);
-    } else {
-      bad_in_a_row = 0;
-      trainer_->step(r.lr, {}, 0.0);
+    if (guard_.count(r.skipped)) {
+      reload();
+      continue;
     }
+    if (!r.skipped) trainer_->step(r.lr, {}, 0.0);
     ++step_;
     cursor_ += uint64_t(o_.batch);
     tokens_seen_ += uint64_t(b.tokens), interval_tokens += uint64_t(b.tokens);
@@ -612,7 +590,7 @@ void Trainer::run(const std::atomic<bool>& stop) {
     if (!val_.empty() && (last || (o_.eval_every > 0 && step_ % o_.eval_every == 0))) r.val_loss = validation_loss();
     if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last || r.val_loss) {
       r.step = step_, r.total_steps = total_steps_, r.loss = L.total, r.ce = L.ce, r.kd = L.kd;
-      r.tokens = tokens_seen_, r.bad_steps = bad_total;
+      r.tokens = tokens_seen_, r.bad_steps = guard_.bad_total(), r.reloads = guard_.reloads();
       r.epoch = stream_->epoch_of(cursor_);
       const double interval = seconds_since(interval_start), comm_now = comm_ ? comm_->seconds() : 0;
       r.tokens_per_s = double(interval_tokens) / interval;
@@ -621,12 +599,12 @@ void Trainer::run(const std::atomic<bool>& stop) {
       interval_start = Clock::now(), interval_tokens = 0, interval_comm = comm_now;
       json record = {{"step", r.step},         {"loss", r.loss},   {"ce_loss", r.ce},
                      {"lr", r.lr},             {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-                     {"tokens", r.tokens},     {"epoch", r.epoch}, {"bad_steps", r.bad_steps},
+                     {"tokens", r.tokens},     {"epoch", r.epoch}, {"bad_steps", r.bad_steps}, {"reloads", r.reloads},
                      {"elapsed_s", r.elapsed_s}};
       if (o_.alpha > 0) record["kd_loss"] = r.kd;
       if (r.val_loss) record["val_loss"] = *r.val_loss;
       if (comm_) record["comm_share"] = r.comm_share;
-      if (rank_ == 0) run_.append_metrics(record);
+      if (rank_ == 0) run_.dir().append_metrics(record);
       if (rank_ == 0 && events_.log) events_.log(r);
     }
     if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
@@ -634,24 +612,64 @@ void Trainer::run(const std::atomic<bool>& stop) {
   }
 }
 
+// Back to the last checkpoint (weights, AdamW state, step, data position), or to the start of the run when it has none.
+void Trainer::reload() {
+  const std::optional<std::string> dir = run_.dir().latest();
+  if (dir) {
+    const TrainerState state(*dir);
+    step_ = state.step();
+    cursor_ = uint64_t(state.count("row_cursor"));
+    tokens_seen_ = uint64_t(state.count("tokens_seen"));
+    load_weights(*dir, *student_);
+    load_optimizer_state(*dir, *optimizer_);
+    optimizer_->set_steps(state.count("optimizer_steps"));
+  } else {
+    step_ = 0, cursor_ = 0, tokens_seen_ = 0;
+    if (o_.student.empty())
+      student_->init_random(o_.seed);
+    else
+      load_weights(resolve_model_dir(o_.student), *student_);
+    optimizer_->reset();
+  }
+  trainer_->host_loaded();
+  info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning rate "
+                   "scaled by {:g} (reload {} of at most {})",
+                   o_.max_bad_steps + 1, dir ? *dir : "the start of the run", step_, guard_.lr_scale(),
+                   guard_.reloads(), o_.bad_steps.max_reloads));
+}
+
 void Trainer::save() {
-  const std::string dir = save_trained(*trainer_, comm_, run_, step_, o_.keep, *student_, tokenizer_, *optimizer_,
+  const std::string dir = save_trained(*trainer_, comm_, run_.dir(), step_, o_.keep, *student_, tokenizer_, *optimizer_,
                                        [&](const std::string& tmp) {
-    const json state = {{"step", step_},
+    json state = {{"step", step_},
                         {"row_cursor", cursor_},
                         {"tokens_seen", tokens_seen_},
                         {"optimizer_steps", optimizer_->steps()},
                         {"config_hash", config_hash(config_)},
                         {"data_hash", data_hash_},
-                        {"options", options_json(o_)},
+                        {"options", options_},
                         {"threads", get_threads()},
                         {"ranks", ranks_}};
+    guard_.save(state);
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
   });
   if (rank_ == 0 && events_.checkpoint) events_.checkpoint(dir);
 }
 
 }  // namespace
+
+RunOptions run_options(DistillOptions& o) {
+  RunOptions r;
+  r.add_path("student", o.student).add_path("student-config", o.student_config).add_path("tokenizer", o.tokenizer);
+  r.add_path("data", o.data).add("template", o.prompt_template).add("epochs", o.epochs);
+  r.add("val-fraction", o.val_fraction).add_path("teacher", o.teacher).add("alpha", o.alpha);
+  r.add("divergence", o.kd.divergence).add("jsd-beta", o.kd.beta).add("kd-temperature", o.kd.temperature);
+  r.add("kd-top-k", o.kd.top_k).add_path("prompts", o.prompts).add("limit", o.limit);
+  r.add("samples-per-prompt", o.sample.k).add("temperature", o.sample.sampling.temperature);
+  r.add("top-p", o.sample.sampling.top_p).add("max-new-tokens", o.sample.sampling.max_new_tokens);
+  r.add("batch", o.batch).add("seq-len", o.seq_len).add("fp8", o.fp8);
+  return r.add_training(o.schedule, o.adamw, o.clip, o.seed);
+}
 
 void distill(const DistillOptions& options, const std::atomic<bool>& stop, const DistillEvents& events) {
   Trainer(options, events).run(stop);

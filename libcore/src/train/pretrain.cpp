@@ -12,6 +12,7 @@
 #include "ds/error.h"
 #include "ds/fsutil.h"
 #include "ds/ops.h"
+#include "ds/run.h"
 #include "ds/safetensors.h"
 #include "step_trainer.h"
 
@@ -27,11 +28,6 @@ double load_imbalance(const std::vector<std::vector<int64_t>>& loads) {
     if (sum > 0) worst = std::max(worst, mx / (sum / double(layer.size())));
   }
   return worst;
-}
-
-nlohmann::json options_json(const PretrainOptions& o, const std::string& data) {
-  return {{"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"data", data},
-          {"seed", o.seed},   {"fp8", o.fp8}};
 }
 
 void add_into(std::vector<std::vector<int64_t>>& total, const std::vector<std::vector<int64_t>>& part) {
@@ -72,8 +68,16 @@ void average_over_ranks(dist::Comm& comm, ForwardStats& s, std::vector<std::vect
 
 }  // namespace
 
+RunOptions run_options(PretrainOptions& o) {
+  RunOptions r;
+  r.add_path("model-config", o.model_config).add_path("tokenizer", o.tokenizer).add_paths("data", o.data);
+  r.add("batch", o.batch).add("seq-len", o.seq_len).add("grad-accum", o.grad_accum);
+  r.add_training(o.schedule, o.adamw, o.clip, o.seed);
+  r.add("mtp-weight", o.loss.mtp_weight).add("balance-alpha", o.loss.balance_alpha).add("bias-gamma", o.bias_gamma);
+  return r.add("fp8", o.fp8);
+}
+
 void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const PretrainEvents& events) {
-  namespace fs = std::filesystem;
   if (o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("batch, seq-len and grad-accum must be positive");
   if (o.steps <= 0) fail("--steps must be positive");
   const int ranks = o.comm ? o.comm->size() : 1, rank = o.comm ? o.comm->rank() : 0;
@@ -83,11 +87,11 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   if (o.device.cuda && o.expert_parallel > 1)
     fail("--device {} splits no experts over ranks: expert parallelism (--ep {}) trains on the CPU", o.device.name(),
          o.expert_parallel);
-  RunDir run(o.run_dir);
-  const std::optional<std::string> latest = fs::exists(o.run_dir) ? run.latest() : std::nullopt;
-  if (o.resume && !latest) fail("{}: nothing to resume (no latest checkpoint)", o.run_dir);
-  if (!o.resume && latest) fail("{}: already holds a run; pass --resume to continue it", o.run_dir);
-  if (rank == 0) run.prepare();
+  TrainingRun training_run(o.run_dir, o.resume, o.comm);
+  const RunDir& run = training_run.dir();
+  const std::optional<std::string>& latest = training_run.resumed_from();
+  PretrainOptions recorded = o;  // the options as the checkpoints record them
+  const nlohmann::json options = run_options(recorded).to_json();
   auto info = [&](const std::string& line) {
     if (rank == 0 && events.info) events.info(line);
   };
@@ -96,7 +100,6 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   uint64_t tokens_seen = 0;
   std::optional<LoadedModel> loaded;
   if (o.resume) loaded.emplace(load_model_dir(*latest));
-  if (loaded && !o.tokenizer.empty()) fail("{}: a resumed run keeps its own tokenizer; drop --tokenizer", o.run_dir);
   Tokenizer tokenizer = loaded              ? std::move(loaded->tokenizer)
                         : o.tokenizer.empty() ? Tokenizer::byte_level()
                                               : Tokenizer::load(o.tokenizer);
@@ -127,26 +130,16 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
       optimizer.reset();
       return state;
     }
-    const std::string state_path = *dir + "/trainer_state.json";
-    uint64_t cursor = 0;
-    try {
-      state = nlohmann::json::parse(read_file(state_path));
-      step = state.at("step").get<int64_t>();
-      tokens_seen = state.at("tokens_seen").get<uint64_t>();
-      cursor = state.at("data_cursor").get<uint64_t>();
-      if (state.at("config_hash") != config_hash(config)) fail("{}: config hash does not match config.json", state_path);
-      const nlohmann::json saved = state.at("options"), now = options_json(o, data.description());
-      for (const auto& [key, value] : saved.items())
-        if (now.at(key) != value)
-          fail("{}: the run was trained with {} = {}, not {}; resume with the same value", state_path, key,
-               value.dump(), now.at(key).dump());
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: bad trainer state: {}", state_path, e.what());
-    }
+    const TrainerState saved(*dir);
+    step = saved.step();
+    tokens_seen = uint64_t(saved.count("tokens_seen"));
+    if (saved.text("config_hash") != config_hash(config))
+      fail("{}: config hash does not match config.json", saved.path());
+    run_options(recorded).check(saved.json()["options"], saved.path());
     load_optimizer_state(*dir, optimizer);
     optimizer.set_steps(step);
-    data.seek(cursor);
-    return state;
+    data.seek(uint64_t(saved.count("data_cursor")));
+    return saved.json();
   };
 
   if (o.resume) {
@@ -160,6 +153,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
   if (ranks > 1)
     info(fmt::format("data parallel over {} ranks ({}), {} sequences each{}", ranks, o.comm->backend(), local_batch,
                      ep_comm ? fmt::format(", experts split over {} ranks", ep_comm->size()) : ""));
+  training_run.started();
   if (step >= o.steps) {
     info(fmt::format("the run is already at step {} of {}", step, o.steps));
     return;
@@ -178,7 +172,7 @@ void pretrain(const PretrainOptions& o, const std::atomic<bool>& stop, const Pre
                               {"tokens_seen", tokens_seen},
                               {"data_cursor", data.cursor()},
                               {"config_hash", config_hash(config)},
-                              {"options", options_json(o, data.description())},
+                              {"options", options},
                               {"schedule", {{"lr", schedule.lr}, {"warmup", schedule.warmup},
                                             {"total", schedule.total}}},
                               {"threads", get_threads()},

@@ -1,0 +1,107 @@
+#pragma once
+// What ds-pretrain, ds-grpo and ds-distill share about a run directory (layout in ds/checkpoint.h):
+//   - TrainingRun: one process per run (a lock), new-or-resume, and nothing left behind by a run refused at start;
+//   - TrainerState: a checkpoint's trainer_state.json, read strictly;
+//   - RunOptions: the options that fix a run's trajectory, recorded in its checkpoints, so that a resume takes them
+//     from the run and refuses a different value given again.
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ds/checkpoint.h"
+#include "ds/comm.h"
+#include "ds/optim.h"
+
+namespace ds {
+
+// A run directory opened for training. Rank 0 takes RUN/.lock (flock, with its pid inside for the message), so a
+// second process on the same run fails naming the holder; the lock goes with its process, so a dead one's lock is
+// simply taken over. A new run must not hold a checkpoint, a resumed one must. Temporary checkpoint directories of
+// killed writers are removed. A new run's directory that this process created is removed again when the run is
+// destroyed before started() (its inputs were refused), so that a failed start leaves no empty run behind.
+// With comm over several ranks every rank calls it and all fail together.
+class TrainingRun {
+ public:
+  TrainingRun(const std::string& path, bool resume, dist::Comm* comm = nullptr);
+  ~TrainingRun();
+  TrainingRun(const TrainingRun&) = delete;
+  TrainingRun& operator=(const TrainingRun&) = delete;
+
+  const RunDir& dir() const { return dir_; }
+  const std::string& path() const { return dir_.path(); }
+  // The checkpoint a resume starts from (absent for a new run).
+  const std::optional<std::string>& resumed_from() const { return latest_; }
+  // The inputs were accepted: from here on the directory stays, whatever happens.
+  void started() { created_.clear(); }
+
+ private:
+  void release();
+
+  RunDir dir_;
+  std::optional<std::string> latest_;
+  std::string created_;  // the outermost directory this process created (the run's or its checkpoints/), until started()
+  int lock_fd_ = -1;
+};
+
+// trainer_state.json of a checkpoint, parsed and checked: "step" a count, "config_hash" text, "options" an object.
+// Each trainer reads its own further fields with count() and text(), which name the file and the key when a field
+// is missing or has the wrong type or sign.
+class TrainerState {
+ public:
+  explicit TrainerState(const std::string& checkpoint_dir);
+  const std::string& path() const { return path_; }
+  const nlohmann::json& json() const { return json_; }
+  int64_t count(const std::string& key) const;  // a non-negative integer
+  std::string text(const std::string& key) const;
+  int64_t step() const { return count("step"); }
+
+ private:
+  std::string path_;
+  nlohmann::json json_;
+};
+
+// The options a run keeps for its whole life, bound to the fields of a trainer's options and named as on the command
+// line ("seq-len" for --seq-len). They are recorded in every checkpoint (trainer_state.json "options").
+class RunOptions {
+ public:
+  template <typename T>
+  RunOptions& add(const std::string& name, T& field) {
+    options_.push_back({name, [&field] { return nlohmann::json(field); },
+                        [&field](const nlohmann::json& j) { field = j.get<T>(); }});
+    return *this;
+  }
+  // A file or directory, recorded as an absolute path so that a resume from another directory finds it. A value
+  // with no slash that names no file (a preset, builtin:arith, "-") is a name and kept as it is.
+  RunOptions& add_path(const std::string& name, std::string& path);
+  RunOptions& add_paths(const std::string& name, std::vector<std::string>& paths);
+  // What every trainer has: --lr, --min-lr-ratio, --warmup, --schedule, --decay-fraction, --weight-decay, --beta1,
+  // --beta2, --clip and --seed.
+  RunOptions& add_training(ScheduleOptions& schedule, AdamWOptions& adamw, double& clip, uint64_t& seed);
+
+  nlohmann::json to_json() const;
+  // Takes over a resumed run's record: each recorded option not given on the command line takes its recorded value;
+  // one given with another value is a UsageError naming it. source names the record in messages.
+  void adopt(const nlohmann::json& recorded, const std::function<bool(const std::string& name)>& given,
+             const std::string& source);
+  // The present values against a record: a difference is an Error naming the option.
+  void check(const nlohmann::json& recorded, const std::string& source) const;
+
+ private:
+  struct Option {
+    std::string name;
+    std::function<nlohmann::json()> get;
+    std::function<void(const nlohmann::json&)> set;
+  };
+  const Option* find(const std::string& name, const std::string& source) const;
+  std::vector<Option> options_;
+};
+
+// adopt() of the options recorded in run_dir's latest checkpoint.
+void adopt_run_options(RunOptions options, const std::string& run_dir,
+                       const std::function<bool(const std::string& name)>& given);
+
+}  // namespace ds
