@@ -22,7 +22,8 @@ step=$(sed -n 's/.*"step": \([0-9]*\).*/\1/p' "$T/run/latest/trainer_state.json"
 $BIN --resume "$T/run" $COMMON --steps $((step + 1)) 2>"$T/err" || fail "resume after kills: $(cat "$T/err")"
 [ -z "$(ls -A "$T/run/checkpoints" | grep '^\.tmp')" ] || fail "temporary checkpoint directories left behind"
 
-# A file-size limit (the shape of a full disk) fails the save with a clear message; the last checkpoint stays.
+# A file-size limit (the shape of a full disk) fails the save with a clear message; the last checkpoint stays and the
+# unfinished one is removed.
 before=$(readlink "$T/run/latest")
 set +e
 (ulimit -f 64; $BIN --resume "$T/run" $COMMON --steps $((step + 3)) 2>"$T/err")
@@ -31,6 +32,7 @@ set -e
 [ $rc -eq 1 ] || fail "disk full: exit $rc"
 grep -q "File too large\|No space" "$T/err" || fail "disk full message: $(cat "$T/err")"
 [ "$(readlink "$T/run/latest")" = "$before" ] || fail "latest moved after a failed save"
+[ -z "$(ls -A "$T/run/checkpoints" | grep '^\.tmp')" ] || fail "the failed save left $(ls -A "$T/run/checkpoints")"
 $BIN --resume "$T/run" $COMMON --steps $((step + 2)) 2>/dev/null || fail "resume after the failed save"
 
 # A read-only run directory is refused before any training.
