@@ -115,9 +115,10 @@ SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& to
 
 // ---- training ----
 
-struct DistillOptions {
-  std::string run_dir;
-  bool resume = false;
+// TrainerOptions as distillation reads them: steps 0 means --epochs passes over the data; fp8 covers the teacher's
+// forward too; the device is where the teacher samples and scores and the student trains.
+struct DistillOptions : TrainerOptions {
+  DistillOptions() { steps = 0; }
   std::string student;                      // a model or run directory to continue; empty = a new model
   std::string student_config = "demo-dense";  // preset or config.json of a new student
   std::string tokenizer;                    // a new student's tokenizer; default the teacher's, else byte-level
@@ -132,25 +133,8 @@ struct DistillOptions {
   int64_t limit = 0;                        // only the first N prompts; 0 = all
   SampleOptions sample;
   std::string emit;                         // also write the accepted samples here ("-" = stdout)
-  int64_t batch = 8, seq_len = 256;         // rows per step, positions per row
-  int64_t steps = 0;                        // total steps; 0 = from epochs
-  int64_t stop_after = 0;
-  ScheduleOptions schedule;
-  AdamWOptions adamw;
-  double clip = 1.0;
-  uint64_t seed = 1234;                     // new student's weights, shuffles, validation split
-  int64_t save_every = 0;
-  int keep = 0;
-  int64_t log_every = 10;
+  int64_t batch = 8, seq_len = 256;         // rows per step (the global batch), positions per row
   int64_t eval_every = 0;                   // validation loss every N steps; 0 = at the end only
-  int64_t max_bad_steps = 10;               // non-finite steps in a row tolerated before bad_steps acts
-  BadStepOptions bad_steps;                 // then stop, or reload the last checkpoint (the start with none)
-  bool fp8 = false;                         // emulate the FP8 training GEMMs (Model::set_fp8), the teacher's too
-  Device device;                            // where the teacher samples and scores, and the student trains
-  // Data parallel over comm's ranks (null: one process). batch is the global batch: rank r trains on the r-th
-  // contiguous share of the rows one process would take, so R ranks follow the 1-rank run up to float rounding.
-  dist::Comm* comm = nullptr;
-  double bucket_mb = 25;  // gradients reduced in buckets of this many MiB during the backward; 0: after it
 };
 
 struct DistillRecord {

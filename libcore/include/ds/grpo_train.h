@@ -26,16 +26,17 @@
 
 namespace ds {
 
-struct GrpoTrainOptions {
-  std::string run_dir;
-  bool resume = false;
+// TrainerOptions as GRPO reads them: fp8 covers the updates and the KL reference (a Model then, not the engine) while
+// sampling stays f32; the device runs the rollouts, the KL reference and the updates; a reload with no checkpoint yet
+// goes back to the base; under comm each rank samples, scores and computes the advantages of its share of the
+// prompts, the loss is normalised over the whole batch, and every rank appends its rollouts.
+struct GrpoTrainOptions : TrainerOptions {
+  GrpoTrainOptions() { steps = 100, log_every = 1; }
   std::string model;                         // the base: a model or run directory (new runs; resume reads the state)
   std::string tasks = "builtin:arith:train"; // JSONL or builtin:* (ds/tasks.h)
   std::string prompt_template = "r1-zero";   // a ds/chat.h format: r1, r1-zero, plain, none
   int64_t group_size = 8;                    // G completions per prompt
   int64_t prompts_per_step = 8;              // P prompts per step
-  int64_t steps = 100;                       // total steps of the run
-  int64_t stop_after = 0;                    // save and stop after this many steps of this invocation; 0 = no limit
   SamplingOptions sampling;                  // max_new_tokens is also dr_grpo's constant
   grpo::Options loss;
   grpo::Aggregation aggregation = grpo::Aggregation::grpo;
@@ -48,26 +49,7 @@ struct GrpoTrainOptions {
   std::string reward_cmd;                    // replaces the verifiers when set (ds/reward_cmd.h)
   double reward_timeout = 60;
   std::string rollouts;                      // append every rollout as JSONL here ("-" = stdout); "" = nowhere
-  ScheduleOptions schedule;                  // total is set from steps
-  AdamWOptions adamw;
-  double clip = 1.0;
   double bias_gamma = 0.0;                   // aux-loss-free router bias updates; 0 keeps the base's routing bias
-  bool fp8 = false;                          // FP8 training GEMMs in the updates (Model::set_fp8), the KL
-                                             // reference's too (a Model then, not the engine); sampling stays f32
-  Device device;                             // where the rollouts, the KL reference and the updates run
-  uint64_t seed = 1234;
-  int64_t save_every = 0;
-  int keep = 0;
-  int64_t log_every = 1;
-  int64_t max_bad_steps = 10;                // non-finite steps in a row tolerated before bad_steps acts
-  BadStepOptions bad_steps;                  // then stop, or reload the last checkpoint (the base at step 0)
-  // Data parallel over comm's ranks (null: one process): each step's prompts are split over the ranks, each
-  // samples, scores and computes the advantages of its own groups, and the loss is normalised over the whole
-  // batch; the AdamW state is sharded (ZeRO-1; on GPUs the device gradients and parameters pass through host
-  // memory); rank 0 writes the run directory, every rank appends its rollouts.
-  dist::Comm* comm = nullptr;
-  double bucket_mb = 25;                     // gradients reduced in buckets of this many MiB during the backward;
-                                             // 0: after it
 };
 
 struct GrpoRecord {

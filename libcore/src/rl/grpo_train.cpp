@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -29,6 +28,7 @@
 #include "ds/tasks.h"
 #include "ds/verify.h"
 #include "../train/step_trainer.h"
+#include "../train/training_loop.h"
 
 namespace ds {
 
@@ -134,22 +134,6 @@ void append_rollouts(const std::string& path, const std::vector<Rollout>& rollou
   if (fd != STDOUT_FILENO) close(fd);
 }
 
-// A checkpoint's trainer state, checked against the options a resume must not change.
-struct SavedState {
-  int64_t step = 0, optimizer_steps = 0;
-  uint64_t cursor = 0;
-  std::string base, config_hash;
-  nlohmann::json json;
-};
-
-SavedState read_state(const std::string& dir, const GrpoTrainOptions& o) {
-  const TrainerState state(dir);
-  GrpoTrainOptions now = o;
-  run_options(now).check(state.json()["options"], state.path());
-  return {state.step(), state.count("optimizer_steps"), uint64_t(state.count("task_cursor")), state.text("base_model"),
-          state.text("config_hash"), state.json()};
-}
-
 const GrpoTrainOptions& validated(const GrpoTrainOptions& o) {
   if (o.group_size < 2) fail("--group-size must be at least 2 (advantages compare completions of one prompt)");
   if (o.prompts_per_step < 1 || o.steps < 1 || o.iterations < 1 || o.micro_batch < 0 || o.max_sampling_rounds < 1)
@@ -161,6 +145,11 @@ const GrpoTrainOptions& validated(const GrpoTrainOptions& o) {
     fail("--epsilon must be in (0, 1) and --epsilon-high positive");
   if (o.loss.beta < 0) fail("--beta must not be negative");
   return o;
+}
+
+nlohmann::json recorded_options(const GrpoTrainOptions& o) {
+  GrpoTrainOptions copy = validated(o);
+  return run_options(copy).to_json();
 }
 
 // A micro-batch: sequences [begin, end) of the batch, packed, and where their completion tokens start in the flat
@@ -193,24 +182,21 @@ std::vector<std::vector<int64_t>> no_load(const ModelConfig& c) {
   return loads;
 }
 
-class Trainer {
+class Trainer : public TrainingLoop {
  public:
   Trainer(const GrpoTrainOptions& o, const GrpoEvents& events);
-  void run(const std::atomic<bool>& stop);
 
  private:
+  StepOutcome train_step(double lr) override;
+  void end_step(bool due, bool last) override;
+  void restore(const TrainerState& state) override;
+  void restart() override;
+  void save_state(nlohmann::json& state) const override;
   Sampled sample();
   bool update(const std::vector<Rollout>& batch, GrpoRecord& r);  // false: a non-finite loss or gradient
-  void reload();
-  void load_optimizer(const std::string& dir, int64_t steps);
-  void save();
-  void log(const GrpoRecord& r);
 
   const GrpoTrainOptions& o_;
   const GrpoEvents& events_;
-  TrainingRun run_;
-  BadStepGuard guard_;
-  int64_t step_ = 0;
   uint64_t cursor_ = 0;  // tasks consumed
   std::string base_;     // the base model directory: the reference, and the record of where the run started
   std::optional<LoadedModel> policy_;
@@ -226,32 +212,21 @@ class Trainer {
   std::optional<AdamW> optimizer_;
   std::unique_ptr<StepTrainer> trainer_;  // the updates: on the host policy itself, or on a copy on the device
   std::optional<Engine> engine_;  // samples from the policy: its weights in place, or a GPU copy reloaded each step
-  dist::Comm* comm_ = nullptr;    // data parallel when set (more than one rank)
-  int rank_ = 0, ranks_ = 1;
   LossOptions no_aux_;            // RL trains the next-token policy only
-  nlohmann::json options_;        // as the checkpoints record them (ds/run.h)
+  GrpoRecord record_;             // of the last step
 };
 
 Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
-    : o_(validated(o)), events_(events), run_(o.run_dir, o.resume, o.comm), guard_(o.max_bad_steps, o.bad_steps) {
-  if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
-  const std::optional<std::string>& latest = run_.resumed_from();
-  GrpoTrainOptions recorded = o;
-  options_ = run_options(recorded).to_json();
+    : TrainingLoop(o, recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
   if (!o.resume && o.model.empty()) fail("--model: the base model to start from is required");
-
-  // Everything that can be refused is checked before the run is started (a new one's directory is removed if not).
-  SavedState saved;
   if (o.resume) {
-    saved = read_state(*latest, o);
-    step_ = saved.step, cursor_ = saved.cursor, base_ = saved.base;
-    guard_.load(saved.json, *latest + "/trainer_state.json");
+    restore(resumed_state());
+    base_ = resumed_state().text("base_model");
   } else {
     base_ = resolve_model_dir(o.model);
   }
-  policy_.emplace(load_model_dir(o.resume ? *latest : base_));
-  if (o.resume && saved.config_hash != config_hash(policy_->config))
-    fail("{}/trainer_state.json: config hash does not match config.json", *latest);
+  policy_.emplace(load_model_dir(o.resume ? *resumed_from() : base_));
+  check_config(policy_->config);
   policy_->model.set_fp8(o.fp8);
   if (o.loss.beta > 0 && o.fp8) {
     fp8_reference_ = make_scorer(o.device, std::move(load_model_dir(base_).model), true);
@@ -263,67 +238,45 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (tasks_->size() == 0) fail("{}: no tasks", o.tasks);
   chat_.emplace(policy_->tokenizer, parse_chat_format(o.prompt_template));
   if (!o.reward_cmd.empty()) command_ = std::make_unique<RewardCommand>(o.reward_cmd, o.reward_timeout);
-  run_.started();
 
   Model<float>& model = policy_->model;
-  optimizer_.emplace(host_optimizer(o.device, model, o.adamw, comm_, o.bucket_mb));
+  optimizer_.emplace(host_optimizer(o.device, model, o.adamw, comm(), o.bucket_mb));
+  load_optimizer(*optimizer_);
   if (o.resume) {
-    load_optimizer(*latest, saved.optimizer_steps);
-    if (events.info && rank_ == 0) events.info(fmt::format("resumed {} at step {}", *latest, step_));
-  } else if (events.info && rank_ == 0) {
-    events.info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
-                            o.prompts_per_step, o.group_size, o.tasks, tasks_->size(),
-                            command_ ? fmt::format("command '{}'", o.reward_cmd)
-                                     : fmt::format("accuracy + {} * format", o.format_weight)));
+    info(fmt::format("resumed {} at step {}", *resumed_from(), step()));
+  } else {
+    info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
+                     o.prompts_per_step, o.group_size, o.tasks, tasks_->size(),
+                     command_ ? fmt::format("command '{}'", o.reward_cmd)
+                              : fmt::format("accuracy + {} * format", o.format_weight)));
   }
-  if (events.info && rank_ == 0 && reference_ && reference_->weights.fp8())
-    events.info(fmt::format("KL reference {}: FP8 in memory, {:.1f} MB", reference_->dir,
-                            double(reference_->weights.bytes()) * 1e-6));
-  trainer_ = make_step_trainer(o.device, model, *optimizer_, o.adamw, o.fp8, comm_);
+  if (reference_ && reference_->weights.fp8())
+    info(fmt::format("KL reference {}: FP8 in memory, {:.1f} MB", reference_->dir,
+                     double(reference_->weights.bytes()) * 1e-6));
+  trainer_ = make_step_trainer(o.device, model, *optimizer_, o.adamw, o.fp8, comm());
   engine_.emplace(model, policy_->tokenizer, o.device);
   no_aux_.mtp_weight = 0, no_aux_.balance_alpha = 0;
   // The ratio and the KL term compare the probabilities of the distribution the completions were sampled from.
   no_aux_.temperature = o.sampling.temperature;
+  start(model, policy_->tokenizer, policy_->config, *optimizer_, *trainer_, o.steps);
 }
 
-void Trainer::run(const std::atomic<bool>& stop) {
-  if (step_ >= o_.steps) {
-    if (events_.info && rank_ == 0) events_.info(fmt::format("the run is already at step {} of {}", step_, o_.steps));
-    return;
-  }
-  ScheduleOptions schedule = o_.schedule;
-  schedule.total = o_.steps;
-  const auto start = Clock::now();
-  for (int64_t steps_this_run = 1; step_ < o_.steps; ++steps_this_run) {
-    GrpoRecord r;
-    const auto rollout_start = Clock::now();
-    const Sampled s = sample();
-    const double n = double(s.completions);
-    r.reward_mean = s.reward / n;
-    r.reward_std = std::sqrt(std::max(0.0, s.reward_sq / n - r.reward_mean * r.reward_mean));
-    r.accuracy = s.accuracy / n, r.format = s.format / n;
-    r.length_mean = double(s.tokens) / n, r.length_max = s.max_tokens;
-    r.groups = s.groups, r.zero_variance_groups = s.zero_variance_groups;
-    r.rollout_tokens_per_s = double(s.tokens) / seconds_since(rollout_start);
-
-    r.lr = learning_rate(schedule, step_) * guard_.lr_scale();
-    r.skipped = s.trained == 0;
-    // The loss and the norm are the same on every rank (all-reduced), so every rank takes the same decision. A step
-    // with nothing to train on neither counts as bad nor ends a run of bad ones.
-    if (!r.skipped && guard_.count(!update(s.batch, r))) {
-      reload();
-      continue;
-    }
-    ++step_;
-    r.step = step_, r.bad_steps = guard_.bad_total(), r.reloads = guard_.reloads();
-    r.elapsed_s = seconds_since(start);
-    double stopping = stop ? 1 : 0;  // any rank asked to stop: all stop at this step
-    if (comm_) comm_->all_reduce(&stopping, 1);
-    const bool last = step_ == o_.steps || stopping > 0 || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
-    if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last) log(r);
-    if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
-    if (last) break;
-  }
+TrainingLoop::StepOutcome Trainer::train_step(double lr) {
+  GrpoRecord& r = record_ = {};
+  const auto rollout_start = Clock::now();
+  const Sampled s = sample();
+  const double n = double(s.completions);
+  r.reward_mean = s.reward / n;
+  r.reward_std = std::sqrt(std::max(0.0, s.reward_sq / n - r.reward_mean * r.reward_mean));
+  r.accuracy = s.accuracy / n, r.format = s.format / n;
+  r.length_mean = double(s.tokens) / n, r.length_max = s.max_tokens;
+  r.groups = s.groups, r.zero_variance_groups = s.zero_variance_groups;
+  r.rollout_tokens_per_s = double(s.tokens) / seconds_since(rollout_start);
+  r.lr = lr;
+  // A step with nothing to train on neither counts as bad nor ends a run of bad ones.
+  r.skipped = s.trained == 0;
+  if (r.skipped) return {.trained = false};
+  return {.trained = true, .bad = !update(s.batch, r)};
 }
 
 // G completions of each prompt, scored and appended to the rollouts file; with dynamic sampling, more rounds until
@@ -333,15 +286,15 @@ Sampled Trainer::sample() {
   const int64_t context = policy_->config.max_position_embeddings;
   Sampled s;
   // This rank's share of the prompts; each round the ranks take consecutive runs of the task stream, in rank order.
-  const int64_t share = dist::split_evenly(o_.prompts_per_step, ranks_)[size_t(rank_)];
+  const int64_t share = dist::split_evenly(o_.prompts_per_step, ranks())[size_t(rank())];
   trainer_->sync_params();
   engine_->reload_weights();  // the policy as the last update (or a reload) left it, for every round
   for (int64_t round = 0; round < (o_.dynamic_sampling ? o_.max_sampling_rounds : 1); ++round) {
     const size_t want = size_t(share) - s.batch.size() / G;
-    std::vector<int64_t> wants(size_t(ranks_), 0);
-    wants[size_t(rank_)] = int64_t(want);
-    if (comm_) comm_->all_gather(wants.data(), std::vector<int64_t>(size_t(ranks_), 1));
-    const int64_t before = std::accumulate(wants.begin(), wants.begin() + rank_, int64_t(0));
+    std::vector<int64_t> wants(size_t(ranks()), 0);
+    wants[size_t(rank())] = int64_t(want);
+    if (comm()) comm()->all_gather(wants.data(), std::vector<int64_t>(size_t(ranks()), 1));
+    const int64_t before = std::accumulate(wants.begin(), wants.begin() + rank(), int64_t(0));
     const int64_t all = std::accumulate(wants.begin(), wants.end(), int64_t(0));
     if (all == 0) break;
     uint64_t at = cursor_ + uint64_t(before);
@@ -359,16 +312,16 @@ Sampled Trainer::sample() {
       prompts.insert(prompts.end(), G, ids);
     }
     // Completion i of the round samples with seed + i, counted over all ranks, as one process would.
-    const uint64_t seed = mix(mix(o_.seed) + uint64_t(step_) * 1024 + uint64_t(round)) + uint64_t(before) * G;
+    const uint64_t seed = mix(mix(o_.seed) + uint64_t(step()) * 1024 + uint64_t(round)) + uint64_t(before) * G;
     std::vector<Completion> completions = engine_->generate(prompts, o_.sampling, seed);
     for (size_t i = 0; i < rollouts.size(); ++i) rollouts[i].completion = std::move(completions[i]);
     try {
       score(rollouts, command_.get(), o_.format_weight, *chat_);
     } catch (const Error&) {
-      append_rollouts(o_.rollouts, rollouts, step_ + 1);  // keep what was sampled, unscored
+      append_rollouts(o_.rollouts, rollouts, step() + 1);  // keep what was sampled, unscored
       throw;
     }
-    append_rollouts(o_.rollouts, rollouts, step_ + 1);
+    append_rollouts(o_.rollouts, rollouts, step() + 1);
     for (size_t g = 0; g < rollouts.size(); g += G) {
       std::vector<double> rewards;
       for (size_t i = g; i < g + G; ++i) {
@@ -388,17 +341,17 @@ Sampled Trainer::sample() {
     s.completions += int64_t(rollouts.size());
   }
   s.trained = int64_t(s.batch.size());
-  if (comm_) {  // the step's metrics cover every rank's rollouts
+  if (comm()) {  // the step's metrics cover every rank's rollouts
     std::vector<double> x = {s.reward,         s.reward_sq,       s.accuracy,      s.format,
                              double(s.completions), double(s.tokens), double(s.groups), double(s.zero_variance_groups),
                              double(s.trained)};
-    comm_->all_reduce(x.data(), int64_t(x.size()));
+    comm()->all_reduce(x.data(), int64_t(x.size()));
     s.reward = x[0], s.reward_sq = x[1], s.accuracy = x[2], s.format = x[3], s.completions = int64_t(x[4]);
     s.tokens = int64_t(x[5]), s.groups = int64_t(x[6]), s.zero_variance_groups = int64_t(x[7]);
     s.trained = int64_t(x[8]);
-    std::vector<int64_t> longest(size_t(ranks_), 0);
-    longest[size_t(rank_)] = s.max_tokens;
-    comm_->all_gather(longest.data(), std::vector<int64_t>(size_t(ranks_), 1));
+    std::vector<int64_t> longest(size_t(ranks()), 0);
+    longest[size_t(rank())] = s.max_tokens;
+    comm()->all_gather(longest.data(), std::vector<int64_t>(size_t(ranks()), 1));
     s.max_tokens = *std::max_element(longest.begin(), longest.end());
   }
   return s;
@@ -416,13 +369,13 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   }
   const std::vector<double> adv = grpo::advantages(rewards, o_.group_size, o_.scale_rewards);
   std::vector<double> all_scales = grpo::token_scales(lengths, o_.aggregation, o_.sampling.max_new_tokens);
-  if (comm_) {
+  if (comm()) {
     // Normalise over the whole batch, not this rank's part (times the ranks, as reduce_grads averages over them).
     double counts[2] = {double(batch.size()), double(all_scales.size())};
-    comm_->all_reduce(counts, 2);
+    comm()->all_reduce(counts, 2);
     const double mine = o_.aggregation == grpo::Aggregation::dapo ? double(all_scales.size()) / counts[1]
                                                                   : double(batch.size()) / counts[0];
-    for (double& x : all_scales) x *= double(ranks_) * mine;
+    for (double& x : all_scales) x *= double(ranks()) * mine;
   }
   // Without a KL term a completion whose advantage is 0 (every completion of a group with equal rewards) has zero
   // loss and gradient at every iteration, so only the others go through the model. The scales above still count
@@ -501,23 +454,23 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
       loss += res.loss;
       stats += res.stats;
     }
-    if (comm_) {
-      comm_->all_reduce(&loss, 1);
-      loss /= double(ranks_);
+    if (comm()) {
+      comm()->all_reduce(&loss, 1);
+      loss /= double(ranks());
     }
     loss_sum += loss;
     r.grad_norm = trainer_->reduce_grads(o_.clip);
     r.skipped = !std::isfinite(loss) || !std::isfinite(r.grad_norm);
     if (r.skipped) break;
-    if (comm_ && o_.bias_gamma != 0)
-      for (auto& layer : loads) comm_->all_reduce(layer.data(), int64_t(layer.size()));
+    if (comm() && o_.bias_gamma != 0)
+      for (auto& layer : loads) comm()->all_reduce(layer.data(), int64_t(layer.size()));
     trainer_->step(r.lr, loads, o_.bias_gamma);
   }
   double token_count = double(scale.size());
-  if (comm_) {
+  if (comm()) {
     std::vector<double> x = {double(stats.tokens), double(stats.clipped_low), double(stats.clipped_high), stats.kl,
                              entropy_sum, token_count, double(batch_tokens)};
-    comm_->all_reduce(x.data(), int64_t(x.size()));
+    comm()->all_reduce(x.data(), int64_t(x.size()));
     stats.tokens = int64_t(x[0]), stats.clipped_low = int64_t(x[1]), stats.clipped_high = int64_t(x[2]);
     stats.kl = x[3], entropy_sum = x[4], token_count = x[5], batch_tokens = int64_t(x[6]);
   }
@@ -530,37 +483,25 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   return !r.skipped;
 }
 
-// Back to the last checkpoint (weights, AdamW state, step, task cursor), or to the base model at step 0 when the run
-// has none; the weights are copied in place, where the engine reads them.
-void Trainer::reload() {
-  const std::optional<std::string> dir = run_.dir().latest();
-  load_weights(resolve_model_dir(dir ? *dir : base_), policy_->model);
-  if (dir) {
-    const SavedState s = read_state(*dir, o_);
-    step_ = s.step, cursor_ = s.cursor;
-    load_optimizer(*dir, s.optimizer_steps);
-  } else {
-    step_ = 0, cursor_ = 0;
-    optimizer_->reset();
-  }
-  trainer_->host_loaded();
-  if (events_.info && rank_ == 0)
-    events_.info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the "
-                             "learning rate scaled by {:g} (reload {} of at most {})",
-                             o_.max_bad_steps + 1, dir ? *dir : base_, step_, guard_.lr_scale(), guard_.reloads(),
-                             o_.bad_steps.max_reloads));
+void Trainer::restore(const TrainerState& state) { cursor_ = uint64_t(state.count("task_cursor")); }
+
+// No checkpoint yet: back to the base, whose weights are copied in place, where the engine reads them.
+void Trainer::restart() {
+  cursor_ = 0;
+  load_weights(resolve_model_dir(base_), policy_->model);
 }
 
-void Trainer::load_optimizer(const std::string& dir, int64_t steps) {
-  load_optimizer_state(dir, *optimizer_);
-  optimizer_->set_steps(steps);
+void Trainer::save_state(nlohmann::json& state) const {
+  state["task_cursor"] = cursor_;
+  state["base_model"] = base_;
 }
 
-void Trainer::log(const GrpoRecord& r) {
-  if (rank_ != 0) return;
-  nlohmann::json record = {{"step", r.step},
-                           {"loss", r.loss},
-                           {"lr", r.lr},
+void Trainer::end_step(bool due, bool) {
+  if (!due) return;
+  GrpoRecord& r = record_;
+  const Interval interval = take_interval();
+  r.step = step(), r.bad_steps = guard().bad_total(), r.reloads = guard().reloads(), r.elapsed_s = interval.elapsed_s;
+  nlohmann::json record = {{"loss", r.loss},
                            {"grad_norm", r.grad_norm},
                            {"reward_mean", r.reward_mean},
                            {"reward_std", r.reward_std},
@@ -574,29 +515,10 @@ void Trainer::log(const GrpoRecord& r) {
                            {"zero_variance_groups", r.zero_variance_groups},
                            {"rollout_tokens_per_s", r.rollout_tokens_per_s},
                            {"update_tokens_per_s", r.update_tokens_per_s},
-                           {"bad_steps", r.bad_steps},
-                           {"reloads", r.reloads},
-                           {"skipped", r.skipped},
-                           {"elapsed_s", r.elapsed_s}};
+                           {"skipped", r.skipped}};
   if (o_.loss.beta > 0) record["kl"] = r.kl;
-  run_.dir().append_metrics(record);
-  if (events_.log) events_.log(r);
-}
-
-void Trainer::save() {
-  const std::string dir = save_trained(*trainer_, comm_, run_.dir(), step_, o_.keep, policy_->model, policy_->tokenizer,
-                                       *optimizer_, [&](const std::string& tmp) {
-    nlohmann::json state = {{"step", step_},
-                            {"task_cursor", cursor_},
-                            {"optimizer_steps", optimizer_->steps()},
-                            {"base_model", base_},
-                            {"config_hash", config_hash(policy_->config)},
-                            {"options", options_},
-                            {"threads", get_threads()}};
-    guard_.save(state);
-    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
-  });
-  if (rank_ == 0 && events_.checkpoint) events_.checkpoint(dir);
+  write_metrics(record, interval);
+  if (rank() == 0 && events_.log) events_.log(r);
 }
 
 }  // namespace

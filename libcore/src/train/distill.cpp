@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <numeric>
 #include <random>
 
@@ -19,6 +18,7 @@
 #include "ds/jsonl.h"
 #include "ds/ops.h"
 #include "step_trainer.h"
+#include "training_loop.h"
 
 namespace ds::kd {  // --divergence as a run records it
 NLOHMANN_JSON_SERIALIZE_ENUM(Divergence, {{Divergence::forward_kl, "forward-kl"}, {Divergence::reverse_kl, "reverse-kl"},
@@ -235,10 +235,6 @@ SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& to
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
 std::string data_hash(const std::vector<Example>& examples) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a over (prompt_len, tokens...) of every example
   auto add = [&](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
@@ -316,29 +312,29 @@ const DistillOptions& validated(const DistillOptions& o) {
   return o;
 }
 
-class Trainer {
+json recorded_options(const DistillOptions& o) {
+  DistillOptions copy = validated(o);
+  return run_options(copy).to_json();
+}
+
+class Trainer : public TrainingLoop {
  public:
   Trainer(const DistillOptions& o, const DistillEvents& events);
-  void run(const std::atomic<bool>& stop);
 
  private:
-  void info(const std::string& line) const;
+  StepOutcome train_step(double lr) override;
+  void end_step(bool due, bool last) override;
+  void restore(const TrainerState& state) override;
+  void restart() override;
+  void save_state(json& state) const override;
   void load_data(const std::string& hash);
-  kd::Loss step(const Batch& b);
+  kd::Loss forward_backward(const Batch& b);
   double validation_loss();
-  void reload();
-  void save();
 
   const DistillOptions& o_;
   const DistillEvents& events_;
-  TrainingRun run_;
-  BadStepGuard guard_;
-  json options_;  // as the checkpoints record them (ds/run.h)
-  dist::Comm* comm_ = nullptr;  // data parallel when set (more than one rank)
-  int rank_ = 0, ranks_ = 1;
   int64_t local_batch_ = 0;     // rows of each step this rank trains on
-  int64_t step_ = 0, total_steps_ = 0;
-  uint64_t cursor_ = 0, tokens_seen_ = 0;
+  uint64_t cursor_ = 0, tokens_seen_ = 0, interval_tokens_ = 0;
   // The teacher as inference holds it (an FP8 teacher stays FP8 in memory): it samples, and with alpha > 0 its engine
   // scores the batches, or with --fp8 a Scorer on the student's device does (below).
   std::optional<InferenceModel> teacher_;
@@ -354,30 +350,15 @@ class Trainer {
   std::unique_ptr<StepTrainer> trainer_;  // on the host student itself, or on a copy on the device
   std::vector<float> grad_;  // dL/dlogits of the student
   LossOptions next_token_only_;  // distillation trains the next-token head only
+  kd::Loss loss_;  // of the last step, with its gradient norm
+  double grad_norm_ = 0;
 };
 
 Trainer::Trainer(const DistillOptions& o, const DistillEvents& events)
-    : o_(validated(o)), events_(events), run_(o.run_dir, o.resume, o.comm), guard_(o.max_bad_steps, o.bad_steps) {
-  if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
-  local_batch_ = o.batch / ranks_;
-  const std::optional<std::string>& latest = run_.resumed_from();
-  DistillOptions recorded = o;
-  options_ = run_options(recorded).to_json();
-
-  std::string saved_hash, saved_data_hash;
-  int64_t optimizer_steps = 0;
-  const std::string state_path = o.resume ? *latest + "/trainer_state.json" : "";
-  if (o.resume) {
-    const TrainerState state(*latest);
-    step_ = state.step();
-    guard_.load(state.json(), state.path());
-    cursor_ = uint64_t(state.count("row_cursor"));
-    tokens_seen_ = uint64_t(state.count("tokens_seen"));
-    optimizer_steps = state.count("optimizer_steps");
-    saved_hash = state.text("config_hash");
-    saved_data_hash = state.text("data_hash");
-    run_options(recorded).check(state.json()["options"], state.path());
-  }
+    : TrainingLoop(o, recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
+  local_batch_ = o.batch / ranks();
+  const std::optional<std::string>& latest = resumed_from();
+  if (o.resume) restore(resumed_state());
 
   // The teacher: for logit distillation, or to sample the data of a new run.
   if (!o.teacher.empty() && (o.alpha > 0 || (o.data.empty() && !o.resume)))
@@ -401,7 +382,7 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events)
     student_.emplace(config_);
     student_->init_random(o.seed);
   }
-  if (o.resume && saved_hash != config_hash(config_)) fail("{}: config hash does not match config.json", state_path);
+  check_config(config_);
   // The teacher's forward takes the student's numerics, as ds-grpo's reference takes the policy's: --fp8 stands for
   // a run on Hopper, where the teacher's GEMMs are FP8 too, and a student equal to its teacher has no KD loss. The
   // engine does not run FP8 GEMMs, so with --fp8 that forward is a Scorer's, the training model's forward.
@@ -418,43 +399,36 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events)
   if (o.seq_len > config_.max_position_embeddings ||
       (teacher_ && o.seq_len > teacher_->weights.config().max_position_embeddings))
     fail("--seq-len {} exceeds the model's max_position_embeddings", o.seq_len);
-  load_data(saved_data_hash);
-  run_.started();
+  load_data(o.resume ? resumed_state().text("data_hash") : "");
 
   // ZeRO-1: each rank keeps its part of the moments; a checkpoint holds them whole, so a run resumes on any ranks.
-  optimizer_.emplace(host_optimizer(o.device, *student_, o.adamw, comm_, o.bucket_mb));
-  if (o.resume) {
-    load_optimizer_state(*latest, *optimizer_);
-    optimizer_->set_steps(optimizer_steps);
-  }
-  trainer_ = make_step_trainer(o.device, *student_, *optimizer_, o.adamw, o.fp8, comm_);
+  optimizer_.emplace(host_optimizer(o.device, *student_, o.adamw, comm(), o.bucket_mb));
+  load_optimizer(*optimizer_);
+  trainer_ = make_step_trainer(o.device, *student_, *optimizer_, o.adamw, o.fp8, comm());
   next_token_only_.mtp_weight = 0, next_token_only_.balance_alpha = 0;
   stream_.emplace(train_, o.seed, o.seq_len);
   const uint64_t rows = stream_->rows_in(o.epochs);
-  total_steps_ = o.steps > 0 ? o.steps : int64_t((rows + uint64_t(o.batch) - 1) / uint64_t(o.batch));
+  const int64_t total_steps = o.steps > 0 ? o.steps : int64_t((rows + uint64_t(o.batch) - 1) / uint64_t(o.batch));
   const ParamCount pc = count_params(config_);
-  info(o.resume ? fmt::format("resumed {} at step {} of {}", *latest, step_, total_steps_)
+  info(o.resume ? fmt::format("resumed {} at step {} of {}", *latest, step(), total_steps)
                 : fmt::format("student {}: {} parameters ({} active per token); teacher {}; {} steps", student_name,
-                              pc.total, pc.active, teacher_ ? teacher_->dir : std::string("none"), total_steps_));
+                              pc.total, pc.active, teacher_ ? teacher_->dir : std::string("none"), total_steps));
   if (teacher_ && teacher_->weights.fp8() && !fp8_teacher_)
     info(fmt::format("teacher {}: FP8 in memory, {:.1f} MB", teacher_->dir, double(teacher_->weights.bytes()) * 1e-6));
-  if (comm_)
-    info(fmt::format("data parallel over {} ranks ({}), {} rows each", ranks_, comm_->backend(), local_batch_));
-}
-
-void Trainer::info(const std::string& line) const {
-  if (rank_ == 0 && events_.info) events_.info(line);
+  if (comm())
+    info(fmt::format("data parallel over {} ranks ({}), {} rows each", ranks(), comm()->backend(), local_batch_));
+  start(*student_, tokenizer_, config_, *optimizer_, *trainer_, total_steps);
 }
 
 // The examples: read from --data, sampled from the teacher (new runs), or the run's own samples.jsonl (resumed
 // sampled runs); then split into training and validation, and checked against the resumed run's.
 void Trainer::load_data(const std::string& hash) {
   const ChatTemplate chat(tokenizer_, parse_chat_format(o_.prompt_template));
-  const std::string samples_path = run_.path() + "/samples.jsonl";
+  const std::string samples_path = o_.run_dir + "/samples.jsonl";
   std::string text, name = o_.data;
   if (o_.data == "-") {  // under mpirun only rank 0 reads stdin: it passes the records on
-    if (rank_ == 0) text = read_file(o_.data);
-    if (comm_) broadcast_text(*comm_, text, 0);
+    if (rank() == 0) text = read_file(o_.data);
+    if (comm()) broadcast_text(*comm(), text, 0);
     name = "<stdin>";
   } else if (!o_.data.empty()) {
     text = read_file(o_.data);
@@ -464,20 +438,20 @@ void Trainer::load_data(const std::string& hash) {
     std::vector<Task> tasks = load_tasks(o_.prompts);
     if (o_.limit > 0 && size_t(o_.limit) < tasks.size()) tasks.resize(size_t(o_.limit));
     info(fmt::format("sampling {} completions of each of {} prompts from the teacher{}", o_.sample.k, tasks.size(),
-                     comm_ ? fmt::format(", in shares over {} ranks", ranks_) : ""));
+                     comm() ? fmt::format(", in shares over {} ranks", ranks()) : ""));
     const SampleResult r = sample_teacher(
         teacher_->weights, teacher_->tokenizer, chat, tasks, o_.sample,
         [&](int64_t done, int64_t total, int64_t accepted) {
           if (done == total || done % (16 * o_.sample.batch) == 0)
-            info(fmt::format("sampled {}/{}, accepted {}{}", done, total, accepted, comm_ ? " (rank 0's share)" : ""));
+            info(fmt::format("sampled {}/{}, accepted {}{}", done, total, accepted, comm() ? " (rank 0's share)" : ""));
         },
-        comm_);
+        comm());
     for (const json& record : r.accepted) text += to_jsonl(record) + "\n";
     info(fmt::format("accepted {} of {} samples ({:.1f}%) in {:.0f} s, {:.0f} tokens/s", r.accepted.size(), r.samples,
                      100.0 * double(r.accepted.size()) / double(std::max<int64_t>(r.samples, 1)), r.seconds,
                      double(r.tokens) / std::max(r.seconds, 1e-9)));
     name = samples_path;
-    if (rank_ == 0) {
+    if (rank() == 0) {
       write_file_atomic(samples_path, text);
       if (!o_.emit.empty()) {
         AtomicFile emit(o_.emit);
@@ -509,10 +483,10 @@ void Trainer::load_data(const std::string& hash) {
 
 // Forward and backward of this rank's rows of the global batch b, teacher included. SFT alone (alpha 0) takes the
 // same way, so that every loss is a mean over all of b's loss tokens, however they fall on the ranks.
-kd::Loss Trainer::step(const Batch& b) {
+kd::Loss Trainer::forward_backward(const Batch& b) {
   StepTrainer& s = *trainer_;
   const int64_t N = local_batch_ * b.Tn, V = config_.vocab_size;
-  const size_t first = size_t(rank_) * size_t(N);
+  const size_t first = size_t(rank()) * size_t(N);
   const int32_t* inputs = b.inputs.data() + first;
   const int32_t* positions = b.positions.data() + first;
   const float* teacher = nullptr;  // the teacher's logits, with alpha > 0
@@ -527,7 +501,7 @@ kd::Loss Trainer::step(const Batch& b) {
   s.forward(inputs, nullptr, local_batch_, b.Tn, {}, nullptr, positions);
   grad_.resize(size_t(N * V));
   const kd::Loss L = kd::distill_loss(s.logits(), teacher, b.targets.data() + first, N, V, o_.kd, o_.alpha,
-                                      grad_.data(), double(b.loss_tokens) / double(ranks_));
+                                      grad_.data(), double(b.loss_tokens) / double(ranks()));
   s.backward(grad_.data());  // the reduction starts during the backward
   return L;
 }
@@ -536,7 +510,7 @@ double Trainer::validation_loss() {
   std::vector<size_t> order(val_.size());
   std::iota(order.begin(), order.end(), size_t(0));
   const std::vector<std::vector<size_t>> rows = pack_rows(val_, order, o_.seq_len);
-  const auto [begin, end] = share_of(rows.size(), ranks_, rank_);  // each rank measures its share of the rows
+  const auto [begin, end] = share_of(rows.size(), ranks(), rank());  // each rank measures its share of the rows
   double sums[2] = {0, 0};                                          // nll, tokens
   for (size_t r = begin; r < end; r += size_t(local_batch_)) {
     const size_t n = std::min(end - r, size_t(local_batch_));
@@ -545,115 +519,67 @@ double Trainer::validation_loss() {
         trainer_->forward(b.inputs.data(), b.targets.data(), b.B, b.Tn, next_token_only_, nullptr, b.positions.data());
     sums[0] += f.main_loss * double(f.tokens), sums[1] += double(f.tokens);
   }
-  if (comm_) comm_->all_reduce(sums, 2);
+  if (comm()) comm()->all_reduce(sums, 2);
   return sums[0] / std::max(sums[1], 1.0);
 }
 
-void Trainer::run(const std::atomic<bool>& stop) {
-  if (step_ >= total_steps_) {
-    info(fmt::format("the run is already at step {} of {}", step_, total_steps_));
-    return;
+TrainingLoop::StepOutcome Trainer::train_step(double lr) {
+  std::vector<std::vector<size_t>> rows;  // the global batch, on every rank: each trains on its share
+  for (int64_t r = 0; r < o_.batch; ++r) rows.push_back(stream_->row(cursor_ + uint64_t(r)));
+  const Batch b = make_batch(train_, rows, o_.seq_len, int32_t(tokenizer_.pad_id()));
+  trainer_->begin_step(1, false);
+  loss_ = forward_backward(b);
+  if (comm()) {  // the global batch's mean losses: the mean of the ranks'
+    double x[3] = {loss_.total, loss_.ce, loss_.kd};
+    comm()->all_reduce(x, 3);
+    loss_.total = x[0] / ranks(), loss_.ce = x[1] / ranks(), loss_.kd = x[2] / ranks();
   }
-  ScheduleOptions schedule = o_.schedule;
-  schedule.total = total_steps_;
-  const auto start = Clock::now();
-  auto interval_start = start;
-  uint64_t interval_tokens = 0;
-  double interval_comm = comm_ ? comm_->seconds() : 0;
-  for (int64_t steps_this_run = 1; step_ < total_steps_; ++steps_this_run) {
-    std::vector<std::vector<size_t>> rows;  // the global batch, on every rank: step() trains on this rank's share
-    for (int64_t r = 0; r < o_.batch; ++r) rows.push_back(stream_->row(cursor_ + uint64_t(r)));
-    const Batch b = make_batch(train_, rows, o_.seq_len, int32_t(tokenizer_.pad_id()));
-    trainer_->begin_step(1, false);
-    kd::Loss L = step(b);
-    bool stopping = stop;
-    if (comm_) {  // the global batch's mean losses (the mean of the ranks'), and whether any rank was asked to stop
-      double x[4] = {L.total, L.ce, L.kd, stopping ? 1.0 : 0.0};
-      comm_->all_reduce(x, 4);
-      L.total = x[0] / ranks_, L.ce = x[1] / ranks_, L.kd = x[2] / ranks_, stopping = x[3] > 0;
-    }
-    DistillRecord r;
-    r.lr = learning_rate(schedule, step_) * guard_.lr_scale();
-    r.grad_norm = trainer_->reduce_grads(o_.clip);
-    // The loss and the norm are the same on every rank, so every rank takes the same decision.
-    r.skipped = !std::isfinite(L.total) || !std::isfinite(r.grad_norm);
-    if (guard_.count(r.skipped)) {
-      reload();
-      continue;
-    }
-    if (!r.skipped) trainer_->step(r.lr, {}, 0.0);
-    ++step_;
-    cursor_ += uint64_t(o_.batch);
-    tokens_seen_ += uint64_t(b.tokens), interval_tokens += uint64_t(b.tokens);
-
-    const bool last = step_ == total_steps_ || stopping || (o_.stop_after > 0 && steps_this_run >= o_.stop_after);
-    if (!val_.empty() && (last || (o_.eval_every > 0 && step_ % o_.eval_every == 0))) r.val_loss = validation_loss();
-    if (step_ % std::max<int64_t>(o_.log_every, 1) == 0 || last || r.val_loss) {
-      r.step = step_, r.total_steps = total_steps_, r.loss = L.total, r.ce = L.ce, r.kd = L.kd;
-      r.tokens = tokens_seen_, r.bad_steps = guard_.bad_total(), r.reloads = guard_.reloads();
-      r.epoch = stream_->epoch_of(cursor_);
-      const double interval = seconds_since(interval_start), comm_now = comm_ ? comm_->seconds() : 0;
-      r.tokens_per_s = double(interval_tokens) / interval;
-      r.comm_share = (comm_now - interval_comm) / interval;
-      r.elapsed_s = seconds_since(start);
-      interval_start = Clock::now(), interval_tokens = 0, interval_comm = comm_now;
-      json record = {{"step", r.step},         {"loss", r.loss},   {"ce_loss", r.ce},
-                     {"lr", r.lr},             {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-                     {"tokens", r.tokens},     {"epoch", r.epoch}, {"bad_steps", r.bad_steps}, {"reloads", r.reloads},
-                     {"elapsed_s", r.elapsed_s}};
-      if (o_.alpha > 0) record["kd_loss"] = r.kd;
-      if (r.val_loss) record["val_loss"] = *r.val_loss;
-      if (comm_) record["comm_share"] = r.comm_share;
-      if (rank_ == 0) run_.dir().append_metrics(record);
-      if (rank_ == 0 && events_.log) events_.log(r);
-    }
-    if (last || (o_.save_every > 0 && step_ % o_.save_every == 0)) save();
-    if (last) break;
-  }
+  grad_norm_ = trainer_->reduce_grads(o_.clip);
+  // The loss and the norm are the same on every rank, so every rank takes the same decision.
+  const bool bad = !std::isfinite(loss_.total) || !std::isfinite(grad_norm_);
+  if (!bad) trainer_->step(lr, {}, 0.0);
+  cursor_ += uint64_t(o_.batch);
+  tokens_seen_ += uint64_t(b.tokens), interval_tokens_ += uint64_t(b.tokens);
+  return {.trained = true, .bad = bad};
 }
 
-// Back to the last checkpoint (weights, AdamW state, step, data position), or to the start of the run when it has none.
-void Trainer::reload() {
-  const std::optional<std::string> dir = run_.dir().latest();
-  if (dir) {
-    const TrainerState state(*dir);
-    step_ = state.step();
-    cursor_ = uint64_t(state.count("row_cursor"));
-    tokens_seen_ = uint64_t(state.count("tokens_seen"));
-    load_weights(*dir, *student_);
-    load_optimizer_state(*dir, *optimizer_);
-    optimizer_->set_steps(state.count("optimizer_steps"));
-  } else {
-    step_ = 0, cursor_ = 0, tokens_seen_ = 0;
-    if (o_.student.empty())
-      student_->init_random(o_.seed);
-    else
-      load_weights(resolve_model_dir(o_.student), *student_);
-    optimizer_->reset();
-  }
-  trainer_->host_loaded();
-  info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning rate "
-                   "scaled by {:g} (reload {} of at most {})",
-                   o_.max_bad_steps + 1, dir ? *dir : "the start of the run", step_, guard_.lr_scale(),
-                   guard_.reloads(), o_.bad_steps.max_reloads));
+void Trainer::end_step(bool due, bool last) {
+  DistillRecord r;
+  if (!val_.empty() && (last || (o_.eval_every > 0 && step() % o_.eval_every == 0))) r.val_loss = validation_loss();
+  if (!due && !r.val_loss) return;
+  const Interval interval = take_interval();
+  r.step = step(), r.total_steps = total_steps(), r.loss = loss_.total, r.ce = loss_.ce, r.kd = loss_.kd;
+  r.lr = lr(), r.grad_norm = grad_norm_, r.tokens = tokens_seen_;
+  r.bad_steps = guard().bad_total(), r.reloads = guard().reloads();
+  r.epoch = stream_->epoch_of(cursor_);
+  r.tokens_per_s = double(interval_tokens_) / interval.seconds;
+  r.comm_share = interval.comm_share, r.elapsed_s = interval.elapsed_s;
+  interval_tokens_ = 0;
+  json record = {{"loss", r.loss},           {"ce_loss", r.ce}, {"grad_norm", r.grad_norm},
+                 {"tokens_per_s", r.tokens_per_s}, {"tokens", r.tokens}, {"epoch", r.epoch}};
+  if (o_.alpha > 0) record["kd_loss"] = r.kd;
+  if (r.val_loss) record["val_loss"] = *r.val_loss;
+  write_metrics(record, interval);
+  if (rank() == 0 && events_.log) events_.log(r);
 }
 
-void Trainer::save() {
-  const std::string dir = save_trained(*trainer_, comm_, run_.dir(), step_, o_.keep, *student_, tokenizer_, *optimizer_,
-                                       [&](const std::string& tmp) {
-    json state = {{"step", step_},
-                        {"row_cursor", cursor_},
-                        {"tokens_seen", tokens_seen_},
-                        {"optimizer_steps", optimizer_->steps()},
-                        {"config_hash", config_hash(config_)},
-                        {"data_hash", data_hash_},
-                        {"options", options_},
-                        {"threads", get_threads()},
-                        {"ranks", ranks_}};
-    guard_.save(state);
-    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
-  });
-  if (rank_ == 0 && events_.checkpoint) events_.checkpoint(dir);
+void Trainer::restore(const TrainerState& state) {
+  cursor_ = uint64_t(state.count("row_cursor"));
+  tokens_seen_ = uint64_t(state.count("tokens_seen"));
+}
+
+void Trainer::restart() {
+  cursor_ = 0, tokens_seen_ = 0;
+  if (o_.student.empty())
+    student_->init_random(o_.seed);
+  else
+    load_weights(resolve_model_dir(o_.student), *student_);
+}
+
+void Trainer::save_state(json& state) const {
+  state["row_cursor"] = cursor_;
+  state["tokens_seen"] = tokens_seen_;
+  state["data_hash"] = data_hash_;
 }
 
 }  // namespace
