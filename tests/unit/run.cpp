@@ -66,9 +66,11 @@ TEST_CASE("recorded options are taken over unless given again, and given again t
   CHECK_THROWS_WITH_AS(bind(other).adopt(recorded, given({"batch"}), "state"),
                        doctest::Contains("--batch 16: the run was created with --batch 4"), UsageError);
   // A value given again that is not a trajectory option (steps, threads) is not in the record at all.
-  CHECK_NOTHROW(bind(now).check(recorded, "state"));
+  CHECK_NOTHROW(check_recorded_options(bind(now).to_json(), recorded, "state"));
   now.lr = 2e-3;
-  CHECK_THROWS_WITH_AS(bind(now).check(recorded, "state"), doctest::Contains("--lr"), Error);
+  CHECK_THROWS_WITH_AS(check_recorded_options(bind(now).to_json(), recorded, "state"), doctest::Contains("--lr"),
+                       Error);
+  CHECK_THROWS_WITH(check_recorded_options(bind(now).to_json(), {{"stpes", 3}}, "state"), doctest::Contains("--stpes"));
 }
 
 TEST_CASE("a record that does not fit its options is an error naming it") {

@@ -115,8 +115,6 @@ class RunOptions {
   // one given with another value is a UsageError naming it. source names the record in messages.
   void adopt(const nlohmann::json& recorded, const std::function<bool(const std::string& name)>& given,
              const std::string& source);
-  // The present values against a record: a difference is an Error naming the option.
-  void check(const nlohmann::json& recorded, const std::string& source) const;
 
  private:
   struct Option {
@@ -127,6 +125,10 @@ class RunOptions {
   const Option* find(const std::string& name, const std::string& source) const;
   std::vector<Option> options_;
 };
+
+// A resumed run's options (RunOptions::to_json) against its record: a difference, or an option this version does
+// not know, is an Error naming it. source names the record.
+void check_recorded_options(const nlohmann::json& now, const nlohmann::json& recorded, const std::string& source);
 
 // adopt() of the options recorded in run_dir's latest checkpoint.
 void adopt_run_options(RunOptions options, const std::string& run_dir,

@@ -199,13 +199,13 @@ void RunOptions::adopt(const nlohmann::json& recorded, const std::function<bool(
   }
 }
 
-void RunOptions::check(const nlohmann::json& recorded, const std::string& source) const {
+void check_recorded_options(const nlohmann::json& now, const nlohmann::json& recorded, const std::string& source) {
   if (!recorded.is_object()) fail("{}: \"options\" must be an object", source);
   for (const auto& [name, value] : recorded.items()) {
-    const nlohmann::json now = find(name, source)->get();
-    if (now != value)
+    if (!now.contains(name)) fail("{}: records an option --{} that this version does not know", source, name);
+    if (now[name] != value)
       fail("{}: the run was created with --{} {}, not {}; resume with the same value", source, name, value.dump(),
-           now.dump());
+           now[name].dump());
   }
 }
 

@@ -23,13 +23,7 @@ TrainingLoop::TrainingLoop(const TrainerOptions& o, nlohmann::json recorded,
   if (o.comm && o.comm->size() > 1) comm_ = o.comm, rank_ = o.comm->rank(), ranks_ = o.comm->size();
   if (!o.resume) return;
   state_.emplace(*run_.resumed_from());
-  const nlohmann::json& saved = state_->json()["options"];
-  for (const auto& [name, value] : saved.items()) {
-    if (!recorded_.contains(name)) fail("{}: records an option --{} that this version does not know", state_->path(), name);
-    if (recorded_[name] != value)
-      fail("{}: the run was created with --{} {}, not {}; resume with the same value", state_->path(), name,
-           value.dump(), recorded_[name].dump());
-  }
+  check_recorded_options(recorded_, state_->json()["options"], state_->path());
   step_ = state_->step();
   guard_.load(state_->json(), state_->path());
 }
