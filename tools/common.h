@@ -3,7 +3,9 @@
 #include <CLI/CLI.hpp>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -17,9 +19,44 @@ namespace ds::tool {
 // Adds --version (prints "NAME VERSION") to an app.
 void add_version_flag(CLI::App& app);
 
+// Adds --config FILE (TOML/INI). A key that names no option, or a line that is not text, is a usage error naming
+// the file and the line.
+void add_config_option(CLI::App& app);
+
 // Parses argv, then runs body. Exit codes: 0 ok, 1 runtime failure (ds::Error, I/O), 2 usage error.
 // Errors go to stderr as one line "NAME: message".
 int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body);
+
+// The valid values of a numeric option: finite numbers between lo and hi (either end open or closed), or whole
+// numbers only. NaN and infinities never pass.
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+struct Range {
+  double lo = -kInf, hi = kInf;
+  bool lo_open = false, hi_open = false;
+  bool integer = false;
+};
+inline constexpr Range kAnyNumber{};
+inline constexpr Range kNonNegative{.lo = 0};
+inline constexpr Range kPositive{.lo = 0, .lo_open = true};
+inline constexpr Range kFraction{.lo = 0, .hi = 1};  // [0, 1]
+inline constexpr Range kCount{.lo = 0, .integer = true};  // 0, 1, 2, ...
+inline constexpr Range kPositiveCount{.lo = 1, .integer = true};
+inline constexpr Range at_least(int64_t n) { return {.lo = double(n), .integer = true}; }
+// The sampling settings (ds/sampler.h) the tools offer.
+inline constexpr Range kTemperature = kNonNegative;  // 0 = greedy
+inline constexpr Range kTopP{.lo = 0, .hi = 1, .lo_open = true};
+inline constexpr Range kTopK = kCount;
+inline constexpr Range kMinP = kFraction;
+inline constexpr Range kRepetitionPenalty = kPositive;
+inline constexpr Range kMaxNewTokens = kPositiveCount;
+
+// Empty when `value` is a number in `range`; else why not, e.g. "2 is not in (0, 1]".
+std::string check_range(const std::string& value, const Range& range);
+// The option check for a range, for CLI::Option::check: a failure reads "--top-p: 2 is not in (0, 1]".
+CLI::Validator in(const Range& range);
+// The option check for a value that `parse` accepts (it throws ds::Error with the reason otherwise); `names` shows
+// the valid values in --help.
+CLI::Validator parsed_by(std::function<void(const std::string&)> parse, const std::string& names);
 
 }  // namespace ds::tool
 
@@ -73,8 +110,8 @@ TrainingOptions training_options(Options& o) {
   return {o.schedule, o.adamw, o.clip, o.steps, o.stop_after, o.seed, o.save_every, o.keep, o.log_every,
           o.max_bad_steps};
 }
-void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,
-                          const std::string& seed_help);
+void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const Range& steps_range,
+                          const std::string& steps_help, const std::string& seed_help);
 // --on-bad-steps, --bad-lr-factor and --max-reloads: what ds-pretrain and ds-grpo do after --max-bad-steps.
 void add_bad_step_options(CLI::App& app, BadStepOptions& o);
 // --fp8: the trainers' FP8 training emulation (Model::set_fp8).

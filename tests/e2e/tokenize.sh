@@ -68,5 +68,25 @@ $BIN encode --jsonl "$T/bad.jsonl" 2>"$T/err" >/dev/null; [ $? -eq 1 ] && grep -
   fail "bad JSONL: $(cat "$T/err")"
 $BIN decode "$T/c.tok.zst" 2>"$T/err" >/dev/null; [ $? -eq 1 ] && grep -q "c.tok.zst" "$T/err" ||
   fail "shard ids past the byte-level vocabulary: $(cat "$T/err")"
-$BIN --version | grep -q "^ds-tokenize " || fail "--version"
+refused 2 "--vocab-size: 10 is not an integer >= 263" $BIN train "$CORPUS" -o "$T/small" --vocab-size 10
+refused 2 "--threads: -1 is not an integer >= 0" $BIN count --threads -1 "$CORPUS"
+refused 2 "--zstd: 23 is not an integer in [0, 22]" $BIN encode --zstd 23 "$CORPUS"
+printf '{"text": "\377\376"\n' >"$T/raw.jsonl"
+refused 1 "raw.jsonl: line 1" $BIN encode --jsonl "$T/raw.jsonl" -o "$T/raw.tok"
+grep -q "$(printf '\377')" "$T/refused.err" && fail "raw bytes echoed: $(cat "$T/refused.err")"
+# An output that is not a regular file (here a FIFO) is written into, not replaced.
+$BIN encode "$CORPUS" -o "$T/direct.tok" 2>/dev/null
+$BIN decode "$T/direct.tok" -o "$T/direct.txt"
+mkfifo "$T/fifo"
+for cmd in "encode $CORPUS" "decode $T/direct.tok"; do
+  cat "$T/fifo" >"$T/from_fifo" &
+  reader=$!
+  $BIN $cmd -o "$T/fifo" 2>/dev/null || fail "$cmd into a FIFO"
+  [ -p "$T/fifo" ] || { kill $reader; fail "$cmd replaced the FIFO"; }
+  wait $reader
+  expected="$T/direct.tok"
+  [ "${cmd%% *}" = decode ] && expected="$T/direct.txt"
+  cmp -s "$T/from_fifo" "$expected" || fail "$cmd through a FIFO differs"
+done
+ls "$T" | grep -q '\.tmp\.' && fail "temporary file left beside the FIFO"
 exit 0
