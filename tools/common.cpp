@@ -96,15 +96,19 @@ void add_config_option(CLI::App& app) {
 }
 
 std::string check_range(const std::string& value, const Range& range) {
+  const auto whole = [&](auto& number) {
+    const auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
+    return ec == std::errc() && ptr == value.data() + value.size();
+  };
   double x = 0;
-  const char* end = value.data() + value.size();
-  bool parsed;
+  bool parsed = false;
   if (range.integer) {
     int64_t n = 0;
-    parsed = std::from_chars(value.data(), end, n).ptr == end && !value.empty();
-    x = double(n);
+    uint64_t u = 0;  // seeds go past int64's range
+    if (whole(n)) parsed = true, x = double(n);
+    else if (whole(u)) parsed = true, x = double(u);
   } else {
-    parsed = std::from_chars(value.data(), end, x).ptr == end && !value.empty() && std::isfinite(x);
+    parsed = whole(x) && std::isfinite(x);
   }
   const bool inside = parsed && (range.lo_open ? x > range.lo : x >= range.lo) &&
                       (range.hi_open ? x < range.hi : x <= range.hi);
@@ -248,7 +252,7 @@ void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& 
   app.add_option("--clip", o.clip, "clip the global gradient norm to this (0 = off)")
       ->capture_default_str()
       ->check(in(kNonNegative));
-  app.add_option("--seed", o.seed, seed_help)->capture_default_str();
+  app.add_option("--seed", o.seed, seed_help)->capture_default_str()->check(in(kCount));
   app.add_option("--save-every", o.save_every, "checkpoint every N steps (0 = at the end only)")->check(in(kCount));
   app.add_option("--keep", o.keep, "checkpoints to keep (0 = all)")->check(in(kCount));
   app.add_option("--log-every", o.log_every, "log every N steps")->capture_default_str()->check(in(kPositiveCount));

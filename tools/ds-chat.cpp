@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
         },
         s.field);
   app.add_option("--stop", sampling.stop, "stop strings");
-  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_option("--seed", seed, "sampling seed")->capture_default_str()->check(ds::tool::in(ds::tool::kCount));
   app.add_flag("--hide-think", hide_think, "do not show the reasoning between <think> and </think>");
   app.add_flag("--jsonl", jsonl, "pipe mode: read {\"prompt\": ...} lines, write {\"prompt\", \"completion\"} lines");
   ds::tool::add_compute_options(app, compute);

@@ -151,7 +151,8 @@ int main(int argc, char** argv) {
       ->check(in(ds::tool::kMaxNewTokens));
   app.add_option("--stop", o.run.sampling.stop, "end a completion at this string (repeatable)");
   app.add_option("--seed", o.run.seed, "sampling seed; completion f of the run samples with seed + f")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kCount));
   app.add_flag("--greedy", o.greedy, "decode greedily, one sample per task");
   app.add_option("--limit", o.limit, "evaluate only the first N tasks")->check(in(ds::tool::kPositiveCount));
   app.add_option("--samples", o.samples_path, "write every sample as JSONL to this file");

@@ -68,7 +68,7 @@ $BIN --model "$T/run" --template nosuch 2>/dev/null; [ $? -eq 2 ] || fail "unkno
 $BIN 2>/dev/null; [ $? -eq 2 ] || fail "missing --model"
 set -e
 for bad in "--temperature -1" "--temperature nan" "--top-p 2" "--top-k -3" "--repetition-penalty 0" "--min-p 1.5" \
-  "-k 0" "--max-new-tokens 0"; do
+  "-k 0" "--max-new-tokens 0" "--seed -1"; do
   refused 2 "${bad% *}: ${bad#* } is not" $BIN --model "$T/run" $bad
 done
 # Files that are mapped or sized must be regular: a FIFO is refused at once, not waited on.
