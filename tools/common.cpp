@@ -139,22 +139,26 @@ CLI::Validator chat_format_validator() {
 int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
   // Past a file-size limit, write() should fail with EFBIG (a clear error) instead of killing the process.
   std::signal(SIGXFSZ, SIG_IGN);
+  // One line, whatever bytes a message quotes from the command line or a file.
+  const auto report = [&](const std::exception& e) {
+    fmt::print(stderr, "{}: {}\n", app.get_name(), printable(e.what()));
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
     return app.exit(e);  // --help, --version
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
+    report(e);
     return 2;
   }
   try {
     body();
     return 0;
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
+    report(e);
     return 2;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
+    report(e);
     return 1;
   }
 }

@@ -71,6 +71,8 @@ for bad in "--temperature -1" "--temperature nan" "--top-p 2" "--top-k -3" "--re
   "-k 0" "--max-new-tokens 0" "--seed -1"; do
   refused 2 "${bad% *}: ${bad#* } is not" $BIN --model "$T/run" $bad
 done
+# Messages stay on one line whatever bytes they quote.
+refused 1 'nowhere\x0Ahere\xFF: not a model' $BIN --model "$T/nowhere$(printf '\nhere\377')"
 # Files that are mapped or sized must be regular: a FIFO is refused at once, not waited on.
 for f in model.safetensors config.json tokenizer.json; do
   mkdir "$T/fifo-$f" && cp "$T/run/latest/"* "$T/fifo-$f/" && rm "$T/fifo-$f/$f" && mkfifo "$T/fifo-$f/$f"
