@@ -74,6 +74,11 @@ refused 2 "--zstd: 23 is not an integer in [0, 22]" $BIN encode --zstd 23 "$CORP
 printf '{"text": "\377\376"\n' >"$T/raw.jsonl"
 refused 1 "raw.jsonl: line 1" $BIN encode --jsonl "$T/raw.jsonl" -o "$T/raw.tok"
 grep -q "$(printf '\377')" "$T/refused.err" && fail "raw bytes echoed: $(cat "$T/refused.err")"
+# --config: keys of a subcommand's [section] are checked too.
+printf '[encode]\nzstd = 5\n' >"$T/good.toml"
+$BIN --config "$T/good.toml" encode "$CORPUS" -o "$T/cfg.tok.zst" 2>/dev/null || fail "[encode] zstd = 5"
+printf '[encode]\nzstdd = 5\n' >"$T/typo.toml"
+refused 2 "typo.toml:2: no option 'encode.zstdd'" $BIN --config "$T/typo.toml" encode "$CORPUS"
 # An output that is not a regular file (here a FIFO) is written into, not replaced.
 $BIN encode "$CORPUS" -o "$T/direct.tok" 2>/dev/null
 $BIN decode "$T/direct.tok" -o "$T/direct.txt"
