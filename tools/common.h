@@ -3,7 +3,9 @@
 #include <CLI/CLI.hpp>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -11,15 +13,51 @@
 #include "ds/comm.h"
 #include "ds/cuda.h"
 #include "ds/optim.h"
+#include "ds/run.h"
 
 namespace ds::tool {
 
 // Adds --version (prints "NAME VERSION") to an app.
 void add_version_flag(CLI::App& app);
 
+// Adds --config FILE (TOML/INI). A key that names no option, or a line that is not text, is a usage error naming
+// the file and the line.
+void add_config_option(CLI::App& app);
+
 // Parses argv, then runs body. Exit codes: 0 ok, 1 runtime failure (ds::Error, I/O), 2 usage error.
 // Errors go to stderr as one line "NAME: message".
 int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body);
+
+// The valid values of a numeric option: finite numbers between lo and hi (either end open or closed), or whole
+// numbers only. NaN and infinities never pass.
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+struct Range {
+  double lo = -kInf, hi = kInf;
+  bool lo_open = false, hi_open = false;
+  bool integer = false;
+};
+inline constexpr Range kAnyNumber{};
+inline constexpr Range kNonNegative{.lo = 0};
+inline constexpr Range kPositive{.lo = 0, .lo_open = true};
+inline constexpr Range kFraction{.lo = 0, .hi = 1};  // [0, 1]
+inline constexpr Range kCount{.lo = 0, .integer = true};  // 0, 1, 2, ...
+inline constexpr Range kPositiveCount{.lo = 1, .integer = true};
+inline constexpr Range at_least(int64_t n) { return {.lo = double(n), .integer = true}; }
+// The sampling settings (ds/sampler.h) the tools offer.
+inline constexpr Range kTemperature = kNonNegative;  // 0 = greedy
+inline constexpr Range kTopP{.lo = 0, .hi = 1, .lo_open = true};
+inline constexpr Range kTopK = kCount;
+inline constexpr Range kMinP = kFraction;
+inline constexpr Range kRepetitionPenalty = kPositive;
+inline constexpr Range kMaxNewTokens = kPositiveCount;
+
+// Empty when `value` is a number in `range`; else why not, e.g. "2 is not in (0, 1]".
+std::string check_range(const std::string& value, const Range& range);
+// The option check for a range, for CLI::Option::check: a failure reads "--top-p: 2 is not in (0, 1]".
+CLI::Validator in(const Range& range);
+// The option check for a value that `parse` accepts (it throws ds::Error with the reason otherwise); `names` shows
+// the valid values in --help.
+CLI::Validator parsed_by(std::function<void(const std::string&)> parse, const std::string& names);
 
 }  // namespace ds::tool
 
@@ -53,35 +91,15 @@ std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options, const Devi
 // device is kept.
 std::string local_device(const std::string& device);
 
-// What every trainer (ds-pretrain, ds-grpo, ds-distill) shares: run length, learning-rate schedule, AdamW, clipping,
-// seed, checkpoints and logging, bound to the fields of the tool's options, whose current values are the defaults
-// shown. The schedule's name goes to `schedule`, for ds::parse_schedule.
-struct TrainingOptions {
-  ScheduleOptions& schedule;
-  AdamWOptions& adamw;
-  double& clip;
-  int64_t& steps;
-  int64_t& stop_after;
-  uint64_t& seed;
-  int64_t& save_every;
-  int& keep;
-  int64_t& log_every;
-  int64_t& max_bad_steps;
-};
-template <typename Options>  // any options struct with these fields
-TrainingOptions training_options(Options& o) {
-  return {o.schedule, o.adamw, o.clip, o.steps, o.stop_after, o.seed, o.save_every, o.keep, o.log_every,
-          o.max_bad_steps};
-}
-void add_training_options(CLI::App& app, const TrainingOptions& o, std::string& schedule, const std::string& steps_help,
-                          const std::string& seed_help);
+// What every trainer (ds-pretrain, ds-grpo, ds-distill) shares, bound to the fields of its ds::TrainerOptions,
+// whose current values are the defaults shown: run length, learning-rate schedule, AdamW, clipping, seed,
+// checkpoints and logging, the bad-step options and --fp8. The schedule's name goes to `schedule`, for
+// ds::parse_schedule.
+void add_training_options(CLI::App& app, TrainerOptions& o, std::string& schedule, const Range& steps_range,
+                          const std::string& steps_help, const std::string& seed_help);
 // For a resumed run taking its recorded options (ds::adopt_run_options): whether --NAME was given, on the command
 // line or in --config.
 std::function<bool(const std::string&)> given_options(const CLI::App& app);
-// --on-bad-steps, --bad-lr-factor and --max-reloads: what the trainers do after --max-bad-steps.
-void add_bad_step_options(CLI::App& app, BadStepOptions& o);
-// --fp8: the trainers' FP8 training emulation (Model::set_fp8).
-void add_fp8_flag(CLI::App& app, bool& fp8);
 
 // Checks a --template value: one of ds/chat.h's formats.
 CLI::Validator chat_format_validator();

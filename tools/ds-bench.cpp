@@ -176,7 +176,7 @@ int main(int argc, char** argv) {
                "decode's bytes read per second against the copy bandwidth measured in the same run.",
                "ds-bench"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
   bool json = false;
   std::string model_config = "demo", only;
   int64_t batch = 8, seq_len = 256, context = 0;
@@ -201,10 +201,14 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON object instead of a table");
   app.add_option("--model-config", model_config, "preset (tiny, demo, small) or config.json of the model to time")
       ->capture_default_str();
-  app.add_option("--batch", batch, "sequences per training step")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--seq-len", seq_len, "tokens per sequence")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch", batch, "sequences per training step")
+      ->check(ds::tool::in(ds::tool::kPositiveCount))
+      ->capture_default_str();
+  app.add_option("--seq-len", seq_len, "tokens per sequence")
+      ->check(ds::tool::in(ds::tool::kPositiveCount))
+      ->capture_default_str();
   app.add_option("--steps", steps, "timed training steps, after one warm-up step")
-      ->check(CLI::PositiveNumber)
+      ->check(ds::tool::in(ds::tool::kPositiveCount))
       ->capture_default_str();
   app.add_option("--gemm-shapes", shape_specs,
                  "comma-separated MxNxK list; default: the model's GEMMs at batch x seq-len tokens and "
@@ -213,14 +217,14 @@ int main(int argc, char** argv) {
       ->check(shape_check)
       ->capture_default_str();
   app.add_option("--min-time", min_time, "seconds to time each GEMM shape for, at least")
-      ->check(CLI::PositiveNumber)
+      ->check(ds::tool::in(ds::tool::kPositive))
       ->capture_default_str();
   app.add_option("--decode-batch", decode_batches, "comma-separated sequences decoded together")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber)
+      ->check(ds::tool::in(ds::tool::kPositiveCount))
       ->capture_default_str();
   app.add_option("--context", context, "decode: cached tokens per sequence (default: half the model's context)")
-      ->check(CLI::PositiveNumber);
+      ->check(ds::tool::in(ds::tool::kPositiveCount));
   app.add_option("--decode-weights", decode_weights,
                  "decode: comma-separated weight formats, f32 and/or fp8 (quantized in memory as ds-quantize does, "
                  "and kept FP8)")
@@ -228,11 +232,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"f32", "fp8"}))
       ->capture_default_str();
   app.add_option("--decode-steps", decode_steps, "decode: timed steps")
-      ->check(CLI::PositiveNumber)
+      ->check(ds::tool::in(ds::tool::kPositiveCount))
       ->capture_default_str();
   app.add_option("--allreduce-mb", allreduce_mb, "allreduce: comma-separated sizes in MiB")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber)
+      ->check(ds::tool::in(ds::tool::kPositive))
       ->capture_default_str();
   app.add_option("--only", only,
                  "measure only one part: gemm, step, decode, mla (CUDA), allreduce (the ranks of an mpirun or srun "

@@ -1,13 +1,17 @@
 // ds-chat: chat with a model in a terminal, or answer prompts from a pipe.
 #include <editline/readline.h>
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <sstream>
+#include <type_traits>
+#include <variant>
 
 #include "common.h"
 #include "ds/jsonl.h"
@@ -71,27 +75,67 @@ class ReplyPrinter {
   std::string pending_;
 };
 
-const char* kHelp =
-    "/clear            forget the conversation\n"
-    "/save FILE        save the conversation as JSON\n"
-    "/load FILE        load a saved conversation\n"
-    "/set NAME VALUE   temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens\n"
-    "/stats            tokens and speed of the last reply\n"
-    "/quit             leave (or Ctrl-D); Ctrl-C stops a reply\n"
-    "A line ending in \\ continues on the next line.\n";
-
-void set_option(ds::SamplingOptions& o, const std::string& name, const std::string& value) {
-  try {
-    if (name == "temperature") o.temperature = std::stod(value);
-    else if (name == "top_p") o.top_p = std::stod(value);
-    else if (name == "top_k") o.top_k = std::stoll(value);
-    else if (name == "min_p") o.min_p = std::stod(value);
-    else if (name == "repetition_penalty") o.repetition_penalty = std::stod(value);
-    else if (name == "max_new_tokens") o.max_new_tokens = std::stoll(value);
-    else ds::fail("unknown setting '{}'", name);
-  } catch (const std::logic_error&) {
-    ds::fail("'{}' is not a number", value);
+// The sampling settings, given as options (--top-p) and changed by /set (top_p), with one range each.
+struct Setting {
+  std::string name;  // as /set takes it
+  std::string help;
+  ds::tool::Range range;
+  std::variant<double ds::SamplingOptions::*, int64_t ds::SamplingOptions::*> field;
+  std::string option() const {
+    std::string flag = "--" + name;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    return flag;
   }
+};
+const Setting kSettings[] = {
+    {"temperature", "sampling temperature (0 = greedy)", ds::tool::kTemperature, &ds::SamplingOptions::temperature},
+    {"top_p", "nucleus sampling mass (1 = off)", ds::tool::kTopP, &ds::SamplingOptions::top_p},
+    {"top_k", "keep the k most likely tokens (0 = off)", ds::tool::kTopK, &ds::SamplingOptions::top_k},
+    {"min_p", "drop tokens below min-p times the most likely (0 = off)", ds::tool::kMinP, &ds::SamplingOptions::min_p},
+    {"repetition_penalty", "penalty for tokens already seen (1 = off)", ds::tool::kRepetitionPenalty,
+     &ds::SamplingOptions::repetition_penalty},
+    {"max_new_tokens", "longest reply", ds::tool::kMaxNewTokens, &ds::SamplingOptions::max_new_tokens},
+};
+
+void print_help() {
+  std::vector<std::string> names;
+  for (const Setting& s : kSettings) names.push_back(s.name);
+  fmt::print(stderr,
+             "/clear            forget the conversation\n"
+             "/save FILE        save the conversation as JSON\n"
+             "/load FILE        load a saved conversation\n"
+             "/set NAME VALUE   {}\n"
+             "/stats            tokens and speed of the last reply\n"
+             "/quit             leave (or Ctrl-D); Ctrl-C stops a reply\n"
+             "A line ending in \\ continues on the next line.\n",
+             fmt::join(names, ", "));
+}
+
+// /set NAME VALUE, checked as the option is; says what it set.
+void set_option(ds::SamplingOptions& o, const std::string& name, const std::string& value) {
+  const auto* s =
+      std::find_if(std::begin(kSettings), std::end(kSettings), [&](const Setting& s) { return s.name == name; });
+  if (s == std::end(kSettings)) ds::fail("/set: unknown setting '{}'; /help lists them", ds::printable(name));
+  if (const std::string why = ds::tool::check_range(value, s->range); !why.empty())
+    ds::fail("/set {}: {}", name, why);
+  std::visit(
+      [&](auto field) {
+        if constexpr (std::is_same_v<decltype(field), double ds::SamplingOptions::*>) o.*field = std::stod(value);
+        else o.*field = std::stoll(value);
+        fmt::print(stderr, "{} = {}\n", name, o.*field);
+      },
+      s->field);
+}
+
+// One reply as one line: a backslash becomes \\ and a newline \n, so each prompt line gets exactly one line back.
+std::string one_line(std::string_view reply) {
+  std::string out;
+  for (const char c : reply) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
 }
 
 void print_stats(const ds::ChatTurnStats& s) {
@@ -106,7 +150,7 @@ void print_stats(const ds::ChatTurnStats& s) {
 int main(int argc, char** argv) {
   CLI::App app{"Chat with a model: interactively in a terminal, or one prompt per line from a pipe.", "ds-chat"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
   std::string model_path, template_name = "r1", system;
   ds::SamplingOptions sampling;
   sampling.max_new_tokens = 512;
@@ -118,14 +162,14 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(ds::tool::chat_format_validator());
   app.add_option("--system", system, "system message");
-  app.add_option("--temperature", sampling.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
-  app.add_option("--top-p", sampling.top_p, "nucleus sampling mass")->capture_default_str();
-  app.add_option("--top-k", sampling.top_k, "keep the k most likely tokens (0 = off)");
-  app.add_option("--min-p", sampling.min_p, "drop tokens below min-p times the most likely");
-  app.add_option("--repetition-penalty", sampling.repetition_penalty, "penalty for tokens already seen");
-  app.add_option("--max-new-tokens", sampling.max_new_tokens, "longest reply")->capture_default_str();
+  for (const Setting& s : kSettings)
+    std::visit(
+        [&](auto field) {
+          app.add_option(s.option(), sampling.*field, s.help)->capture_default_str()->check(ds::tool::in(s.range));
+        },
+        s.field);
   app.add_option("--stop", sampling.stop, "stop strings");
-  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_option("--seed", seed, "sampling seed")->capture_default_str()->check(ds::tool::in(ds::tool::kCount));
   app.add_flag("--hide-think", hide_think, "do not show the reasoning between <think> and </think>");
   app.add_flag("--jsonl", jsonl, "pipe mode: read {\"prompt\": ...} lines, write {\"prompt\", \"completion\"} lines");
   ds::tool::add_compute_options(app, compute);
@@ -139,28 +183,35 @@ int main(int argc, char** argv) {
     std::atomic<bool>& stop = ds::tool::install_stop_signals();
 
     if (!isatty(STDIN_FILENO)) {  // pipe mode: every line is a new single-turn conversation
+      // A prompt that fails is named on stderr and answered with an empty line (JSONL: {"prompt", "error"}), so
+      // the answers stay in step with the prompts; the run goes on and exits 1 at the end.
       std::string line;
-      int64_t number = 0;
+      int64_t number = 0, prompts = 0, failed = 0;
       while (std::getline(std::cin, line)) {
         ++number;
         if (line.empty()) continue;
+        ++prompts;
         std::string prompt = line;
-        if (jsonl) {
-          try {
-            prompt = nlohmann::json::parse(line).at("prompt").get<std::string>();
-          } catch (const nlohmann::json::exception& e) {
-            ds::fail("<stdin>:{}: not a {{\"prompt\": ...}} line: {}", number, e.what());
+        try {
+          if (jsonl) {
+            try {
+              prompt = nlohmann::json::parse(line).at("prompt").get<std::string>();
+            } catch (const nlohmann::json::exception& e) {
+              ds::fail("not a {{\"prompt\": ...}} line: {}", ds::json_error(e));
+            }
           }
+          session.clear();
+          const std::string reply = session.send(prompt, sampling);
+          fmt::print("{}\n", jsonl ? ds::to_jsonl({{"prompt", prompt}, {"completion", reply}}) : one_line(reply));
+        } catch (const ds::Error& e) {
+          ++failed;
+          fmt::print(stderr, "ds-chat: <stdin>:{}: {}\n", number, e.what());
+          fmt::print("{}\n", jsonl ? ds::to_jsonl({{"prompt", prompt}, {"error", e.what()}}) : "");
         }
-        session.clear();
-        const std::string reply = session.send(prompt, sampling);
-        if (jsonl)
-          fmt::print("{}\n", ds::to_jsonl({{"prompt", prompt}, {"completion", reply}}));
-        else
-          fmt::print("{}\n", reply);
         std::fflush(stdout);
         if (stop) break;
       }
+      if (failed > 0) ds::fail("<stdin>: {} of {} prompts failed", failed, prompts);
       return;
     }
 
@@ -200,7 +251,7 @@ int main(int argc, char** argv) {
       try {
         if (command == "/quit" || command == "/exit") break;
         if (command == "/help") {
-          fmt::print(stderr, "{}", kHelp);
+          print_help();
         } else if (command == "/clear") {
           session.clear();
         } else if (command == "/stats") {
@@ -210,7 +261,7 @@ int main(int argc, char** argv) {
         } else if (command == "/save") {
           ds::write_file_atomic(arg1, session.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
         } else if (command == "/load") {
-          session.from_json(nlohmann::json::parse(ds::read_file(arg1)), arg1);
+          session.from_json(nlohmann::json::parse(ds::read_regular_file(arg1)), arg1);
         } else if (command.starts_with("/")) {
           fmt::print(stderr, "unknown command {}; /help lists them\n", command);
         } else {
@@ -225,7 +276,7 @@ int main(int argc, char** argv) {
       } catch (const ds::Error& e) {
         fmt::print(stderr, "{}\n", e.what());
       } catch (const nlohmann::json::exception& e) {
-        fmt::print(stderr, "{}: {}\n", arg1, e.what());
+        fmt::print(stderr, "{}: {}\n", arg1, ds::json_error(e));
       }
     }
     if (!history.empty()) write_history(history.c_str());

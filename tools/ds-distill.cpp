@@ -12,7 +12,8 @@ int main(int argc, char** argv) {
                "sample the teacher, keep the completions the verifiers accept, and train on those.",
                "ds-distill"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
+  using ds::tool::in;
   ds::distill::DistillOptions o;
   o.schedule.lr = 1e-3;
   o.sample.sampling.max_new_tokens = 128;
@@ -30,35 +31,56 @@ int main(int argc, char** argv) {
   app.add_option("--template", o.prompt_template, "chat template of the records and prompts: r1, r1-zero, plain, none")
       ->capture_default_str()
       ->check(ds::tool::chat_format_validator());
-  app.add_option("--epochs", o.epochs, "passes over the data (when --steps is 0)")->capture_default_str();
+  app.add_option("--epochs", o.epochs, "passes over the data (when --steps is 0)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
   app.add_option("--val-fraction", o.val_fraction, "share of the records held out for the validation loss")
-      ->capture_default_str();
-  app.add_option("--eval-every", o.eval_every, "validation loss every N steps (0 = at the end only)");
+      ->capture_default_str()
+      ->check(in({.lo = 0, .hi = 1, .hi_open = true}));
+  app.add_option("--eval-every", o.eval_every, "validation loss every N steps (0 = at the end only)")
+      ->check(in(ds::tool::kCount));
   app.add_option("--teacher", o.teacher, "teacher model or run directory (same tokenizer as the student)");
   auto* alpha = app.add_option("--alpha", o.alpha,
                                "loss = alpha * KD + (1 - alpha) * cross-entropy (default 0.5 with --data and "
-                               "--teacher, else 0)");
-  app.add_option("--divergence", divergence, "KD loss: forward-kl, reverse-kl or jsd")->capture_default_str();
-  app.add_option("--jsd-beta", o.kd.beta, "generalised JSD mixture weight, in (0, 1)")->capture_default_str();
+                               "--teacher, else 0)")
+                    ->check(in(ds::tool::kFraction));
+  app.add_option("--divergence", divergence, "KD loss: forward-kl, reverse-kl or jsd")
+      ->capture_default_str()
+      ->check(ds::tool::parsed_by([](const std::string& name) { ds::kd::parse_divergence(name); },
+                                  "forward-kl|reverse-kl|jsd"));
+  app.add_option("--jsd-beta", o.kd.beta, "generalised JSD mixture weight, in (0, 1)")
+      ->capture_default_str()
+      ->check(in({.lo = 0, .hi = 1, .lo_open = true, .hi_open = true}));
   app.add_option("--kd-temperature", o.kd.temperature, "softmax temperature of both distributions")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositive));
   app.add_option("--kd-top-k", o.kd.top_k, "compare the teacher's top k tokens and one bucket for the rest (0 = all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kCount));
   app.add_option("--prompts", o.prompts, "tasks to sample the teacher on: JSONL or builtin:arith[:train|:test]");
-  app.add_option("--limit", o.limit, "sample only the first N prompts (0 = all)");
-  app.add_option("-k,--samples-per-prompt", o.sample.k, "completions sampled per prompt")->capture_default_str();
-  app.add_option("--temperature", o.sample.sampling.temperature, "teacher sampling temperature")->capture_default_str();
-  app.add_option("--top-p", o.sample.sampling.top_p, "teacher nucleus sampling (1 = off)")->capture_default_str();
+  app.add_option("--limit", o.limit, "sample only the first N prompts (0 = all)")->check(in(ds::tool::kCount));
+  app.add_option("-k,--samples-per-prompt", o.sample.k, "completions sampled per prompt")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
+  app.add_option("--temperature", o.sample.sampling.temperature, "teacher sampling temperature")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTemperature));
+  app.add_option("--top-p", o.sample.sampling.top_p, "teacher nucleus sampling (1 = off)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTopP));
   app.add_option("--max-new-tokens", o.sample.sampling.max_new_tokens, "teacher completion length limit")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kMaxNewTokens));
   app.add_option("--emit", o.emit, "also write the accepted samples to this JSONL file (- = stdout)");
-  app.add_option("--batch", o.batch, "rows per step, over all ranks")->capture_default_str();
-  app.add_option("--seq-len", o.seq_len, "positions per row (short examples are packed)")->capture_default_str();
-  ds::tool::add_training_options(app, ds::tool::training_options(o), schedule,
+  app.add_option("--batch", o.batch, "rows per step, over all ranks")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
+  app.add_option("--seq-len", o.seq_len, "positions per row (short examples are packed)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
+  ds::tool::add_training_options(app, o, schedule, ds::tool::kCount,
                                  "total steps of the run (0 = --epochs passes over the data)",
                                  "seed of a new student's weights, the data order and the validation split");
-  ds::tool::add_bad_step_options(app, o.bad_steps);
-  ds::tool::add_fp8_flag(app, o.fp8);
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
   ds::tool::add_dist_options(app, dist, false, false);

@@ -119,7 +119,8 @@ int main(int argc, char** argv) {
                "or perplexity and bits per byte on text. JSON summary on stdout, a table on stderr.",
                "ds-eval"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
+  using ds::tool::in;
   Options o;
   ds::tool::ComputeOptions compute;
   app.add_option("--model", o.model, "model directory, or run directory (its latest checkpoint)")->required();
@@ -127,29 +128,39 @@ int main(int argc, char** argv) {
                                                    "default builtin:arith");
   auto* text = app.add_option("--text", o.text, "text files, or token shards (.tok, .tok.zst), to score");
   tasks->excludes(text);
-  auto* k = app.add_option("-k", o.run.k, "samples per task")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", o.run.sampling.temperature, "sampling temperature")->capture_default_str();
-  app.add_option("--top-p", o.run.sampling.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
-  app.add_option("--top-k", o.run.sampling.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
+  auto* k =
+      app.add_option("-k", o.run.k, "samples per task")->capture_default_str()->check(in(ds::tool::kPositiveCount));
+  app.add_option("--temperature", o.run.sampling.temperature, "sampling temperature")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTemperature));
+  app.add_option("--top-p", o.run.sampling.top_p, "nucleus sampling mass (1 = off)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTopP));
+  app.add_option("--top-k", o.run.sampling.top_k, "keep the k most likely tokens (0 = off)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTopK));
   app.add_option("--min-p", o.run.sampling.min_p, "keep tokens with p >= min-p * p_max (0 = off)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kMinP));
   app.add_option("--repetition-penalty", o.run.sampling.repetition_penalty,
                  "penalty on tokens already in the sequence")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kRepetitionPenalty));
   app.add_option("--max-new-tokens", o.run.sampling.max_new_tokens, "tokens generated per completion at most")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(in(ds::tool::kMaxNewTokens));
   app.add_option("--stop", o.run.sampling.stop, "end a completion at this string (repeatable)");
   app.add_option("--seed", o.run.seed, "sampling seed; completion f of the run samples with seed + f")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kCount));
   app.add_flag("--greedy", o.greedy, "decode greedily, one sample per task");
-  app.add_option("--limit", o.limit, "evaluate only the first N tasks")->check(CLI::PositiveNumber);
+  app.add_option("--limit", o.limit, "evaluate only the first N tasks")->check(in(ds::tool::kPositiveCount));
   app.add_option("--samples", o.samples_path, "write every sample as JSONL to this file");
   app.add_option("--batch", o.run.batch, "completions decoded together (text: windows per forward pass)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(in(ds::tool::kPositiveCount));
   app.add_option("--seq-len", o.seq_len, "text: tokens per window (default: the model's context)")
-      ->check(CLI::PositiveNumber);
+      ->check(in(ds::tool::kPositiveCount));
   app.add_option("--template", o.template_name, "chat template: plain (User: ... Assistant:), r1, r1-zero or none")
       ->capture_default_str()
       ->check(ds::tool::chat_format_validator());

@@ -10,7 +10,8 @@ int main(int argc, char** argv) {
                "and moves the policy toward the completions that beat their group's mean.",
                "ds-grpo"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
+  using ds::tool::in;
   ds::GrpoTrainOptions o;
   o.schedule.kind = ds::Schedule::Constant;
   o.schedule.lr = 5e-5;
@@ -29,42 +30,66 @@ int main(int argc, char** argv) {
                  "chat template: r1, r1-zero, none, or plain (\"User: ... Assistant:\", as in builtin:arith)")
       ->capture_default_str()
       ->check(ds::tool::chat_format_validator());
-  app.add_option("--group-size", o.group_size, "completions per prompt (G)")->capture_default_str();
-  app.add_option("--prompts-per-step", o.prompts_per_step, "prompts per step (P)")->capture_default_str();
-  ds::tool::add_training_options(app, ds::tool::training_options(o), schedule, "total steps of the run",
+  app.add_option("--group-size", o.group_size, "completions per prompt (G)")
+      ->capture_default_str()
+      ->check(in(ds::tool::at_least(2)));  // advantages compare the completions of one prompt
+  app.add_option("--prompts-per-step", o.prompts_per_step, "prompts per step (P)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
+  ds::tool::add_training_options(app, o, schedule, ds::tool::kPositiveCount,
+                                 "total steps of the run",
                                  "seed of the task order and the sampler");
-  ds::tool::add_bad_step_options(app, o.bad_steps);
   app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "completion length limit (also dr_grpo's constant)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kMaxNewTokens));
   app.add_option("--temperature", o.sampling.temperature,
                  "sampling temperature (positive), also that of the log-probabilities the loss compares")
-      ->capture_default_str();
-  app.add_option("--top-p", o.sampling.top_p, "nucleus sampling (1 = off)")->capture_default_str();
-  app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0 = off)")->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositive));  // greedy completions of one prompt are all the same
+  app.add_option("--top-p", o.sampling.top_p, "nucleus sampling (1 = off)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTopP));
+  app.add_option("--top-k", o.sampling.top_k, "top-k sampling (0 = off)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kTopK));
   app.add_option("--stop", o.sampling.stop, "end a completion at this string (repeatable)");
-  app.add_option("--epsilon", o.loss.epsilon, "clip the ratio below at 1 - epsilon")->capture_default_str();
+  app.add_option("--epsilon", o.loss.epsilon, "clip the ratio below at 1 - epsilon")
+      ->capture_default_str()
+      ->check(in({.lo = 0, .hi = 1, .lo_open = true, .hi_open = true}));
   auto* eps_high = app.add_option("--epsilon-high", o.loss.epsilon_high,
-                                  "clip the ratio above at 1 + epsilon-high (DAPO uses 0.28; default --epsilon)");
+                                  "clip the ratio above at 1 + epsilon-high (DAPO uses 0.28; default --epsilon)")
+                       ->check(in(ds::tool::kPositive));
   app.add_option("--beta", o.loss.beta, "k3 KL weight to the base model (0: no reference model)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kNonNegative));
   app.add_option("--loss", loss, "aggregation: grpo (per sequence), dapo (per token), dr_grpo (constant)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(ds::tool::parsed_by([](const std::string& name) { ds::grpo::parse_aggregation(name); },
+                                  "grpo|dapo|dr_grpo"));
   app.add_option("--scale-rewards", scale_rewards, "group (divide advantages by the group std) or none (Dr. GRPO)")
-      ->capture_default_str();
-  app.add_option("--iterations", o.iterations, "updates per batch of rollouts (mu)")->capture_default_str();
-  app.add_option("--micro-batch", o.micro_batch, "sequences per forward pass (0 = the whole batch)");
+      ->capture_default_str()
+      ->check(ds::tool::parsed_by([](const std::string& name) { ds::grpo::parse_scale_rewards(name); }, "group|none"));
+  app.add_option("--iterations", o.iterations, "updates per batch of rollouts (mu)")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
+  app.add_option("--micro-batch", o.micro_batch, "sequences per forward pass (0 = the whole batch)")
+      ->check(in(ds::tool::kCount));
   app.add_flag("--dynamic-sampling", o.dynamic_sampling,
                "drop groups whose rewards are all equal and sample more prompts");
   app.add_option("--max-sampling-rounds", o.max_sampling_rounds, "dynamic sampling: rounds per step at most")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositiveCount));
   app.add_option("--format-weight", o.format_weight, "reward = accuracy + format-weight * format")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in(ds::tool::kAnyNumber));
   app.add_option("--reward-cmd", o.reward_cmd, "reward with this shell command (JSON lines in, a reward per line out)");
-  app.add_option("--reward-timeout", o.reward_timeout, "seconds to wait for each reward line")->capture_default_str();
+  app.add_option("--reward-timeout", o.reward_timeout, "seconds to wait for each reward line")
+      ->capture_default_str()
+      ->check(in(ds::tool::kPositive));
   app.add_option("--rollouts", o.rollouts, "append every rollout to this JSONL file (- = stdout)");
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed (0 = frozen)")
-      ->capture_default_str();
-  ds::tool::add_fp8_flag(app, o.fp8);
+      ->capture_default_str()
+      ->check(in(ds::tool::kNonNegative));
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
   ds::tool::add_dist_options(app, dist, false, false);

@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
                "With no data it trains on builtin:arith, the built-in arithmetic corpus.",
                "ds-pretrain"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
   ds::PretrainOptions o;
   std::string run_positional, resume_dir, schedule = "cosine";
   int64_t samples = 0;
@@ -27,18 +27,30 @@ int main(int argc, char** argv) {
                  "Default: byte-level")
       ->check(CLI::ExistingPath);
   app.add_option("--data", o.data, "token shards (.tok, .tok.zst, - for stdin); default builtin:arith");
-  app.add_option("--batch", o.batch, "sequences per micro-batch")->capture_default_str();
-  app.add_option("--seq-len", o.seq_len, "tokens per sequence")->capture_default_str();
-  app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
-  ds::tool::add_training_options(app, ds::tool::training_options(o), schedule, "total optimizer steps of the run",
+  app.add_option("--batch", o.batch, "sequences per micro-batch")
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kPositiveCount));
+  app.add_option("--seq-len", o.seq_len, "tokens per sequence")
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kPositiveCount));
+  app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kPositiveCount));
+  ds::tool::add_training_options(app, o, schedule, ds::tool::kPositiveCount,
+                                 "total optimizer steps of the run",
                                  "seed of the initial weights and the built-in corpus");
-  ds::tool::add_bad_step_options(app, o.bad_steps);
-  app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")->capture_default_str();
-  app.add_option("--balance-alpha", o.loss.balance_alpha, "sequence-wise balance loss weight")->capture_default_str();
-  app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")->capture_default_str();
-  ds::tool::add_fp8_flag(app, o.fp8);
+  app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kNonNegative));
+  app.add_option("--balance-alpha", o.loss.balance_alpha, "sequence-wise balance loss weight")
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kNonNegative));
+  app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::kNonNegative));
   app.add_option("--samples", samples, "after training, print N greedy completions of held-out builtin:arith "
-                                       "problems as JSONL on stdout");
+                                       "problems as JSONL on stdout")
+      ->check(ds::tool::in(ds::tool::kCount));
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
   ds::tool::add_dist_options(app, dist, true, true);

@@ -11,6 +11,7 @@
 #include "ds/checkpoint.h"
 #include "ds/error.h"
 #include "ds/quantize.h"
+#include "ds/regex.h"
 #include "ds/safetensors.h"
 
 namespace {
@@ -95,7 +96,7 @@ int main(int argc, char** argv) {
                "released checkpoints), BF16 or F32, and report the conversion error; or list its tensors.",
                "ds-quantize"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
   std::string model, out, to = "fp8", shard_size = "5GB";
   ds::quant::ConvertOptions options;
   bool list = false, as_json = false;
@@ -115,6 +116,13 @@ int main(int argc, char** argv) {
     ds::tool::apply_compute_options(compute);
     if (list) return list_model(model, as_json);
     if (out.empty()) throw CLI::RequiredError("-o,--output");
+    for (const std::string& pattern : options.keep) {
+      try {
+        ds::Regex(pattern, false, "--keep");
+      } catch (const ds::Error& e) {
+        throw CLI::ValidationError(e.what());  // already names --keep
+      }
+    }
     if (!ds::quant::parse_target(to, options.to))
       throw CLI::ValidationError("--to", "'" + to + "' is not fp8, bf16 or f32");
     try {

@@ -14,6 +14,7 @@
 #include "ds/ops.h"
 #include "ds/shards.h"
 #include "ds/tokenizer.h"
+#include "ds/jsonl.h"
 
 namespace {
 
@@ -76,7 +77,7 @@ Documents read_documents(const DocumentOptions& o) {
       try {
         record = nlohmann::json::parse(line);
       } catch (const nlohmann::json::exception& e) {
-        ds::fail("{}: {}", where, e.what());
+        ds::fail("{}: {}", where, ds::json_error(e));
       }
       if (!record.is_object() || !record.contains(o.field) || !record[o.field].is_string())
         ds::fail("{}: no string field {:?}", where, o.field);
@@ -103,14 +104,14 @@ int main(int argc, char** argv) {
                "Without --tokenizer, the built-in byte-level tokenizer (DeepSeek's special tokens, then 256 bytes).",
                "ds-tokenize"};
   ds::tool::add_version_flag(app);
-  app.set_config("--config", "", "read options from a TOML/INI file");
+  ds::tool::add_config_option(app);
   app.require_subcommand(1);
   int threads = 0;
   std::string tokenizer_path;
   DocumentOptions docs_opt;
   const auto add_common = [&](CLI::App& cmd, bool with_tokenizer) {
     cmd.add_option("--threads", threads, "threads for encoding and zstd (0 = all cores)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(ds::tool::in(ds::tool::kCount));
     if (with_tokenizer)
       cmd.add_option("--tokenizer", tokenizer_path, "a tokenizer.json or a directory holding one (default built-in)");
   };
@@ -122,7 +123,8 @@ int main(int argc, char** argv) {
   add_common(train, false);
   train.add_option("-o,--output", out_dir, "directory for tokenizer.json and tokenizer_config.json")->required();
   train.add_option("--vocab-size", train_opt.vocab_size, "tokens in all: 7 special, 256 bytes, the rest merges")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(ds::tool::in(ds::tool::at_least(int64_t(ds::Tokenizer::byte_level().vocab_size()))));
 
   CLI::App& encode = *app.add_subcommand("encode", "encode text to a token shard");
   std::string output = "-";
@@ -132,7 +134,7 @@ int main(int argc, char** argv) {
   add_common(encode, true);
   encode.add_option("-o,--output", output, "the shard (.tok, .tok.zst; - for stdout)")->capture_default_str();
   encode.add_option("--zstd", zstd_level, "zstd level, 0 for raw (default 3 for a .zst output, else 0)")
-      ->check(CLI::Range(0, 22));
+      ->check(ds::tool::in({.lo = 0, .hi = 22, .integer = true}));
   encode.add_flag("--special", special, "parse special-token spellings in the text (default: encode them as text)");
 
   CLI::App& decode = *app.add_subcommand("decode", "decode a token shard to text");

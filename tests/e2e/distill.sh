@@ -106,6 +106,10 @@ $BIN/ds-distill "$T/b" --data "$T/bad.jsonl" $COMMON 2>"$T/err"
 [ $? -eq 1 ] && grep -q "bad.jsonl:2: a record needs both" "$T/err" || fail "bad record: $(cat "$T/err")"
 $BIN/ds-distill "$T/b" $COMMON 2>/dev/null; [ $? -eq 2 ] || fail "no data is a usage error"
 $BIN/ds-distill "$T/b" --data "$T/sft.jsonl" --alpha 0.5 2>/dev/null; [ $? -eq 2 ] || fail "--alpha without teacher"
+refused 2 "--alpha: 2 is not in [0, 1]" $BIN/ds-distill "$T/b" --data "$T/sft.jsonl" --alpha 2
+refused 2 "--divergence: unknown divergence 'kl'" $BIN/ds-distill "$T/b" --data "$T/sft.jsonl" --divergence kl
+refused 2 "--val-fraction: 1 is not in [0, 1)" $BIN/ds-distill "$T/b" --data "$T/sft.jsonl" --val-fraction 1
+refused 2 "--steps: -1 is not an integer >= 0" $BIN/ds-distill "$T/b" --data "$T/sft.jsonl" --steps -1
 $BIN/ds-distill "$T/teacher" --data "$T/sft.jsonl" $COMMON 2>"$T/err"
 [ $? -eq 1 ] && grep -q "already holds a run" "$T/err" || fail "overwrite"
 [ ! -e "$T/b/latest" ] || fail "a refused start left a checkpoint"

@@ -67,6 +67,26 @@ $BIN --model "$T/run" --tasks builtin:arith --text "$T/text.txt" 2>/dev/null; [ 
 $BIN --model "$T/run" --template nosuch 2>/dev/null; [ $? -eq 2 ] || fail "unknown template"
 $BIN 2>/dev/null; [ $? -eq 2 ] || fail "missing --model"
 set -e
+for bad in "--temperature -1" "--temperature nan" "--top-p 2" "--top-k -3" "--repetition-penalty 0" "--min-p 1.5" \
+  "-k 0" "--max-new-tokens 0" "--seed -1"; do
+  refused 2 "${bad% *}: ${bad#* } is not" $BIN --model "$T/run" $bad
+done
+# Messages stay on one line whatever bytes they quote.
+refused 1 'nowhere\x0Ahere\xFF: not a model' $BIN --model "$T/nowhere$(printf '\nhere\377')"
+# Files that are mapped or sized must be regular: a FIFO is refused at once, not waited on.
+for f in model.safetensors config.json tokenizer.json; do
+  mkdir "$T/fifo-$f" && cp "$T/run/latest/"* "$T/fifo-$f/" && rm "$T/fifo-$f/$f" && mkfifo "$T/fifo-$f/$f"
+  refused 1 "$f: not a regular file" timeout 60 $BIN --model "$T/fifo-$f"
+done
+# --samples into a FIFO: written into, not replaced.
+mkfifo "$T/samples.fifo"
+cat "$T/samples.fifo" >"$T/from_fifo" &
+reader=$!
+$BIN --model "$T/run" --limit 2 -k 1 --max-new-tokens 4 --threads 1 --samples "$T/samples.fifo" >/dev/null 2>&1 ||
+  fail "--samples into a FIFO"
+[ -p "$T/samples.fifo" ] || { kill $reader; fail "--samples replaced the FIFO"; }
+wait $reader
+[ "$(wc -l <"$T/from_fifo")" -eq 2 ] || fail "samples through the FIFO: $(cat "$T/from_fifo")"
 $BIN --help | grep -q -- "--samples" || fail "--help"
 $BIN --version | grep -q "ds-eval" || fail "--version"
 echo ok

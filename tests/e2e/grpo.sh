@@ -108,10 +108,15 @@ grpo "$T/junk" $SMALL --steps 1 --reward-cmd "'while read -r l; do echo junk; do
 # Refusals and usage errors.
 grpo "$T/a" $COMMON --steps 2 2>"$T/err"; [ $? -eq 1 ] && grep -q "already holds a run" "$T/err" || fail "overwrite"
 $BIN/ds-grpo "$T/b" 2>/dev/null; [ $? -eq 2 ] || fail "missing --model is a usage error"
-$BIN/ds-grpo "$T/b" --model "$T/base" --loss ppo 2>"$T/err"; [ $? -eq 1 ] && grep -q "ppo" "$T/err" || fail "--loss"
-$BIN/ds-grpo "$T/b" --model "$T/base" --group-size 1 2>"$T/err"; [ $? -eq 1 ] || fail "--group-size 1"
-$BIN/ds-grpo "$T/b" --model "$T/base" --temperature 0 2>"$T/err"
-[ $? -eq 1 ] && grep -q "temperature must be positive" "$T/err" || fail "--temperature 0: $(cat "$T/err")"
+refused 2 "--loss: 'ppo' is not one of grpo, dapo, dr_grpo" $BIN/ds-grpo "$T/b" --model "$T/base" --loss ppo
+refused 2 "--scale-rewards: 'batch' is not one of group, none" $BIN/ds-grpo "$T/b" --model "$T/base" --scale-rewards batch
+refused 2 "--on-bad-steps: 'retry' is not one of stop, reload" $BIN/ds-grpo "$T/b" --model "$T/base" --on-bad-steps retry
+refused 2 "--group-size: 1 is not an integer >= 2" $BIN/ds-grpo "$T/b" --model "$T/base" --group-size 1
+refused 2 "--temperature: 0 is not a number > 0" $BIN/ds-grpo "$T/b" --model "$T/base" --temperature 0
+refused 2 "--top-p: 2 is not in (0, 1]" $BIN/ds-grpo "$T/b" --model "$T/base" --top-p 2
+refused 2 "--epsilon: 5 is not in (0, 1)" $BIN/ds-grpo "$T/b" --model "$T/base" --epsilon 5
+refused 2 "--reward-timeout: 0 is not a number > 0" $BIN/ds-grpo "$T/b" --model "$T/base" --reward-timeout 0
+refused 2 "--format-weight: nan is not a number" $BIN/ds-grpo "$T/b" --model "$T/base" --format-weight nan
 $BIN/ds-grpo "$T/b" --model "$T/nowhere" 2>"$T/err"; [ $? -eq 1 ] && grep -q "nowhere" "$T/err" || fail "bad --model"
 $BIN/ds-grpo "$T/b" --model "$T/base" --template r1-zero 2>"$T/err"  # its preamble is longer than tiny's context
 [ $? -eq 1 ] && grep -q "prompt is .* tokens with --template r1-zero" "$T/err" || fail "long prompt: $(cat "$T/err")"

@@ -65,6 +65,32 @@ $BIN "$T/b" --device cuda:99 2>/dev/null; [ $? -eq 2 ] || fail "unavailable devi
 printf 'abc' >"$T/odd.tok"
 $BIN "$T/d" $COMMON --data "$T/odd.tok" 2>"$T/err"; [ $? -eq 1 ] && grep -q "odd.tok" "$T/err" || fail "bad shard"
 set -e
+# Out-of-range and non-finite values are usage errors with a short message naming the option; nothing is created.
+refused 2 "--lr: nan is not a number > 0" $BIN "$T/r" --model-config tiny --steps 3 --lr nan
+refused 2 "--lr: -1 is not a number > 0" $BIN "$T/r" --lr -1
+refused 2 "--lr: inf" $BIN "$T/r" --lr inf
+refused 2 "--warmup: -3 is not an integer >= 0" $BIN "$T/r" --warmup -3
+refused 2 "--clip: -1" $BIN "$T/r" --clip -1
+refused 2 "--beta2: 1.5 is not in [0, 1)" $BIN "$T/r" --beta2 1.5
+refused 2 "--steps: -5 is not an integer >= 1" $BIN "$T/r" --steps -5
+refused 2 "--steps: 2.5" $BIN "$T/r" --steps 2.5
+refused 2 "--batch: 0" $BIN "$T/r" --batch 0
+refused 2 "--schedule: unknown learning-rate schedule 'bogus'" $BIN "$T/r" --schedule bogus
+refused 2 "--bad-lr-factor: 0 is not in (0, 1]" $BIN "$T/r" --bad-lr-factor 0
+refused 2 "--comm-timeout: nan" $BIN "$T/r" --comm-timeout nan
+refused 2 "--mtp-weight: -0.5" $BIN "$T/r" --mtp-weight -0.5
+[ "$(wc -c <"$T/refused.err")" -lt 100 ] || fail "long message: $(cat "$T/refused.err")"
+[ ! -e "$T/r" ] || fail "a refused option left a run directory"
+# --config: an unknown key or a line that is not text is a usage error naming the file and line; values are checked.
+printf '# options\nbatch = 2\nstpes = 3\n' >"$T/typo.toml"
+refused 2 "typo.toml:3: no option 'stpes'" $BIN "$T/r" --config "$T/typo.toml"
+printf 'steps = 3\n\377\376\001\002 = 1\n' >"$T/binary.toml"
+refused 2 "binary.toml:2: not a line of text" $BIN "$T/r" --config "$T/binary.toml"
+grep -q "$(printf '\377')" "$T/refused.err" && fail "raw bytes echoed"
+printf 'steps = 0\n' >"$T/zero.toml"
+refused 2 "--steps: 0 is not an integer >= 1" $BIN "$T/r" --config "$T/zero.toml"
+printf 'model-config = "tiny"\nsteps = 1\nbatch = 2\nseq-len = 16\nthreads = 1\n' >"$T/good.toml"
+$BIN "$T/cfg" --config "$T/good.toml" 2>"$T/err" || fail "valid --config: $(cat "$T/err")"
 $BIN --help | grep -q -- "--resume" || fail "--help"
 $BIN --version | grep -q "ds-pretrain" || fail "--version"
 echo ok

@@ -99,6 +99,7 @@ $Q "$T/run" -o "$T/x" --to fp16 2>"$T/err"; [ $? -eq 2 ] && grep -q "fp16" "$T/e
 $Q "$T/run" -o "$T/x" --max-shard-size lots 2>/dev/null; [ $? -eq 2 ] || fail "bad --max-shard-size"
 $Q "$T/run" 2>/dev/null; [ $? -eq 2 ] || fail "missing -o"
 $Q 2>/dev/null; [ $? -eq 2 ] || fail "missing model"
+refused 2 "--keep: regex \"([\" does not compile" $Q "$T/run" -o "$T/x" --keep '(['
 [ ! -e "$T/x" ] || fail "a refused run left output"
 ls -a "$T" | grep -q '\.tmp-' && fail "staging directory left behind"
 set -e

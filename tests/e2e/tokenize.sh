@@ -38,9 +38,11 @@ $PRETRAIN "$T/run" --model-config tiny --tokenizer "$T/tok" --data "$T/c.tok.zst
   --seq-len 32 --threads 1 2>"$T/log" || fail "pretrain on shards: $(cat "$T/log")"
 cmp "$T/tok/tokenizer.json" "$T/run/latest/tokenizer.json" || fail "the model does not carry its tokenizer"
 grep -q '"vocab_size": 640' "$T/run/latest/config.json" || fail "vocab not grown to the tokenizer's"
+# A resumed run keeps its tokenizer: given again it must be the same one.
+$PRETRAIN --resume "$T/run" --tokenizer "$T/tok" --steps 4 2>"$T/err" || fail "--tokenizer again on resume: $(cat "$T/err")"
+cp -r "$T/tok" "$T/tok2"
+refused 2 "the run was created with --tokenizer" $PRETRAIN --resume "$T/run" --tokenizer "$T/tok2" --steps 5
 set +e
-$PRETRAIN --resume "$T/run" --tokenizer "$T/tok" --steps 4 2>"$T/err"; [ $? -eq 1 ] && grep -q "keeps its own" "$T/err" ||
-  fail "--tokenizer on resume: $(cat "$T/err")"
 $PRETRAIN "$T/run2" --model-config tiny --data "$T/c.tok.zst" --steps 1 2>"$T/err"; [ $? -eq 1 ] &&
   grep -q "c.tok.zst" "$T/err" || fail "shards past the byte-level vocabulary: $(cat "$T/err")"
 set -e
@@ -68,5 +70,30 @@ $BIN encode --jsonl "$T/bad.jsonl" 2>"$T/err" >/dev/null; [ $? -eq 1 ] && grep -
   fail "bad JSONL: $(cat "$T/err")"
 $BIN decode "$T/c.tok.zst" 2>"$T/err" >/dev/null; [ $? -eq 1 ] && grep -q "c.tok.zst" "$T/err" ||
   fail "shard ids past the byte-level vocabulary: $(cat "$T/err")"
-$BIN --version | grep -q "^ds-tokenize " || fail "--version"
+refused 2 "--vocab-size: 10 is not an integer >= 263" $BIN train "$CORPUS" -o "$T/small" --vocab-size 10
+refused 2 "--threads: -1 is not an integer >= 0" $BIN count --threads -1 "$CORPUS"
+refused 2 "--zstd: 23 is not an integer in [0, 22]" $BIN encode --zstd 23 "$CORPUS"
+printf '{"text": "\377\376"\n' >"$T/raw.jsonl"
+refused 1 "raw.jsonl: line 1" $BIN encode --jsonl "$T/raw.jsonl" -o "$T/raw.tok"
+grep -q "$(printf '\377')" "$T/refused.err" && fail "raw bytes echoed: $(cat "$T/refused.err")"
+# --config: keys of a subcommand's [section] are checked too.
+printf '[encode]\nzstd = 5\n' >"$T/good.toml"
+$BIN --config "$T/good.toml" encode "$CORPUS" -o "$T/cfg.tok.zst" 2>/dev/null || fail "[encode] zstd = 5"
+printf '[encode]\nzstdd = 5\n' >"$T/typo.toml"
+refused 2 "typo.toml:2: no option 'encode.zstdd'" $BIN --config "$T/typo.toml" encode "$CORPUS"
+# An output that is not a regular file (here a FIFO) is written into, not replaced.
+$BIN encode "$CORPUS" -o "$T/direct.tok" 2>/dev/null
+$BIN decode "$T/direct.tok" -o "$T/direct.txt"
+mkfifo "$T/fifo"
+for cmd in "encode $CORPUS" "decode $T/direct.tok"; do
+  cat "$T/fifo" >"$T/from_fifo" &
+  reader=$!
+  $BIN $cmd -o "$T/fifo" 2>/dev/null || fail "$cmd into a FIFO"
+  [ -p "$T/fifo" ] || { kill $reader; fail "$cmd replaced the FIFO"; }
+  wait $reader
+  expected="$T/direct.tok"
+  [ "${cmd%% *}" = decode ] && expected="$T/direct.txt"
+  cmp -s "$T/from_fifo" "$expected" || fail "$cmd through a FIFO differs"
+done
+ls "$T" | grep -q '\.tmp\.' && fail "temporary file left beside the FIFO"
 exit 0

@@ -1,10 +1,12 @@
 #include <doctest/doctest.h>
 
 #include "temp_dir.h"
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
@@ -66,4 +68,39 @@ TEST_CASE("file errors name the file") {
   CHECK_THROWS_WITH_AS(write_file_atomic(dir / "no/such/dir/x", "x"), doctest::Contains("x: cannot create"), Error);
   CHECK_THROWS_WITH_AS(fsync_dir(dir / "missing"), doctest::Contains("missing: cannot open directory"), Error);
   fsync_dir(dir.path.string());
+}
+
+TEST_CASE("AtomicFile writes into a device or FIFO instead of replacing it") {
+  TempDir dir;
+  write_file_atomic("/dev/null", "discarded");
+  CHECK(fs::is_character_file("/dev/null"));
+
+  const std::string fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::string received;
+  std::thread reader([&] { received = read_file(fifo); });
+  {
+    AtomicFile file(fifo);  // opens once the reader has
+    file.write("through ");
+    file.write("the pipe");
+    file.commit();
+  }
+  reader.join();
+  CHECK(received == "through the pipe");
+  CHECK(fs::is_fifo(fifo));
+  CHECK(dir.count() == 1);  // no temporary file beside it
+  CHECK_THROWS_WITH_AS(write_file_atomic(dir.path.string(), "x"), doctest::Contains("cannot open"), Error);
+}
+
+TEST_CASE("read_regular_file refuses a FIFO, a device or a directory without blocking") {
+  TempDir dir;
+  const std::string fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // No writer ever opens the FIFO: a plain open would wait forever.
+  CHECK_THROWS_WITH_AS(read_regular_file(fifo), doctest::Contains("fifo: not a regular file"), Error);
+  CHECK_THROWS_WITH_AS(read_regular_file("/dev/zero"), "/dev/zero: not a regular file", Error);
+  CHECK_THROWS_WITH_AS(read_regular_file(dir.path.string()), doctest::Contains("not a regular file"), Error);
+  CHECK_THROWS_WITH_AS(read_regular_file(dir / "missing"), doctest::Contains("missing: cannot open"), Error);
+  write_file_atomic(dir / "a", "text");
+  CHECK(read_regular_file(dir / "a") == "text");
 }

@@ -114,9 +114,10 @@ TEST_CASE("reward command: garbage is an error naming the line") {
     CHECK(e.find(reply) != std::string::npos);
   }
   {
-    RewardCommand extra("read -r l; printf '1\\n2\\n'", 10);  // one write: both lines arrive together
-    CHECK(error_of([&] { extra.score(samples(1)); }).find("line 2: output past the last expected reply") !=
-          std::string::npos);
+    RewardCommand extra("read -r l; printf '1\\n2\\n3\\n'", 10);  // one write: all lines arrive together
+    const std::string e = error_of([&] { extra.score(samples(1)); });
+    CHECK(e.find("line 2: output past the last expected reply: '2\\x0A3\\x0A'") != std::string::npos);
+    CHECK(e.find('\n') == std::string::npos);  // one line
   }
   {
     RewardCommand endless("read -r l; head -c 20000000 /dev/zero | tr '\\0' 7; cat >/dev/null", 10);

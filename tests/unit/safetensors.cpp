@@ -2,6 +2,7 @@
 
 #include "temp_dir.h"
 #include <fmt/ranges.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -247,6 +248,25 @@ TEST_CASE("safetensors rejects every corrupt header") {
   }
   CHECK_THROWS_WITH_AS(File{dir / "missing.safetensors"}, doctest::Contains("cannot open"), Error);
   CHECK_THROWS_WITH_AS(File{dir.path.string()}, doctest::Contains("not a regular file"), Error);
+  // A FIFO is refused at once, not waited on for a writer that never comes.
+  const std::string fifo = dir / "model.safetensors";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK_THROWS_WITH_AS(File{fifo}, (fifo + ": not a regular file").c_str(), Error);
+}
+
+TEST_CASE("safetensors JSON errors show the header's bytes escaped, on one line") {
+  TempDir dir;
+  const std::string path = dir / "bad.safetensors";
+  write_file_atomic(path, raw_file("{\"a\xff\x01\":", ""));
+  try {
+    File{path};
+    FAIL("no error");
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    CHECK_MESSAGE(message.find("\\xFF") != std::string::npos, message);
+    CHECK(message.find('\xff') == std::string::npos);
+    CHECK(message.find('\x01') == std::string::npos);
+  }
 }
 
 TEST_CASE("model directories: one file, or shards with an index") {

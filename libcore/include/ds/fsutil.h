@@ -9,10 +9,16 @@
 
 namespace ds {
 
-// A file read front to back; "-" is stdin. Works on pipes, so nothing here seeks or maps.
+// Opens `path` for reading where only a regular file will do (it is mapped, sized or must not block): a FIFO, a
+// device or a directory is refused with "PATH: not a regular file", without waiting for a FIFO's writer. Returns
+// the descriptor, for the caller to close.
+int open_regular(const std::string& path);
+
+// A file read front to back; "-" is stdin. Works on pipes, so nothing here seeks or maps, unless `regular_only`
+// (see open_regular; "-" is then no file either).
 class InputFile {
  public:
-  explicit InputFile(const std::string& path);
+  explicit InputFile(const std::string& path, bool regular_only = false);
   ~InputFile();
   InputFile(const InputFile&) = delete;
   InputFile& operator=(const InputFile&) = delete;
@@ -31,7 +37,8 @@ class InputFile {
 // A file that appears at `path` complete or not at all. Bytes go to `path.tmp.<pid>` in the same directory (so the
 // rename stays on one filesystem); commit() fsyncs it, renames it over `path` and fsyncs the directory, so after a
 // crash `path` holds either the old or the new contents. Destroyed without commit(), the temporary file is removed and
-// `path` is untouched. "-" writes straight to stdout, where there is nothing to undo.
+// `path` is untouched. "-" writes straight to stdout, and a `path` that exists but is not a regular file (a device
+// such as /dev/null, a FIFO) is written into, never replaced: there is nothing to undo.
 class AtomicFile {
  public:
   explicit AtomicFile(const std::string& path);
@@ -45,12 +52,15 @@ class AtomicFile {
 
  private:
   std::string path_;
-  std::string tmp_;  // empty for stdout and once renamed
+  std::string tmp_;  // empty for stdout, for a file written in place, and once renamed
   int fd_ = -1;
+  bool direct_ = false;  // written in place: not a regular file
 };
 
 // The whole file as bytes; "-" reads stdin.
 std::string read_file(const std::string& path);
+// The whole of a regular file (see open_regular): for files such as configs that have no business being a pipe.
+std::string read_regular_file(const std::string& path);
 
 // Replaces `path` atomically with `data` (see AtomicFile).
 void write_file_atomic(const std::string& path, std::span<const std::byte> data);

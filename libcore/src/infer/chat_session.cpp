@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "ds/error.h"
+#include "ds/jsonl.h"
 
 namespace ds {
 
@@ -106,7 +107,7 @@ void ChatSession::from_json(const nlohmann::json& j, const std::string& source) 
       loaded.push_back({role, m.at("content").get<std::string>()});
     }
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: not a saved conversation: {}", source, e.what());
+    fail("{}: not a saved conversation: {}", source, json_error(e));
   }
   messages_ = std::move(loaded);
 }

@@ -24,8 +24,23 @@ std::string parent_dir(const std::string& path) {
 }
 }  // namespace
 
-InputFile::InputFile(const std::string& path) {
-  if (path == "-") {
+int open_regular(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) fail_errno(path, "cannot open");
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || ::fcntl(fd, F_SETFL, 0) != 0) {
+    ::close(fd);
+    fail("{}: not a regular file", path);
+  }
+  return fd;
+}
+
+InputFile::InputFile(const std::string& path, bool regular_only) {
+  if (regular_only) {
+    name_ = path;
+    fd_ = open_regular(path);
+  } else if (path == "-") {
     name_ = "<stdin>";
     fd_ = STDIN_FILENO;
   } else {
@@ -61,6 +76,12 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
     fd_ = STDOUT_FILENO;
     return;
   }
+  if (struct stat st; ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);  // a directory fails here, with EISDIR
+    if (fd_ < 0) fail_errno(path_, "cannot open");
+    direct_ = true;
+    return;
+  }
   tmp_ = fmt::format("{}.tmp.{}", path, ::getpid());
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd_ < 0) {
@@ -70,6 +91,7 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
 }
 
 AtomicFile::~AtomicFile() {
+  if (direct_ && fd_ >= 0) ::close(fd_);
   if (tmp_.empty()) return;
   if (fd_ >= 0) ::close(fd_);
   ::unlink(tmp_.c_str());
@@ -87,7 +109,12 @@ void AtomicFile::write(std::span<const std::byte> data) {
 }
 
 void AtomicFile::commit() {
-  if (tmp_.empty()) return;  // stdout
+  if (direct_) {
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail_errno(path_, "close failed");
+  }
+  if (tmp_.empty()) return;  // stdout, or written in place
   if (::fsync(fd_) != 0) fail_errno(path_, "fsync failed");
   const int fd = fd_;
   fd_ = -1;
@@ -97,8 +124,8 @@ void AtomicFile::commit() {
   fsync_dir(parent_dir(path_));
 }
 
-std::string read_file(const std::string& path) {
-  InputFile in(path);
+namespace {
+std::string read_all(InputFile& in) {
   std::string out;
   out.resize(std::max<uint64_t>(in.size_hint() + 1, 4096));  // a spare byte: a regular file ends in one read
   size_t size = 0;
@@ -109,6 +136,17 @@ std::string read_file(const std::string& path) {
   }
   out.resize(size);
   return out;
+}
+}  // namespace
+
+std::string read_file(const std::string& path) {
+  InputFile in(path);
+  return read_all(in);
+}
+
+std::string read_regular_file(const std::string& path) {
+  InputFile in(path, true);
+  return read_all(in);
 }
 
 void write_file_atomic(const std::string& path, std::span<const std::byte> data) {

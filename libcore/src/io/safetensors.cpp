@@ -17,6 +17,7 @@
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/jsonl.h"
 
 namespace ds::safetensors {
 
@@ -54,7 +55,7 @@ json parse_json(std::string_view text, const std::string& name) {
   try {
     return json::parse(text, check);
   } catch (const json::exception& e) {
-    fail("{}: invalid JSON: {}", name, e.what());
+    fail("{}: invalid JSON: {}", name, json_error(e));
   }
 }
 
@@ -120,16 +121,13 @@ struct Mapping {
 
 // Maps a whole regular file read-only.
 std::shared_ptr<const Mapping> map_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+  const int fd = open_regular(path);
   struct stat st;
-  const bool is_file = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  const size_t size = is_file ? size_t(st.st_size) : 0;
+  const size_t size = ::fstat(fd, &st) == 0 ? size_t(st.st_size) : 0;
   // An empty mapping is an error in mmap; a file shorter than the size prefix is rejected below anyway.
   void* addr = size >= 8 ? ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
   const int mmap_errno = errno;
   ::close(fd);
-  if (!is_file) fail("{}: not a regular file", path);
   if (size < 8) fail("{}: {} bytes is too short for a safetensors file", path, size);
   if (addr == MAP_FAILED) fail("{}: cannot map: {}", path, std::strerror(mmap_errno));
   return std::make_shared<const Mapping>(addr, size);
@@ -278,7 +276,7 @@ ModelFiles::ModelFiles(const std::string& dir) : dir_(dir) {
   }
   const std::string index_path = (root / kIndexFile).string();
   if (!fs::exists(index_path)) fail("{}: no {} or {}", dir, kSingleFile, kIndexFile);
-  const json index = parse_json(read_file(index_path), index_path);
+  const json index = parse_json(read_regular_file(index_path), index_path);
   const auto weight_map = index.find("weight_map");
   if (weight_map == index.end() || !weight_map->is_object()) fail("{}: no \"weight_map\" object", index_path);
 

@@ -3,10 +3,11 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <fstream>
 #include <set>
 
 #include "ds/error.h"
+#include "ds/fsutil.h"
+#include "ds/jsonl.h"
 
 namespace ds {
 
@@ -231,7 +232,7 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
       }
     }
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: bad value in config: {}", source, e.what());
+    fail("{}: bad value in config: {}", source, json_error(e));
   }
   // Older configs omit scoring_func; it follows the routing method.
   if (!has_scoring) c.scoring_func = c.topk_method == TopkMethod::NoauxTc ? ScoringFunc::Sigmoid : ScoringFunc::Softmax;
@@ -292,13 +293,12 @@ nlohmann::json config_to_json(const ModelConfig& c) {
 }
 
 ModelConfig load_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open model config", path);
+  const std::string text = read_regular_file(path);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: not valid JSON: {}", path, e.what());
+    fail("{}: not valid JSON: {}", path, json_error(e));
   }
   return config_from_json(j, path);
 }

@@ -24,6 +24,7 @@
 #include "ds/fsutil.h"
 #include "ds/quantize.h"
 #include "ds/regex.h"
+#include "ds/jsonl.h"
 
 namespace ds::quant {
 
@@ -266,9 +267,9 @@ std::string output_config(const std::string& dir, Target to, bool has_fp8) {
   const std::string path = dir + "/config.json";
   nlohmann::ordered_json config;
   try {
-    config = nlohmann::ordered_json::parse(read_file(path));
+    config = nlohmann::ordered_json::parse(read_regular_file(path));
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: invalid JSON: {}", path, e.what());
+    fail("{}: invalid JSON: {}", path, json_error(e));
   }
   if (has_fp8)
     config["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},

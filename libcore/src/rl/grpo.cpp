@@ -10,14 +10,14 @@ namespace ds::grpo {
 ScaleRewards parse_scale_rewards(const std::string& name) {
   if (name == "group") return ScaleRewards::group;
   if (name == "none") return ScaleRewards::none;
-  fail("--scale-rewards: '{}' is not one of group, none", name);
+  fail("'{}' is not one of group, none", name);
 }
 
 Aggregation parse_aggregation(const std::string& name) {
   if (name == "grpo") return Aggregation::grpo;
   if (name == "dapo") return Aggregation::dapo;
   if (name == "dr_grpo") return Aggregation::dr_grpo;
-  fail("--loss: '{}' is not one of grpo, dapo, dr_grpo", name);
+  fail("'{}' is not one of grpo, dapo, dr_grpo", name);
 }
 
 namespace {

@@ -52,8 +52,10 @@ class SigpipeBlock {
   bool was_pending_ = false;
 };
 
+// A piece of the command's output for a one-line message: at most 80 characters, newlines and bytes that are not
+// text escaped.
 std::string shorten(std::string_view s) {
-  return s.size() <= 80 ? std::string(s) : std::string(s.substr(0, 77)) + "...";
+  return s.size() <= 80 ? printable(s) : printable(s.substr(0, 77)) + "...";
 }
 
 }  // namespace
@@ -161,7 +163,7 @@ std::vector<RewardReply> RewardCommand::score(const std::vector<RewardSample>& s
 
 void RewardCommand::fail_and_stop(const std::string& what) {
   stop(true);
-  fail("reward command '{}': {}", command_, what);
+  fail("reward command '{}': {}", printable(command_), what);
 }
 
 std::string RewardCommand::describe_exit() {

@@ -36,7 +36,7 @@ Task parse_task(std::string_view line, const std::string& where) {
   } catch (const json::parse_error& e) {
     fail("{}: invalid JSON at byte {}", where, e.byte);
   } catch (const json::exception& e) {  // a number too large for a double
-    fail("{}: invalid JSON: {}", where, e.what());
+    fail("{}: invalid JSON: {}", where, json_error(e));
   }
   if (!j.is_object()) fail("{}: not a JSON object", where);
   // A string, or a number written as its JSON text; `field` names it in messages.

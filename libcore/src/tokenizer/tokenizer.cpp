@@ -7,6 +7,7 @@
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/jsonl.h"
 #include "impl.h"
 #include "utf8.h"
 
@@ -165,7 +166,7 @@ void read_tokenizer_config(const std::filesystem::path& path, tok::Spec& spec) {
   if (!std::filesystem::exists(path, ec)) return;
   const std::string file = path.string();
   try {
-    const Json config = Json::parse(read_file(file));
+    const Json config = Json::parse(read_regular_file(file));
     spec.bos = config_token(config, "bos_token");
     spec.eos = config_token(config, "eos_token");
     spec.pad = config_token(config, "pad_token");
@@ -176,7 +177,7 @@ void read_tokenizer_config(const std::filesystem::path& path, tok::Spec& spec) {
         if (named.at("name") == "default") spec.chat_template = named.at("template").get<std::string>();
     }
   } catch (const Json::exception& e) {
-    fail("{}: {}", file, e.what());
+    fail("{}: {}", file, json_error(e));
   }
 }
 
@@ -402,7 +403,7 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   tok::Spec spec;
   spec.chat_template = kChatTemplate;
   try {
-    const Json json = Json::parse(read_file(file));
+    const Json json = Json::parse(read_regular_file(file));
     const Json& model = json.at("model");
     if (model.at("type") != "BPE") fail("{}: model type {} is not supported, only BPE", file, model.at("type").dump());
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
@@ -461,13 +462,13 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
       spec.merges.emplace_back(s.substr(0, space), s.substr(space + 1));
     }
   } catch (const Json::exception& e) {
-    fail("{}: {}", file, e.what());
+    fail("{}: {}", file, json_error(e));
   }
   read_tokenizer_config(json_path.parent_path() / "tokenizer_config.json", spec);
   try {  // the pre-tokenizer reads its own part of the file
     return Tokenizer(std::make_shared<const Impl>(std::move(spec), file));
   } catch (const Json::exception& e) {
-    fail("{}: {}", file, e.what());
+    fail("{}: {}", file, json_error(e));
   }
 }
 

@@ -1,6 +1,7 @@
 #include "ds/bad_steps.h"
 
 #include "ds/error.h"
+#include "ds/jsonl.h"
 
 namespace ds {
 
@@ -42,7 +43,7 @@ void BadStepGuard::load(const nlohmann::json& state, const std::string& source) 
     lr_scale_ = state.value("lr_scale", 1.0);
     reloads_ = state.value("reloads", int64_t(0));
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: bad trainer state: {}", source, e.what());
+    fail("{}: bad trainer state: {}", source, json_error(e));
   }
   if (!(lr_scale_ > 0 && lr_scale_ <= 1) || reloads_ < 0)
     fail("{}: lr_scale must be in (0, 1] and reloads not negative", source);

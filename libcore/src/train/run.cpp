@@ -10,6 +10,7 @@
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/jsonl.h"
 
 namespace fs = std::filesystem;
 
@@ -102,7 +103,7 @@ TrainerState::TrainerState(const std::string& checkpoint_dir) : path_(checkpoint
   try {
     json_ = nlohmann::json::parse(read_file(path_));
   } catch (const nlohmann::json::exception& e) {
-    fail("{}: not valid JSON: {}", path_, e.what());
+    fail("{}: not valid JSON: {}", path_, json_error(e));
   }
   if (!json_.is_object()) fail("{}: not a JSON object", path_);
   step();
