@@ -1,9 +1,11 @@
 #include <doctest/doctest.h>
 
+#include "address_limit.h"
 #include "temp_dir.h"
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "ds/error.h"
@@ -66,4 +68,14 @@ TEST_CASE("file errors name the file") {
   CHECK_THROWS_WITH_AS(write_file_atomic(dir / "no/such/dir/x", "x"), doctest::Contains("x: cannot create"), Error);
   CHECK_THROWS_WITH_AS(fsync_dir(dir / "missing"), doctest::Contains("missing: cannot open directory"), Error);
   fsync_dir(dir.path.string());
+}
+
+TEST_CASE("read_file refuses a file larger than memory can hold before reading it") {
+  TempDir dir;
+  const std::string path = dir / "huge.txt";
+  std::ofstream(path).put('x');
+  fs::resize_file(path, uint64_t(1) << 30);  // sparse: no disk used
+  const AddressSpaceLimit limit(uint64_t(256) << 20);
+  CHECK_THROWS_WITH_AS(read_file(path), doctest::Contains((path + ": the whole file needs 1.00 GiB of memory").c_str()),
+                       Error);
 }
