@@ -2,8 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fstream>
+
+#include "address_limit.h"
 #include "ds/config.h"
 #include "ds/error.h"
+#include "temp_dir.h"
 
 using namespace ds;
 
@@ -100,5 +104,83 @@ TEST_CASE("bad configs are refused with the file name and the problem") {
   j = v3_671b();
   j["num_experts_per_tok"] = 200;
   refuses(j, "num_experts_per_tok");
+  j = v3_671b();
+  j["n_routed_experts"] = -4;  // was a std::vector length error
+  refuses(j, "n_routed_experts must be >= 0, got -4");
+  j = v3_671b();
+  j["vocab_size"] = 1000000000000;
+  refuses(j, "vocab_size 1000000000000 exceeds the limit of 2147483647");
+  j = v3_671b();
+  j["max_position_embeddings"] = 4000000000000;
+  refuses(j, "max_position_embeddings 4000000000000 exceeds the limit");
+  j = v3_671b();
+  j["num_hidden_layers"] = 1000000000000000000;  // counted without visiting each layer, so refused at once
+  j["hidden_size"] = 1000000000000;
+  refuses(j, "too many to count");
+  j = v3_671b();
+  j["moe_intermediate_size"] = -1;
+  refuses(j, "moe_intermediate_size must be >= 0");
+  j = v3_671b();
+  j["rope_theta"] = 1;
+  refuses(j, "rope_theta must exceed 1");
+  j = v3_671b();
+  j["routed_scaling_factor"] = 0;
+  refuses(j, "routed_scaling_factor must be a positive number");
+  j = v3_671b();
+  j["rope_scaling"]["beta_slow"] = -1;
+  refuses(j, "rope_scaling.beta_slow must be a positive number");
   CHECK_THROWS_AS(resolve_model_config("huge"), Error);
+}
+
+TEST_CASE("a model that cannot fit in memory is refused with the file, the size needed and the size available") {
+  const TempDir dir;
+  auto refused = [&](nlohmann::json j, int bytes_per_param) {
+    const std::string path = dir / "config.json";
+    std::ofstream(path) << j.dump();
+    try {
+      load_config(path, bytes_per_param);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const nlohmann::json tiny = config_to_json(resolve_model_config("tiny"));
+  // Each was std::bad_alloc when the model was built; all are far beyond any machine's memory.
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"num_hidden_layers", 100000000},
+                                  {"q_lora_rank", 1000000000000},
+                                  {"num_nextn_predict_layers", 1000000},
+                                  {"n_routed_experts", 100000000}}) {
+    nlohmann::json j = tiny;
+    j[key] = value;
+    const std::string msg = refused(j, kTrainingBytesPerParam);
+    CHECK_MESSAGE(msg.starts_with(dir / "config.json: the model ("), key << ": " << msg);
+    CHECK_MESSAGE(msg.find(" parameters at 16 B, RoPE tables for 256 positions) needs ") != std::string::npos,
+                  msg);
+    CHECK_MESSAGE(msg.find(" GiB of memory, more than the ") != std::string::npos, msg);
+  }
+  // Under a 1 GiB limit `small` (0.6B parameters) fits for FP8 inference, not for training; tiny fits both.
+  const nlohmann::json small = config_to_json(resolve_model_config("small"));
+  const AddressSpaceLimit limit(uint64_t(1) << 30);
+  CHECK(refused(small, kFp8BytesPerParam).empty());
+  CHECK(refused(small, kTrainingBytesPerParam).find("at 16 B") != std::string::npos);
+  CHECK(refused(tiny, kTrainingBytesPerParam).empty());
+  CHECK_THROWS_WITH_AS(check_model_memory(resolve_model_config("tiny"), 1 << 20, "tiny"),
+                       doctest::Contains("tiny: the model ("), Error);
+}
+
+TEST_CASE("parameter counts follow first_k_dense_replace and moe_layer_freq") {
+  ModelConfig c = resolve_model_config("tiny");
+  const ParamCount every = count_params(c);
+  c.moe_layer_freq = 2;  // layer 1 of 2 is odd: dense now, as layer 0
+  const ParamCount dense = count_params(c);
+  const int64_t d = c.hidden_size, expert = 3 * d * c.moe_intermediate_size;
+  const int64_t moe_layer = c.n_routed_experts * (d + 1) + (c.n_routed_experts + c.n_shared_experts) * expert;
+  CHECK(every.total - dense.total == moe_layer - 3 * d * c.intermediate_size);
+  c.moe_layer_freq = 1, c.first_k_dense_replace = 5;  // beyond the layers: all dense
+  CHECK(count_params(c).total == dense.total);
+  // Experts no layer has count nothing, and their size (4e18 x 1536 parameters) overflows nothing.
+  c.num_nextn_predict_layers = 0, c.n_routed_experts = 4000000000000000000;
+  CHECK_NOTHROW(c.validate("cfg.json"));
+  CHECK(count_params(c).total == dense.total);
+  CHECK(count_params(c).mtp == 0);
 }

@@ -1,10 +1,12 @@
 #include <doctest/doctest.h>
 
+#include "address_limit.h"
 #include "temp_dir.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -103,4 +105,14 @@ TEST_CASE("read_regular_file refuses a FIFO, a device or a directory without blo
   CHECK_THROWS_WITH_AS(read_regular_file(dir / "missing"), doctest::Contains("missing: cannot open"), Error);
   write_file_atomic(dir / "a", "text");
   CHECK(read_regular_file(dir / "a") == "text");
+}
+
+TEST_CASE("read_file refuses a file larger than memory can hold before reading it") {
+  TempDir dir;
+  const std::string path = dir / "huge.txt";
+  std::ofstream(path).put('x');
+  fs::resize_file(path, uint64_t(1) << 30);  // sparse: no disk used
+  const AddressSpaceLimit limit(uint64_t(256) << 20);
+  CHECK_THROWS_WITH_AS(read_file(path), doctest::Contains((path + ": the whole file needs 1.00 GiB of memory").c_str()),
+                       Error);
 }

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include "address_limit.h"
 #include "temp_dir.h"
 #include <unistd.h>
 #include <zstd.h>
@@ -95,6 +96,22 @@ TEST_CASE("corrupt zstd token shards are rejected") {
 
   write_file_atomic(dir / "magic-only.zst", good.substr(0, 4) + std::string(64, '\xff'));
   CHECK_THROWS_AS(read_tokens(dir / "magic-only.zst"), Error);
+}
+
+TEST_CASE("a zstd bomb is refused before it outgrows memory") {
+  TempDir dir;
+  // One frame of 64 MiB of zero ids, 256 times: 16 GiB decompressed from a file of about half a MiB.
+  write_tokens(dir / "frame.zst", std::vector<uint32_t>(size_t(16) << 20), 1);
+  const std::string frame = read_file(dir / "frame.zst");
+  {
+    AtomicFile bomb(dir / "bomb.tok.zst");
+    for (int i = 0; i < 256; ++i) bomb.write(frame);
+    bomb.commit();
+  }
+  CHECK(fs::file_size(dir / "bomb.tok.zst") < (size_t(1) << 20));
+  const AddressSpaceLimit limit(size_t(512) << 20);
+  CHECK_THROWS_WITH_AS(read_tokens(dir / "bomb.tok.zst"),
+                       doctest::Contains((dir / "bomb.tok.zst: holding the shard needs ").c_str()), Error);
 }
 
 TEST_CASE("check_token_range names the first id outside the vocabulary") {

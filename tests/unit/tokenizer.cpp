@@ -197,7 +197,11 @@ TEST_CASE("load rejects corrupt or unsupported tokenizer.json with the file name
   j = good;
   j["added_tokens"].push_back({{"id", 300}, {"content", "<gap>"}, {"special", true}});
   write(j.dump());
-  expect_error("id 263 has no token");
+  expect_error("added token id 300 leaves ids without a token (271 tokens in all)");
+  j = good;
+  j["added_tokens"].push_back({{"id", 4000000000}, {"content", "<far>"}, {"special", true}});  // sized 4e9 tokens
+  write(j.dump());
+  expect_error("added token id 4000000000 leaves ids without a token");
   j = good;
   j["added_tokens"][0]["single_word"] = true;
   write(j.dump());

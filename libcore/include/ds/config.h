@@ -57,7 +57,8 @@ struct ModelConfig {
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const;  // counts MTP layers (index >= num_hidden_layers) as MoE when experts exist
   double softmax_scale() const;           // reference section 2.4, with the YaRN mscale
-  // Throws ds::Error naming `source` when a value is out of range or inconsistent.
+  // Throws ds::Error naming `source` when a value is out of range or inconsistent, or the parameters are too many to
+  // count in int64_t.
   void validate(const std::string& source) const;
 };
 
@@ -65,9 +66,16 @@ struct ModelConfig {
 // of released configs that do not change the computation (architectures, torch_dtype, ...) are accepted.
 ModelConfig config_from_json(const nlohmann::json& j, const std::string& source);
 nlohmann::json config_to_json(const ModelConfig& config);
-ModelConfig load_config(const std::string& path);  // a config.json file
+// Bytes of memory a parameter takes on each path that holds a model: FP8 inference (the least any weight takes),
+// a float model, and training (float weights, gradients and AdamW's two moments).
+constexpr int kFp8BytesPerParam = 1, kFloatBytesPerParam = 4, kTrainingBytesPerParam = 16;
 
-// A preset name or a path to a config.json. Throws ds::Error for an unknown name.
+// A config.json file, refused (check_model_memory) when the model cannot fit in memory at bytes_per_param; 0 for a
+// caller that streams the weights and holds none.
+ModelConfig load_config(const std::string& path, int bytes_per_param = kFloatBytesPerParam);
+
+// A preset name or a path to a config.json, for a new model to train (refused when it cannot fit in memory at
+// kTrainingBytesPerParam). Throws ds::Error for an unknown name.
 ModelConfig resolve_model_config(const std::string& name_or_path);
 const char* const* preset_names();  // null-terminated
 bool is_preset(const std::string& name);
@@ -77,6 +85,10 @@ struct ParamCount {
   int64_t active = 0;  // per token: only num_experts_per_tok routed experts
   int64_t mtp = 0;     // MTP modules' unique parameters (reference section 11)
 };
-ParamCount count_params(const ModelConfig& config);
+ParamCount count_params(const ModelConfig& config);  // of a validated config
+
+// Throws ds::Error naming `source`, the bytes needed and those available (ds/memory.h) when the parameters
+// (count_params, MTP included) at bytes_per_param and the RoPE tables do not fit in this machine's memory.
+void check_model_memory(const ModelConfig& config, int bytes_per_param, const std::string& source);
 
 }  // namespace ds

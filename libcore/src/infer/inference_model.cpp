@@ -79,7 +79,7 @@ bool InferenceWeights::fp8() const {
 
 InferenceModel load_inference_model(const std::string& path) {
   const std::string dir = resolve_model_dir(path);
-  const ModelConfig config = load_config(dir + "/config.json");
+  const ModelConfig config = load_config(dir + "/config.json", kFp8BytesPerParam);
   // As load_model_dir: a model directory must carry its own tokenizer, one that fits the vocabulary.
   if (!std::filesystem::exists(dir + "/tokenizer.json")) fail("{}: no tokenizer.json in the model directory", dir);
   Tokenizer tokenizer = Tokenizer::load(dir + "/tokenizer.json");

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "ds/error.h"
+#include "ds/memory.h"
 
 namespace ds {
 
@@ -127,12 +128,16 @@ void AtomicFile::commit() {
 namespace {
 std::string read_all(InputFile& in) {
   std::string out;
-  out.resize(std::max<uint64_t>(in.size_hint() + 1, 4096));  // a spare byte: a regular file ends in one read
+  auto grow = [&](uint64_t size) {  // checked first: a pipe or file too large to hold is an error, not bad_alloc
+    require_memory(double(size), fmt::format("{}: the whole file", in.name()));
+    out.resize(size_t(size));
+  };
+  grow(std::max<uint64_t>(in.size_hint() + 1, 4096));  // a spare byte: a regular file ends in one read
   size_t size = 0;
   for (;;) {
     size += in.read(std::as_writable_bytes(std::span(out.data() + size, out.size() - size)));
     if (size < out.size()) break;
-    out.resize(out.size() * 2);
+    grow(out.size() * 2);
   }
   out.resize(size);
   return out;

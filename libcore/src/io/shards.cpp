@@ -9,6 +9,7 @@
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/memory.h"
 
 namespace ds {
 
@@ -18,22 +19,32 @@ static_assert(std::endian::native == std::endian::little, "token ids are stored 
 constexpr uint32_t kZstdMagic = 0xFD2FB528;  // the first 4 bytes of every zstd frame, little-endian
 constexpr size_t kChunkBytes = size_t(1) << 20;
 
-// Gathers bytes, which may arrive split anywhere, into whole token ids.
+// Gathers bytes, which may arrive split anywhere, into whole token ids of the file `name`.
 class TokenBytes {
  public:
-  void reserve(uint64_t bytes) { ids_.reserve(bytes / 4); }
+  explicit TokenBytes(std::string name) : name_(std::move(name)) {}
+  void reserve(uint64_t bytes) { grow(bytes / 4); }
   void append(std::span<const std::byte> bytes) {
     if (bytes.empty()) return;  // ids_.data() may be null, which memcpy must not see
-    ids_.resize((size_ + bytes.size() + 3) / 4);
+    const size_t words = (size_ + bytes.size() + 3) / 4;
+    if (words > ids_.capacity()) grow(std::max(words, 2 * ids_.capacity()));
+    ids_.resize(words);
     std::memcpy(reinterpret_cast<std::byte*>(ids_.data()) + size_, bytes.data(), bytes.size());
     size_ += bytes.size();
   }
-  std::vector<uint32_t> finish(const std::string& name) {
-    if (size_ % 4 != 0) fail("{}: {} bytes is not a whole number of 4-byte token ids", name, size_);
+  std::vector<uint32_t> finish() {
+    if (size_ % 4 != 0) fail("{}: {} bytes is not a whole number of 4-byte token ids", name_, size_);
     return std::move(ids_);
   }
 
  private:
+  // A few compressed bytes can stand for any number of ids, so each growth is checked against memory first.
+  void grow(uint64_t words) {
+    require_memory(double(words) * sizeof(uint32_t), fmt::format("{}: holding the shard", name_));
+    ids_.reserve(size_t(words));
+  }
+
+  std::string name_;
   std::vector<uint32_t> ids_;
   size_t size_ = 0;
 };
@@ -41,7 +52,7 @@ class TokenBytes {
 
 std::vector<uint32_t> read_tokens(const std::string& path) {
   InputFile in(path);
-  TokenBytes out;
+  TokenBytes out(in.name());
   std::vector<std::byte> chunk(kChunkBytes);
   size_t n = in.read(chunk);
   uint32_t magic = 0;
@@ -49,7 +60,7 @@ std::vector<uint32_t> read_tokens(const std::string& path) {
   if (magic != kZstdMagic) {
     out.reserve(in.size_hint());
     for (; n > 0; n = in.read(chunk)) out.append({chunk.data(), n});
-    return out.finish(in.name());
+    return out.finish();
   }
 
   const std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
@@ -67,7 +78,7 @@ std::vector<uint32_t> read_tokens(const std::string& path) {
     }
   }
   if (frame_left != 0) fail("{}: zstd data ends in the middle of a frame", in.name());
-  return out.finish(in.name());
+  return out.finish();
 }
 
 void write_tokens(const std::string& path, std::span<const uint32_t> ids, int zstd_level, int threads) {

@@ -2,12 +2,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <set>
 
 #include "ds/error.h"
 #include "ds/fsutil.h"
 #include "ds/jsonl.h"
+#include "ds/memory.h"
 
 namespace ds {
 
@@ -106,6 +109,45 @@ ModelConfig preset(const std::string& name) {
   return c;
 }
 
+// How many of the num_hidden_layers main layers are MoE (see is_moe_layer), without visiting each.
+int64_t moe_layer_count(const ModelConfig& c) {
+  if (c.n_routed_experts == 0) return 0;
+  const int64_t f = c.moe_layer_freq;
+  auto multiples_below = [&](int64_t x) { return x / f + (x % f != 0); };  // of f in [0, x)
+  return multiples_below(c.num_hidden_layers) -
+         multiples_below(std::min(c.first_k_dense_replace, c.num_hidden_layers));
+}
+
+// ParamCount in N: int64_t for count_params, double to check first that the counts fit in int64_t. Only the parts the
+// model has are computed, so that every product is part of a count and bounding the counts bounds them all.
+template <typename N>
+struct Counts {
+  N total, active, mtp;
+};
+template <typename N>
+Counts<N> count(const ModelConfig& c) {
+  const N d = N(c.hidden_size), H = N(c.num_attention_heads), nope = N(c.qk_nope_head_dim),
+          rope = N(c.qk_rope_head_dim), q_lora = N(c.q_lora_rank), kv_lora = N(c.kv_lora_rank), v = N(c.v_head_dim),
+          experts = N(c.n_routed_experts), shared = N(c.n_shared_experts);
+  const N layers = N(c.num_hidden_layers), moe_layers = N(moe_layer_count(c)), dense_layers = layers - moe_layers,
+          mtp_layers = N(c.num_nextn_predict_layers);
+  const bool mtp_moe = c.is_moe_layer(c.num_hidden_layers);
+  const N q = q_lora > 0 ? d * q_lora + q_lora + q_lora * H * (nope + rope) : d * H * (nope + rope);
+  const N attn = q + d * (kv_lora + rope) + kv_lora + kv_lora * H * (nope + v) + H * v * d;
+  const N dense = dense_layers > 0 || (mtp_layers > 0 && !mtp_moe) ? 3 * d * N(c.intermediate_size) : N(0);
+  N moe_total = 0, moe_active = 0;
+  if (moe_layers > 0 || (mtp_layers > 0 && mtp_moe)) {
+    const N expert = 3 * d * N(c.moe_intermediate_size), router = experts * d + experts;
+    moe_total = router + (experts + shared) * expert;
+    moe_active = router + (N(c.num_experts_per_tok) + shared) * expert;
+  }
+  const N outside = N(c.vocab_size) * d * (c.tie_word_embeddings ? 1 : 2) + d;  // embeddings, head, final norm
+  const N common = outside + layers * (attn + 2 * d) + dense_layers * dense;
+  const N mtp = mtp_layers > 0 ? mtp_layers * (attn + 2 * d + (mtp_moe ? moe_total : dense) + 2 * d + 2 * d * d + d)
+                               : N(0);
+  return {common + moe_layers * moe_total, common + moe_layers * moe_active, mtp};
+}
+
 }  // namespace
 
 bool ModelConfig::is_moe_layer(int64_t layer) const {
@@ -127,6 +169,12 @@ void ModelConfig::validate(const std::string& source) const {
   auto positive = [&](int64_t v, const char* key) {
     if (v <= 0) fail("{}: {} must be positive, got {}", source, key, v);
   };
+  auto non_negative = [&](int64_t v, const char* key) {
+    if (v < 0) fail("{}: {} must be >= 0, got {}", source, key, v);
+  };
+  auto positive_real = [&](double v, const char* key) {
+    if (!(v > 0) || !std::isfinite(v)) fail("{}: {} must be a positive number, got {}", source, key, v);
+  };
   positive(vocab_size, "vocab_size");
   positive(hidden_size, "hidden_size");
   positive(num_hidden_layers, "num_hidden_layers");
@@ -137,24 +185,33 @@ void ModelConfig::validate(const std::string& source) const {
   positive(v_head_dim, "v_head_dim");
   positive(max_position_embeddings, "max_position_embeddings");
   positive(moe_layer_freq, "moe_layer_freq");
+  non_negative(q_lora_rank, "q_lora_rank");
+  non_negative(first_k_dense_replace, "first_k_dense_replace");
+  non_negative(num_nextn_predict_layers, "num_nextn_predict_layers");
+  non_negative(n_routed_experts, "n_routed_experts");
+  non_negative(n_shared_experts, "n_shared_experts");
+  non_negative(intermediate_size, "intermediate_size");
+  non_negative(moe_intermediate_size, "moe_intermediate_size");
+  non_negative(num_experts_per_tok, "num_experts_per_tok");
+  // Token ids and positions are 32-bit in batches, shards and the kernels.
+  if (vocab_size > INT32_MAX)
+    fail("{}: vocab_size {} exceeds the limit of {} (32-bit token ids)", source, vocab_size, INT32_MAX);
+  if (max_position_embeddings > INT32_MAX)
+    fail("{}: max_position_embeddings {} exceeds the limit of {} (32-bit positions)", source, max_position_embeddings,
+         INT32_MAX);
   if (qk_rope_head_dim % 2) fail("{}: qk_rope_head_dim must be even, got {}", source, qk_rope_head_dim);
-  if (q_lora_rank < 0) fail("{}: q_lora_rank must be >= 0", source);
-  if (first_k_dense_replace < 0) fail("{}: first_k_dense_replace must be >= 0", source);
-  if (num_nextn_predict_layers < 0) fail("{}: num_nextn_predict_layers must be >= 0", source);
   if (bos_token_id < 0 || bos_token_id >= vocab_size || eos_token_id < 0 || eos_token_id >= vocab_size)
     fail("{}: bos_token_id / eos_token_id must lie in [0, vocab_size)", source);
-  if (!(rms_norm_eps > 0)) fail("{}: rms_norm_eps must be positive", source);
-  if (!(rope_theta > 0)) fail("{}: rope_theta must be positive", source);
-  for (int64_t l = 0; l < num_hidden_layers + num_nextn_predict_layers; ++l)
-    if (!is_moe_layer(l)) {
-      positive(intermediate_size, "intermediate_size");
-      break;
-    }
+  positive_real(rms_norm_eps, "rms_norm_eps");
+  positive_real(routed_scaling_factor, "routed_scaling_factor");
+  positive_real(rope_theta, "rope_theta");
+  if (rope_theta <= 1) fail("{}: rope_theta must exceed 1, got {}", source, rope_theta);
+  if (n_routed_experts == 0 || moe_layer_count(*this) < num_hidden_layers)  // some layer is dense
+    positive(intermediate_size, "intermediate_size");
   if (n_routed_experts > 0) {
     positive(moe_intermediate_size, "moe_intermediate_size");
     positive(num_experts_per_tok, "num_experts_per_tok");
     positive(n_group, "n_group");
-    if (n_shared_experts < 0) fail("{}: n_shared_experts must be >= 0", source);
     if (n_routed_experts % n_group) fail("{}: n_routed_experts {} is not divisible by n_group {}", source,
                                          n_routed_experts, n_group);
     if (topk_group < 1 || topk_group > n_group) fail("{}: topk_group must lie in [1, n_group]", source);
@@ -164,9 +221,18 @@ void ModelConfig::validate(const std::string& source) const {
       fail("{}: noaux_tc routing needs at least 2 experts per group", source);
   }
   if (rope_scaling.yarn) {
-    if (!(rope_scaling.factor >= 1.0)) fail("{}: rope_scaling.factor must be >= 1", source);
+    if (!(rope_scaling.factor >= 1.0) || !std::isfinite(rope_scaling.factor))
+      fail("{}: rope_scaling.factor must be >= 1", source);
     positive(rope_scaling.original_max_position_embeddings, "rope_scaling.original_max_position_embeddings");
+    positive_real(rope_scaling.beta_fast, "rope_scaling.beta_fast");
+    positive_real(rope_scaling.beta_slow, "rope_scaling.beta_slow");
+    if (!std::isfinite(rope_scaling.mscale) || !std::isfinite(rope_scaling.mscale_all_dim))
+      fail("{}: rope_scaling.mscale and mscale_all_dim must be finite", source);
   }
+  // In double first, as the int64_t arithmetic of count_params must not overflow.
+  const Counts<double> n = count<double>(*this);
+  if (n.total + n.mtp > 0x1p62)
+    fail("{}: the model would have {:.3g} parameters, too many to count", source, n.total + n.mtp);
 }
 
 ModelConfig config_from_json(const nlohmann::json& j, const std::string& source) {
@@ -292,7 +358,7 @@ nlohmann::json config_to_json(const ModelConfig& c) {
   return j;
 }
 
-ModelConfig load_config(const std::string& path) {
+ModelConfig load_config(const std::string& path, int bytes_per_param) {
   const std::string text = read_regular_file(path);
   nlohmann::json j;
   try {
@@ -300,7 +366,9 @@ ModelConfig load_config(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", path, json_error(e));
   }
-  return config_from_json(j, path);
+  const ModelConfig config = config_from_json(j, path);
+  if (bytes_per_param > 0) check_model_memory(config, bytes_per_param, path);
+  return config;
 }
 
 const char* const* preset_names() {
@@ -318,35 +386,26 @@ ModelConfig resolve_model_config(const std::string& name_or_path) {
   if (is_preset(name_or_path)) {
     ModelConfig c = preset(name_or_path);
     c.validate(name_or_path);
+    check_model_memory(c, kTrainingBytesPerParam, name_or_path);
     return c;
   }
   if (name_or_path.find('/') == std::string::npos && name_or_path.find(".json") == std::string::npos)
     preset(name_or_path);  // unknown preset name: throws with the list of names
-  return load_config(name_or_path);
+  return load_config(name_or_path, kTrainingBytesPerParam);
 }
 
 ParamCount count_params(const ModelConfig& c) {
-  const int64_t d = c.hidden_size, H = c.num_attention_heads;
-  const int64_t q = c.q_lora_rank > 0
-                        ? d * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * H * c.qk_head_dim()
-                        : d * H * c.qk_head_dim();
-  const int64_t attn = q + d * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank +
-                       c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim) + H * c.v_head_dim * d;
-  const int64_t dense = 3 * d * c.intermediate_size;
-  const int64_t expert = 3 * d * c.moe_intermediate_size;
-  const int64_t router = c.n_routed_experts * d + c.n_routed_experts;
-  const int64_t moe_total = router + (c.n_routed_experts + c.n_shared_experts) * expert;
-  const int64_t moe_active = router + (c.num_experts_per_tok + c.n_shared_experts) * expert;
-  ParamCount p;
-  p.total = p.active = c.vocab_size * d * (c.tie_word_embeddings ? 1 : 2) + d;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const bool moe = c.is_moe_layer(l);
-    p.total += attn + 2 * d + (moe ? moe_total : dense);
-    p.active += attn + 2 * d + (moe ? moe_active : dense);
-  }
-  const bool mtp_moe = c.is_moe_layer(c.num_hidden_layers);
-  p.mtp = c.num_nextn_predict_layers * (attn + 2 * d + (mtp_moe ? moe_total : dense) + 2 * d + 2 * d * d + d);
-  return p;
+  const Counts<int64_t> n = count<int64_t>(c);
+  return {n.total, n.active, n.mtp};
+}
+
+void check_model_memory(const ModelConfig& c, int bytes_per_param, const std::string& source) {
+  const ParamCount p = count_params(c);
+  // Besides the parameters: the RoPE tables, a cos and a sin (double) per position and rotated pair.
+  const double rope = double(c.max_position_embeddings) * double(c.qk_rope_head_dim) * double(sizeof(double));
+  require_memory(double(p.total + p.mtp) * bytes_per_param + rope,
+                 fmt::format("{}: the model ({} parameters at {} B, RoPE tables for {} positions)", source,
+                             p.total + p.mtp, bytes_per_param, c.max_position_embeddings));
 }
 
 }  // namespace ds

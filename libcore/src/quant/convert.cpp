@@ -317,7 +317,7 @@ ConvertReport convert_model(const std::string& model, const std::string& out, co
   for (const fs::path& input : {absolute_path(model), absolute_path(dir)})
     if (inside(target, input)) fail("{}: would overwrite the input model {}", out, model);
   if (fs::exists(fs::symlink_status(target))) fail("{}: already exists; give a new directory", out);
-  load_config(dir + "/config.json");  // refuse what is not a model before any work
+  load_config(dir + "/config.json", 0);  // refuse what is not a model before any work; tensors are streamed
   const safetensors::ModelFiles files(dir);
   std::vector<Item> items = plan(files, dir, options);
 

@@ -432,7 +432,8 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
       spec.tokens[id] = token;
       seen[id] = true;
     }
-    for (const Json& t : json.at("added_tokens")) {
+    const Json& added = json.at("added_tokens");
+    for (const Json& t : added) {
       AddedToken a{.id = token_id(t.at("id"), file),
                    .content = t.at("content").get<std::string>(),
                    .special = t.at("special").get<bool>(),
@@ -440,6 +441,10 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
                    .rstrip = t.value("rstrip", false),
                    .normalized = t.value("normalized", !t.at("special").get<bool>())};
       if (t.value("single_word", false)) fail("{}: added token {:?} uses single_word (not supported)", file, a.content);
+      // Ids must run 0..N-1 without a gap, so no id can reach past the tokens listed (nor size a huge table).
+      if (a.id >= vocab.size() + added.size())
+        fail("{}: added token id {} leaves ids without a token ({} tokens in all)", file, a.id,
+             vocab.size() + added.size());
       if (a.id >= spec.tokens.size()) {  // outside the model vocabulary
         spec.tokens.resize(a.id + 1);
         seen.resize(a.id + 1, false);
