@@ -1,10 +1,10 @@
-// MLA decode in the absorbed form over the latent cache (reference section 2.6) on the tensor cores, FlashMLA's
-// formulation with mma.sync: one KV head of width r + dr shared by all query heads, values = the first r dims of the
-// keys. A block takes up to 64 heads of one query row (16 per head tile) over one chunk of its cache ("flash
-// decoding"; a second kernel merges the chunks). The keys stream through shared memory 32 rows at a time, the next
-// tile copied (cp.async) while the current one is used. Each head tile has two warps: for every key tile each takes
-// half of the keys for the scores S = Q K^T, they agree on the rows' running maxima through shared memory, write the
-// probabilities P there in bf16, and then each takes half of the value dims for O += P V. A query row names its
+// MLA decode in the absorbed form over the latent cache (docs/architecture.md#absorbed-decode) on the tensor cores,
+// FlashMLA's formulation with mma.sync: one KV head of width r + dr shared by all query heads, values = the first r
+// dims of the keys. A block takes up to 64 heads of one query row (16 per head tile) over one chunk of its cache
+// ("flash decoding"; a second kernel merges the chunks). The keys stream through shared memory 32 rows at a time, the
+// next tile copied (cp.async) while the current one is used. Each head tile has two warps: for every key tile each
+// takes half of the keys for the scores S = Q K^T, they agree on the rows' running maxima through shared memory, write
+// the probabilities P there in bf16, and then each takes half of the value dims for O += P V. A query row names its
 // cache slot and length, so prefill (many rows of one sequence, each seeing the rows up to its own) is the same
 // operation as decode.
 #include <algorithm>

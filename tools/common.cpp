@@ -221,8 +221,7 @@ std::unique_ptr<ds::dist::Comm> make_comm(const DistOptions& options, const Devi
     if (comm.backend == "auto" && ds::dist::discover_launch().size > 1) comm.backend = "nccl";
     comm.device = device.index;
   } else {
-    // The trainers on the CPU keep FP32 master weights, gradients and AdamW state in host memory (DESIGN.md
-    // section 2).
+    // The trainers on the CPU keep FP32 master weights, gradients and AdamW state in host memory.
     comm.host_buffers = true;
   }
   return ds::dist::make_comm(comm);

@@ -12,7 +12,7 @@
 using namespace ds;
 
 namespace {
-// DeepSeek-V3 / R1 671B, as its released config.json states it (reference section 1).
+// DeepSeek-V3 / R1 671B, as its released config.json states it (docs/architecture.md#config-fields).
 nlohmann::json v3_671b() {
   return nlohmann::json::parse(R"({
     "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 129280,

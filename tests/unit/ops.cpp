@@ -1,4 +1,5 @@
-// CPU ops in float against naive double-precision references, and the YaRN table against reference section 3.
+// CPU ops in float against naive double-precision references, and the YaRN table against
+// docs/architecture.md#yarn-rope.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -82,7 +83,7 @@ TEST_CASE("rmsnorm, swiglu and cross-entropy equal their definitions") {
   CHECK(row_sum == doctest::Approx(1.0));
 }
 
-TEST_CASE("YaRN frequencies follow reference section 3 and rope's inverse undoes it") {
+TEST_CASE("YaRN frequencies follow docs/architecture.md#yarn-rope and rope's inverse undoes it") {
   // DeepSeek-V3: dim 64, base 10000, factor 40, original 4096, beta 32/1 -> low 10, high 23.
   const ops::RopeTable t = ops::rope_table(64, 2, 10000.0, true, 40.0, 4096, 32.0, 1.0, 1.0);
   auto freq = [&](int64_t i) { return std::atan2(t.sin[size_t(t.half + i)], t.cos[size_t(t.half + i)]); };

@@ -27,8 +27,8 @@ GemmShape parse_gemm_shape(const std::string& text);
 // are per sequence and head.
 std::vector<GemmShape> model_gemm_shapes(const ModelConfig& config, int64_t batch, int64_t seq_len);
 
-// DeepSeek-V3 671B's per-layer GEMMs (reference section 8) at M tokens, named "v3.<weight>". The dense MLP and the
-// head are left out: their weights (0.5 and 3.7 GB in f32) would dominate the run's time and memory.
+// DeepSeek-V3 671B's per-layer GEMMs (shapes from its checkpoint tensors) at M tokens, named "v3.<weight>". The dense
+// MLP and the head are left out: their weights (0.5 and 3.7 GB in f32) would dominate the run's time and memory.
 std::vector<GemmShape> deepseek_v3_gemm_shapes(int64_t M);
 
 struct GemmResult {

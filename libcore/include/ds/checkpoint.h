@@ -1,5 +1,5 @@
 #pragma once
-// Model directories (Hugging Face layout) and training run directories (DESIGN.md section 3).
+// Model directories (Hugging Face layout) and training run directories (man/dskit-formats.5).
 //
 //   RUN/checkpoints/step-00001000/   a model directory + optimizer.safetensors + trainer_state.json
 //   RUN/latest -> checkpoints/step-00001000   replaced atomically once the checkpoint is complete and fsynced

@@ -56,7 +56,7 @@ struct ModelConfig {
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const;  // counts MTP layers (index >= num_hidden_layers) as MoE when experts exist
-  double softmax_scale() const;           // reference section 2.4, with the YaRN mscale
+  double softmax_scale() const;           // docs/architecture.md#softmax-scale
   // Throws ds::Error naming `source` when a value is out of range or inconsistent, or the parameters are too many to
   // count in int64_t.
   void validate(const std::string& source) const;
@@ -83,7 +83,7 @@ bool is_preset(const std::string& name);
 struct ParamCount {
   int64_t total = 0;   // main model (embeddings, all layers, final norm, head)
   int64_t active = 0;  // per token: only num_experts_per_tok routed experts
-  int64_t mtp = 0;     // MTP modules' unique parameters (reference section 11)
+  int64_t mtp = 0;     // MTP modules' own parameters, not the shared embedding and head
 };
 ParamCount count_params(const ModelConfig& config);  // of a validated config
 

@@ -13,7 +13,7 @@
 
 namespace ds::cuda {
 
-// ---- FP8 e4m3 quantisation (DeepSeek-V3 section 7; layouts in ds/cuda_fp8.h) ----
+// ---- FP8 e4m3 quantisation (docs/architecture.md#fp8; layouts in ds/cuda_fp8.h) ----
 // Codes and scales are bit-identical to the CPU's (ops::fp8_round_trip, quant::quantize_*): amax over the tile,
 // scale = amax / 448 (activations floored at amax 1e-4, weights' all-zero blocks scale 1), code = e4m3(x / scale).
 // T is float or __nv_bfloat16.
@@ -78,7 +78,7 @@ struct AdamWStep {
 void adamw(float* params, const float* grads, float* m, float* v, int64_t n, const AdamWStep& step,
            cudaStream_t stream);
 
-// ---- DeepSeekMoE routing (reference section 4; route_token in libcore/src/model) ----
+// ---- DeepSeekMoE routing (route_token of libcore/src/model/routing.h) ----
 // From router logits [N, E]: scores [N, E] (sigmoid or softmax, as config.scoring_func), then each token's
 // config.num_experts_per_tok experts (chosen [N, K], best first, ties to the lower index) and weights [N, K].
 // bias [E] (the correction bias, or null) only steers the choice. E must be at most kMaxRoutedExperts.
@@ -143,7 +143,7 @@ void route_backward(float* dlogits, const float* dweights, const float* scores, 
 // *out (device memory) = sum of x[i]^2 in double, in a fixed order (the same value every run).
 void sum_squares(double* out, const float* x, int64_t n, cudaStream_t stream);
 
-// ---- MLA absorbed decode over the latent cache (reference section 2.6; FlashMLA's formulation) ----
+// ---- MLA absorbed decode over the latent cache (docs/architecture.md#absorbed-decode) ----
 // One KV head shared by all H query heads. The cache [slots, capacity, r + dr] bf16 holds [c_KV | k_pe] per token of
 // each slot (a sequence). Query row b, q [B, H, r + dr] f32 holding [q~ = W_UK^T q_nope | q_pe], attends to the first
 // lengths[b] (1..capacity) tokens of slot slots[b] (slots null: slot b): out [B, H, r] = softmax_j(scale q.k_j)

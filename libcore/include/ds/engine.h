@@ -1,5 +1,5 @@
 #pragma once
-// Engine: inference with the MLA latent cache (reference sections 2.5 and 2.6). Each sequence caches, per layer and
+// Engine: inference with the MLA latent cache (docs/architecture.md#latent-cache). Each sequence caches, per layer and
 // token, the normalised latent c_KV and the rotated k_pe (kv_lora_rank + qk_rope_head_dim values) instead of per-head
 // keys and values, and attends in the latent space with the absorbed weights: q~ = W_UK^T q_nope, o = W_UV (P c).
 // Prefill and decode are the same operation (append n tokens to a sequence), batched across sequences.

@@ -1,6 +1,6 @@
 #pragma once
 // FP8 e4m3fn (safetensors "F8_E4M3", torch.float8_e4m3fn): 1 sign, 4 exponent bits (bias 7), 3 mantissa bits.
-// Largest finite value 448, smallest subnormal 2^-9, no infinities, NaN = 0x7f and 0xff (reference section 7.1).
+// Largest finite value 448, smallest subnormal 2^-9, no infinities, NaN = 0x7f and 0xff.
 // The conversions here are bit-identical to CUDA's __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3) and to the
 // Hopper instruction cvt.rn.satfinite.e4m3x2.f32, so what the CPU writes is what a GPU kernel would have written.
 #include <array>

@@ -1,6 +1,6 @@
 #pragma once
 // A weight matrix as inference reads it, without owning it: F32 values, or FP8 e4m3 codes with DeepSeek's per-block
-// dequantization multipliers (reference section 7.1), so an FP8 checkpoint stays at one byte per weight in memory and
+// dequantization multipliers (ds/quantize.h), so an FP8 checkpoint stays at one byte per weight in memory and
 // is dequantized a row or a panel at a time inside the GEMM (ops::linear over a WeightMatrix, ds/ops.h).
 #include <cstdint>
 #include <string_view>

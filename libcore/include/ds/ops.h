@@ -39,7 +39,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T
                       int64_t x_stride = 0);
 
 // Rotary embedding tables for dim rope dims: cos/sin [max_pos, dim/2], YaRN frequencies and attention factor
-// included (reference section 3).
+// included (docs/architecture.md#yarn-rope).
 struct RopeTable {
   int64_t half = 0;
   std::vector<double> cos, sin;

@@ -1,5 +1,5 @@
 #pragma once
-// Fine-grained FP8 quantization as DeepSeek-V3 does it (reference section 7), and ds-quantize's model conversion.
+// Fine-grained FP8 quantization as DeepSeek-V3 does it (docs/architecture.md#fp8), and ds-quantize's model conversion.
 //
 // Weights: 128x128 blocks. W [out, in] becomes e4m3 codes of the same shape and an F32 `weight_scale_inv`
 // [ceil(out/128), ceil(in/128)] holding each block's dequantization multiplier amax/448; W ~ e4m3(q) * scale_inv.
@@ -75,8 +75,8 @@ Tensor read_dequantized(const safetensors::ModelFiles& files, const std::string&
 enum class Target { F32, BF16, FP8 };
 bool parse_target(std::string_view name, Target& out);  // "f32", "bf16", "fp8"
 
-// The tensors DeepSeek's released FP8 checkpoint keeps in high precision (reference section 7.2): embeddings, norms,
-// the router gate and its correction bias, lm_head, and the MTP layers' eh_proj, enorm, hnorm and shared_head.
+// The tensors DeepSeek's released FP8 checkpoint keeps in high precision: embeddings, norms, the router
+// gate and its correction bias, lm_head, and the MTP layers' eh_proj, enorm, hnorm and shared_head.
 // Regular expressions (ds/regex.h) searched for in tensor names; fp8_keeps tells whether one matches.
 const std::vector<std::string>& fp8_keep_patterns();
 bool fp8_keeps(const std::string& name);

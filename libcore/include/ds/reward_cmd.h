@@ -1,9 +1,9 @@
 #pragma once
-// --reward-cmd: an external rewarder as a long-lived child process (DESIGN.md section 4). `sh -c CMD` is started once;
-// each sample goes to its stdin as one JSON line {"id", "prompt", "completion", "answer"} and one reply line comes back
-// on its stdout for each, in order: a JSON number, or an object {"reward": x} with an optional boolean "correct".
-// Its stderr is ours. Writing and reading are interleaved (poll), so a rewarder that answers as it reads never
-// deadlocks on full pipes, whatever the batch size.
+// --reward-cmd: an external rewarder as a long-lived child process (protocol in man/dskit-formats.5). `sh -c CMD` is
+// started once; each sample goes to its stdin as one JSON line {"id", "prompt", "completion", "answer"} and one reply
+// line comes back on its stdout for each, in order: a JSON number, or an object {"reward": x} with an optional boolean
+// "correct". Its stderr is ours. Writing and reading are interleaved (poll), so a rewarder that answers as it reads
+// never deadlocks on full pipes, whatever the batch size.
 //
 // A crash, a reply not within the timeout, or a malformed line is a ds::Error naming the command and the line; the
 // child (its whole process group) is then killed and reaped, as it is by the destructor, so no zombie is left.

@@ -1,5 +1,5 @@
 #pragma once
-// Safetensors files (reference/deepseek-v3.md section 9) and Hugging Face model directories made of them.
+// Safetensors files (man/dskit-formats.5) and Hugging Face model directories made of them.
 // Reading maps the file and checks every header rule before handing out a byte, so a corrupt or hostile file is a
 // ds::Error naming the file and the rule, never a crash or an out-of-bounds read.
 #include <cstdint>

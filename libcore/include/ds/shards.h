@@ -1,5 +1,5 @@
 #pragma once
-// Token shards (DESIGN.md section 3): little-endian uint32 token ids, documents separated by the EOS id.
+// Token shards (man/dskit-formats.5): little-endian uint32 token ids, each document framed by BOS ... EOS.
 // A shard is raw or zstd-compressed; readers tell them apart by the zstd magic number, never by the file name.
 // "-" is stdin for reading and stdout for writing.
 #include <cstdint>

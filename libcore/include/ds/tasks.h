@@ -1,7 +1,7 @@
 #pragma once
 // Task sets for evaluation and RL: a prompt and the reference answer a verifier checks completions against.
 //
-// Sources: a JSONL file (DESIGN.md section 3; "-" is stdin), one task per line:
+// Sources: a JSONL file (man/dskit-formats.5; "-" is stdin), one task per line:
 //   {"id": "t1", "prompt": "What is 2 + 2?", "answer": "4"}
 // "question" or "problem" may name the prompt and "solution" the answer (a solution holding a \boxed{} answer, as in
 // MATH, gives that box's content). "id" is optional (default: the line number); ids and answers may be JSON numbers.

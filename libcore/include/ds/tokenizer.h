@@ -84,7 +84,7 @@ class Tokenizer {
   std::shared_ptr<const Impl> impl_;
 };
 
-// Token-shard framing (DESIGN.md section 3): BOS, the document's tokens, EOS, for each document in order. Documents
+// Token-shard framing (man/dskit-formats.5): BOS, the document's tokens, EOS, for each document in order. Documents
 // are encoded in parallel on the OpenMP threads; the result does not depend on their number.
 std::vector<uint32_t> encode_documents(const Tokenizer& tokenizer, std::span<const std::string_view> documents,
                                        bool parse_special);

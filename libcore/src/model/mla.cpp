@@ -1,5 +1,6 @@
-// Multi-head Latent Attention, training path (reference section 2): queries through the optional low-rank q_a/q_b,
-// keys and values decompressed from the normalised latent c_KV, one RoPE key k_pe shared by all heads.
+// Multi-head Latent Attention, training path (docs/architecture.md#multi-head-latent-attention): queries through the
+// optional low-rank q_a/q_b, keys and values decompressed from the normalised latent c_KV, one RoPE key k_pe shared by
+// all heads.
 #include <algorithm>
 
 #include "modules.h"

@@ -1,4 +1,5 @@
-// The transformer: embedding, decoder blocks, final norm and head, MTP modules (reference section 6), losses.
+// The transformer: embedding, decoder blocks, final norm and head, MTP modules, losses
+// (docs/architecture.md#multi-token-prediction).
 #include "ds/model.h"
 
 #include <fmt/format.h>

@@ -26,9 +26,9 @@ struct RmsNorm {
   void backward(T* dx, const T* dy);
 };
 
-// A linear layer without bias: y = x W^T, W [out, in]. Under store->fp8 its three GEMMs (forward, data gradient,
-// weight gradient) see FP8-rounded operands, tiled as reference section 7.3 describes, unless it is one of the layers
-// DeepSeek-V3 keeps in high precision (the router gate, MTP's eh_proj).
+// A linear layer without bias: y = x W^T, W [out, in]. Under store->fp8 its three GEMMs (forward, data gradient, weight
+// gradient) see FP8-rounded operands, tiled as docs/architecture.md#fp8-training describes, unless it is one of the
+// layers DeepSeek-V3 keeps in high precision (the router gate, MTP's eh_proj).
 template <typename T>
 struct Linear {
   ParamStore<T>* store = nullptr;
@@ -55,7 +55,8 @@ struct Mlp {
   void backward(T* dx, const T* dy);
 };
 
-// Multi-head Latent Attention (reference section 2), the naive training path with per-head keys and values.
+// Multi-head Latent Attention (docs/architecture.md#multi-head-latent-attention), the naive training path with per-head
+// keys and values.
 template <typename T>
 struct Mla {
   const ModelConfig* config = nullptr;
@@ -73,7 +74,8 @@ struct Mla {
   void backward(T* dx, const T* dy);
 };
 
-// DeepSeekMoE (reference section 4): router, routed experts, shared experts, optional sequence-wise balance loss.
+// DeepSeekMoE (docs/architecture.md#deepseekmoe-routing): router, routed experts, shared experts, optional
+// sequence-wise balance loss.
 template <typename T>
 struct Moe {
   const ModelConfig* config = nullptr;

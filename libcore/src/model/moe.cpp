@@ -1,5 +1,6 @@
-// DeepSeekMoE (reference sections 4 and 5): sigmoid or softmax scores, the correction bias used only to choose,
-// group-limited top-k, renormalised and scaled weights, shared experts, and the sequence-wise balance loss.
+// DeepSeekMoE (docs/architecture.md#deepseekmoe-routing and #load-balancing): sigmoid or softmax scores, the correction
+// bias used only to choose, group-limited top-k, renormalised and scaled weights, shared experts, and the sequence-wise
+// balance loss.
 #include <fmt/format.h>
 
 #include <algorithm>

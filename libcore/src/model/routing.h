@@ -1,5 +1,5 @@
 #pragma once
-// DeepSeekMoE expert choice for one token (reference section 4), shared by training and inference.
+// DeepSeekMoE expert choice for one token (docs/architecture.md#deepseekmoe-routing), shared by training and inference.
 #include <cstdint>
 
 #include "ds/config.h"

@@ -1,4 +1,4 @@
-// FP8 block quantization of weights and activations (reference section 7.1).
+// FP8 block quantization of weights and activations (docs/architecture.md#fp8-format).
 #include "ds/quantize.h"
 
 #include <algorithm>
