@@ -273,6 +273,8 @@ int main(int argc, char** argv) {
           printer.finish();
           if (stop) fmt::print(stderr, "(stopped)\n");
         }
+      } catch (const ds::ContextFull& e) {
+        fmt::print(stderr, "{}; /clear starts a new one\n", e.what());
       } catch (const ds::Error& e) {
         fmt::print(stderr, "{}\n", e.what());
       } catch (const nlohmann::json::exception& e) {

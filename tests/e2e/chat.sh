@@ -51,7 +51,8 @@ refused 2 "--repetition-penalty: 0 is not a number > 0" $CHAT --repetition-penal
 # Terminal mode through a pseudo-terminal, where `script` exists.
 if command -v script >/dev/null 2>&1; then
   (sleep 1; printf 'What is 3 + 5?\r'; sleep 2; printf '/stats\r/save %s\r/clear\r/load %s\r' "$T/c.json" "$T/c.json"
-    printf '/set top_p 2\r/set temperature nan\r/set temperature 0.5\r/set bogus 1\r/quit\r') |
+    printf '/set top_p 2\r/set temperature nan\r/set temperature 0.5\r/set bogus 1\r'
+    printf '%s\r/quit\r' "$(head -c 600 /dev/zero | tr '\0' x)") |
     HOME="$T" NO_COLOR=1 script -qfc "$CHAT" /dev/null >"$T/tty" 2>&1
   grep -q "generated [0-9]* tokens" "$T/tty" || fail "/stats in terminal mode: $(cat "$T/tty")"
   grep -q '"role": "assistant"' "$T/c.json" || fail "/save wrote no conversation"
@@ -60,6 +61,8 @@ if command -v script >/dev/null 2>&1; then
   grep -q "/set top_p: 2 is not in (0, 1\]" "$T/tty" && grep -q "/set temperature: nan is not a number >= 0" "$T/tty" &&
     grep -q "^temperature = 0.5" "$T/tty" && grep -q "/set: unknown setting 'bogus'" "$T/tty" ||
     fail "/set: $(cat "$T/tty")"
+  # A message past the context is refused, with the way out named, and the session goes on.
+  grep -q "does not fit the model's context of 256; /clear starts a new one" "$T/tty" || fail "long line: $(cat "$T/tty")"
 fi
 
 set +e

@@ -11,6 +11,7 @@
 
 #include "ds/chat.h"
 #include "ds/engine.h"
+#include "ds/error.h"
 
 namespace ds {
 
@@ -22,12 +23,17 @@ struct ChatTurnStats {
   std::string finish_reason;
 };
 
+// The conversation with the new message is longer than the model's context; the message was not added.
+struct ContextFull : Error {
+  using Error::Error;
+};
+
 class ChatSession {
  public:
   ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed,
               const Device& device = {});
 
-  // Adds the user's message and generates the reply. on_text receives the reply as it grows, in pieces that are
+  // Adds the user's message and generates the reply (ContextFull when it does not fit). on_text receives the reply as it grows, in pieces that are
   // whole UTF-8 characters; returning false stops the generation (the partial reply is kept).
   std::string send(const std::string& user, const SamplingOptions& options,
                    const std::function<bool(std::string_view)>& on_text = nullptr);

@@ -42,7 +42,8 @@ std::string ChatSession::send(const std::string& user, const SamplingOptions& op
   const int64_t limit = engine_.config().max_position_embeddings;
   if (int64_t(prompt.size()) >= limit) {
     messages_.pop_back();
-    fail("the conversation ({} tokens) does not fit the model's context of {}; /clear it", prompt.size(), limit);
+    throw ContextFull(fmt::format("the conversation ({} tokens) does not fit the model's context of {}", prompt.size(),
+                                  limit));
   }
   // Keep the cached prefix shared with the new prompt; at least one token must be fed to get logits.
   const std::vector<uint32_t>& cached = engine_.tokens(seq_);
