@@ -1,6 +1,8 @@
 // ds-bench: GEMM and training-step throughput, as ratios to the peak measured in the same run (sgemm on the CPU,
-// BF16 GEMMs on a GPU), decode throughput, and the all-reduce bandwidth of an mpirun or srun launch.
+// BF16 GEMMs on a GPU), decode throughput, the all-reduce bandwidth of an mpirun or srun launch, and the training
+// step on N threads against 1 with and without competing processes.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -69,6 +71,40 @@ void run_all_reduce(const ds::Device& device, const std::vector<double>& sizes_m
   }
   fmt::print("all-reduce of float32 sums in place over {} ranks ({}, {})\n\n", comm->size(), comm->backend(),
              device.name());
+  print_table(rows);
+}
+
+// The training step on 1 and on all --threads threads, first with `busy` competing processes, then quiet.
+void run_contention(const std::string& model_config, const ds::ModelConfig& config, int64_t batch, int64_t seq_len,
+                    int steps, int busy, bool json) {
+  const int threads = ds::get_threads();
+  if (busy == 0) busy = threads;
+  fmt::print(stderr, "training step of {} on {} x {} tokens, 1 and {} threads: with {} busy processes, then quiet\n",
+             model_config, batch, seq_len, threads, busy);
+  const auto started = [](const std::vector<int>& pids) {
+    fmt::print(stderr, "busy processes: {}\n", fmt::join(pids, " "));
+  };
+  const auto runs = ds::bench::contention(config, batch, seq_len, steps, threads, busy, started);
+  nlohmann::json out = {{"threads", threads},
+                        {"device", "cpu"},
+                        {"contention",
+                         {{"config", model_config}, {"batch", batch}, {"seq_len", seq_len}, {"steps", steps},
+                          {"busy", busy}, {"runs", nlohmann::json::array()}}}};
+  std::vector<Row> rows = {{"load", "busy", "threads", "step ms", "tokens/s", "vs 1 thread"}};
+  for (const ds::bench::ContentionRun& r : runs) {
+    const std::string load = r.busy > 0 ? "contended" : "quiet";
+    out["contention"]["runs"].push_back({{"load", load}, {"busy", r.busy}, {"threads", r.threads},
+                                         {"step_ms", r.step.step_ms}, {"tokens_per_s", r.step.tokens_per_s},
+                                         {"vs_one_thread", r.vs_one_thread}});
+    rows.push_back({load, std::to_string(r.busy), std::to_string(r.threads), fmt::format("{:.1f}", r.step.step_ms),
+                    fmt::format("{:.0f}", r.step.tokens_per_s), fmt::format("{:.2f}", r.vs_one_thread)});
+  }
+  if (json) {
+    fmt::print("{}\n", out.dump());
+    return;
+  }
+  fmt::print("training step of {} on {} x {} tokens, {} threads against 1, {} busy processes\n\n", model_config,
+             batch, seq_len, threads, busy);
   print_table(rows);
 }
 
@@ -185,6 +221,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> decode_weights = {"f32", "fp8"};
   std::vector<double> allreduce_mb = {1, 4, 16, 64, 256};
   double min_time = 0.5;
+  int busy = 0;
   std::vector<std::string> shape_specs = {"default"};
   ds::tool::ComputeOptions compute;
   const CLI::Validator shape_check(
@@ -238,10 +275,14 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(ds::tool::in(ds::tool::kPositive))
       ->capture_default_str();
+  app.add_option("--busy", busy, "contention: competing busy processes (0: as many as threads)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--only", only,
                  "measure only one part: gemm, step, decode, mla (CUDA), allreduce (the ranks of an mpirun or srun "
-                 "launch; not part of the default run)")
-      ->check(CLI::IsMember({"gemm", "step", "decode", "mla", "allreduce"}));
+                 "launch), contention (the step on N threads against 1, with busy processes and quiet); the last two "
+                 "are not part of the default run")
+      ->check(CLI::IsMember({"gemm", "step", "decode", "mla", "allreduce", "contention"}));
   ds::tool::add_compute_options(app, compute);
 
   return ds::tool::run(app, argc, argv, [&] {
@@ -251,7 +292,8 @@ int main(int argc, char** argv) {
     if (only == "mla" && !device.cuda)
       throw CLI::ValidationError("--only", "mla is measured on a CUDA device (--device cuda)");
     const ds::ModelConfig config = ds::resolve_model_config(model_config);
-    const bool run_step = only.empty() || only == "step", run_gemm = only.empty() || only == "gemm";
+    const bool run_step = only.empty() || only == "step" || only == "contention";
+    const bool run_gemm = only.empty() || only == "gemm";
     const bool run_decode = only.empty() || only == "decode";
     if (context == 0) context = config.max_position_embeddings / 2;
     if (run_decode && context + decode_steps > config.max_position_embeddings)
@@ -261,6 +303,10 @@ int main(int argc, char** argv) {
     if (run_step && seq_len > config.max_position_embeddings)
       throw CLI::ValidationError("--seq-len", fmt::format("{} exceeds the model's max_position_embeddings {}",
                                                           seq_len, config.max_position_embeddings));
+    if (only == "contention") {
+      if (device.cuda) throw CLI::ValidationError("--only", "contention is measured on the CPU (--device cpu)");
+      return run_contention(model_config, config, batch, seq_len, steps, busy, json);
+    }
 #ifdef DS_CUDA
     if (device.cuda)
       return run_gpu(device, only, min_time, json,

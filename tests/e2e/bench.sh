@@ -1,6 +1,7 @@
 #!/bin/sh
 # ds-bench end to end on the tiny model with short timings: one JSON object with positive measurements, the table,
-# and the exit codes of --help, a bad flag, a bad shape and an unavailable device.
+# --only contention (its runs, their ratios, and no busy process left behind, also when ds-bench is killed), and the
+# exit codes of --help, a bad flag, a bad shape and an unavailable device.
 set -eu
 BIN=${DS_BIN:?}/ds-bench
 . "$(dirname "$0")/scratch.inc"
@@ -43,6 +44,58 @@ if grep -Eq '"gemm"|"step"|sgemm_peak' "$T/decode.json"; then fail "--only decod
 $BIN --json --only step $FAST >"$T/step.json" 2>/dev/null || fail "--only step failed"
 if grep -q '"gemm"' "$T/step.json"; then fail "--only step measured GEMMs"; fi
 grep -q '"step"' "$T/step.json" || fail "--only step has no step"
+
+# --only contention: 1 and 2 threads with 2 busy processes, then quiet; nothing else is measured.
+CONT="--only contention --model-config tiny --batch 2 --seq-len 32 --threads 2 --busy 2"
+# A busy process of ds-bench that still runs (a zombie has stopped running).
+busy_alive() {
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = ds-bench-busy ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+$BIN --json $CONT --steps 2 >"$T/cont.json" 2>"$T/err" || fail "--only contention failed: $(cat "$T/err")"
+[ "$(wc -l <"$T/cont.json")" -eq 1 ] || fail "contention --json printed more than one line"
+pids=$(sed -n 's/^busy processes: //p' "$T/err")
+[ "$(echo $pids | wc -w)" -eq 2 ] || fail "not 2 busy processes: $(cat "$T/err")"
+for pid in $pids; do if busy_alive "$pid"; then fail "busy process $pid outlived ds-bench"; fi; done
+if grep -Eq '"gemm"|"step"|"decode"|sgemm_peak' "$T/cont.json"; then fail "--only contention measured more"; fi
+grep -q '"contention":{"batch":2,"busy":2,"config":"tiny",' "$T/cont.json" || fail "contention: $(cat "$T/cont.json")"
+grep -q '"threads":2,' "$T/cont.json" || fail "no thread count: $(cat "$T/cont.json")"
+# One line per run: load busy threads tokens_per_s vs_one_thread (nlohmann sorts the keys).
+sed -n 's/.*"runs":\[{\(.*\)}\].*/\1/p' "$T/cont.json" | sed 's/},{/\n/g' |
+  sed 's/^"busy":\([0-9]*\),"load":"\([a-z]*\)","step_ms":[^,]*,"threads":\([0-9]*\),/\2 \1 \3 /' |
+  sed 's/"tokens_per_s":\([^,]*\),"vs_one_thread":\(.*\)$/\1 \2/' >"$T/runs"
+[ "$(cut -d' ' -f1-3 "$T/runs" | tr '\n' ';')" = "contended 2 1;contended 2 2;quiet 0 1;quiet 0 2;" ] ||
+  fail "runs: $(cat "$T/runs")"
+# Each load's 1-thread run is its own reference; the 2-thread run's ratio is its tokens/s over that.
+awk 'NR % 2 == 1 { one = $4; if ($4 <= 0 || $5 != 1) exit 1 }
+     NR % 2 == 0 { r = $4 / one; if ($4 <= 0 || $5 < r * 0.999999 || $5 > r * 1.000001) exit 1 }' "$T/runs" ||
+  fail "inconsistent runs: $(cat "$T/runs")"
+$BIN $CONT --steps 2 >"$T/table" 2>/dev/null || fail "contention table run failed"
+grep -q '^training step of tiny on 2 x 32 tokens, 2 threads against 1, 2 busy processes$' "$T/table" ||
+  fail "no contention title: $(cat "$T/table")"
+grep -Eq '^load +busy +threads +step ms +tokens/s +vs 1 thread$' "$T/table" || fail "no header: $(cat "$T/table")"
+grep -Eq '^contended +2 +1 +[0-9.]+ +[0-9]+ +1\.00$' "$T/table" || fail "no contended row: $(cat "$T/table")"
+grep -Eq '^quiet +0 +2 +[0-9.]+ +[0-9]+ +[0-9]+\.[0-9][0-9]$' "$T/table" || fail "no quiet row: $(cat "$T/table")"
+# Killed while its busy processes run, ds-bench takes them with it.
+$BIN $CONT --steps 1000000 >/dev/null 2>"$T/kill.err" &
+bench=$!
+i=0
+until grep -q '^busy processes: ' "$T/kill.err"; do
+  i=$((i + 1))
+  [ $i -lt 600 ] || { kill -KILL $bench 2>/dev/null || true; fail "no busy processes started: $(cat "$T/kill.err")"; }
+  sleep 0.1
+done
+kill -KILL $bench
+wait $bench || true
+for pid in $(sed -n 's/^busy processes: //p' "$T/kill.err"); do
+  i=0
+  while busy_alive "$pid"; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || { kill -KILL "$pid"; fail "busy process $pid outlived the killed ds-bench"; }
+    sleep 0.1
+  done
+done
+code=0; $BIN --only contention --busy -1 >/dev/null 2>"$T/err" || code=$?
+[ "$code" -eq 2 ] || fail "--busy -1 exited $code, not 2"
 
 # Exit codes: --help and --version 0; usage errors 2 with a message.
 $BIN --help >/dev/null || fail "--help did not exit 0"

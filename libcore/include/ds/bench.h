@@ -114,6 +114,37 @@ void check_all_reduce_sum(const std::vector<float>& values, const dist::Comm& co
 // same bytes (a multiple of 4).
 AllReduceResult all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds);
 
+// count child processes that each spin on a core until this object is destroyed: other programs competing for the
+// CPU. The destructor kills and reaps them; a child also dies with its parent (PR_SET_PDEATHSIG), so none outlives
+// a killed benchmark. Their name (/proc/PID/comm) is kBusyName.
+class BusyProcesses {
+ public:
+  explicit BusyProcesses(int count);
+  ~BusyProcesses();
+  BusyProcesses(const BusyProcesses&) = delete;
+  BusyProcesses& operator=(const BusyProcesses&) = delete;
+  const std::vector<int>& pids() const { return pids_; }
+
+ private:
+  void stop();
+  std::vector<int> pids_;
+};
+inline constexpr const char* kBusyName = "ds-bench-busy";
+
+// One training step measurement of contention(): with `busy` competing processes (0: quiet) on `threads` threads.
+struct ContentionRun {
+  int busy = 0, threads = 0;
+  StepResult step;
+  double vs_one_thread = 0;  // tokens/s over those of 1 thread under the same load
+};
+
+// train_step on 1 and on `threads` threads, first with `busy` BusyProcesses spinning (contended), then without them
+// (quiet): how far more threads help, or hurt, when other programs share the cores. started(pids) is called once the
+// busy processes run. Leaves the thread count at `threads`.
+std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps,
+                                      int threads, int busy,
+                                      const std::function<void(const std::vector<int>&)>& started);
+
 // This process's resident memory (VmRSS of /proc/self/status); 0 where unknown.
 int64_t resident_bytes();
 

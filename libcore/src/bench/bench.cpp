@@ -10,6 +10,11 @@
 #include <fstream>
 #include <random>
 
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "ds/engine.h"
 #include "ds/error.h"
 #include "ds/flops.h"
@@ -312,6 +317,59 @@ AllReduceResult all_reduce(dist::Comm& comm, int64_t bytes, double min_seconds) 
   check_all_reduce_sum(data, comm);
   std::fill(data.begin(), data.end(), 0.0f);  // sums of zeros stay finite however many calls follow
   return time_all_reduce(comm, bytes, min_seconds, [&] { comm.all_reduce(data.data(), int64_t(data.size())); });
+}
+
+BusyProcesses::BusyProcesses(int count) {
+  const pid_t parent = getpid();
+  for (int i = 0; i < count; ++i) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      const int error = errno;
+      stop();
+      fail("cannot start a busy process: {}", std::strerror(error));
+    }
+    if (pid == 0) {
+      // Only system calls here: the parent's other threads (OpenMP's) do not exist in the child.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(0);  // the parent died before prctl took effect
+      prctl(PR_SET_NAME, kBusyName);
+      volatile uint64_t spins = 0;  // volatile: a loop without side effects may be assumed to end
+      while (true) spins = spins + 1;
+    }
+    pids_.push_back(pid);
+  }
+}
+
+BusyProcesses::~BusyProcesses() { stop(); }
+
+void BusyProcesses::stop() {
+  for (const pid_t pid : pids_) kill(pid, SIGKILL);
+  for (const pid_t pid : pids_)
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  pids_.clear();
+}
+
+std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps,
+                                      int threads, int busy,
+                                      const std::function<void(const std::vector<int>&)>& started) {
+  if (threads <= 0 || busy < 0) fail("contention needs positive threads and busy >= 0, got {} and {}", threads, busy);
+  std::vector<ContentionRun> runs;
+  const auto measure = [&](int load) {
+    set_threads(1);
+    const StepResult one = train_step(config, batch, seq_len, 1, steps);
+    set_threads(threads);
+    const StepResult many = train_step(config, batch, seq_len, 1, steps);
+    runs.push_back({load, 1, one, 1.0});
+    runs.push_back({load, threads, many, many.tokens_per_s / one.tokens_per_s});
+  };
+  {
+    const BusyProcesses processes(busy);
+    started(processes.pids());
+    measure(busy);
+  }
+  measure(0);
+  return runs;
 }
 
 int64_t resident_bytes() {
