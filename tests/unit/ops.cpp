@@ -7,6 +7,7 @@
 #include <random>
 
 #include "ds/ops.h"
+#include "ds/parallel.h"
 
 using namespace ds;
 
@@ -106,4 +107,23 @@ TEST_CASE("YaRN frequencies follow docs/architecture.md#yarn-rope and rope's inv
   ops::rope(x.data(), pos.data(), 1, 1, 4, 4, plain, true);
   CHECK(x[0] == doctest::Approx(1.0));
   CHECK(x[3] == doctest::Approx(4.0));
+}
+
+TEST_CASE("loops below parallel_worth run on one thread: a small reduction is the same on 1 and 2 threads") {
+  CHECK_FALSE(parallel_worth(kParallelMinWork - 1));
+  CHECK(parallel_worth(kParallelMinWork));
+  // N * V just below the threshold: 2 threads would each sum half the rows, rounding differently.
+  const int64_t V = 64, N = (kParallelMinWork - 1) / V;
+  const auto logits = random_vector(size_t(N * V), 7, 3.0);
+  std::vector<int32_t> targets(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) targets[size_t(n)] = int32_t(n * 7 % V);
+  const int before = get_threads();
+  double loss[2];
+  for (const int threads : {1, 2}) {
+    set_threads(threads);
+    std::vector<float> work = logits;
+    loss[threads - 1] = ops::cross_entropy(work.data(), targets.data(), N, V);
+  }
+  set_threads(before);
+  CHECK(loss[0] == loss[1]);
 }

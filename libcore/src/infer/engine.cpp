@@ -11,6 +11,7 @@
 #include "ds/cuda.h"
 #include "ds/error.h"
 #include "ds/ops.h"
+#include "ds/parallel.h"
 #include "engine_backend.h"
 
 namespace ds {
@@ -161,7 +162,7 @@ class CpuBackend final : public EngineBackend {
     // q~_h = W_UK[h]^T q_nope_h, with W_UK[h] the rows h*(dn+dv) .. +dn of kv_b, each of length r. One head per
     // thread (BLAS stays on its thread inside a parallel region), which dequantizes the rows of an FP8 kv_b itself.
     std::vector<float> qt(size_t(R * H * r)), latent(size_t(R * H * r)), o(size_t(R * H * dv));
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(R * H * r * dn))
     {
       std::vector<float> rows;
 #pragma omp for schedule(static)
@@ -170,7 +171,9 @@ class CpuBackend final : public EngineBackend {
                          L.kv_b.rows_f32(h * (dn + dv), dn, rows), r, 0.0f, qt.data() + h * r, H * r);
     }
     const float scale = float(c.softmax_scale());
-#pragma omp parallel
+    int64_t keys = 0;  // cached rows attended to, over all the rows
+    for (int64_t i = 0; i < R; ++i) keys += pos[size_t(i)] + 1;
+#pragma omp parallel if (parallel_worth(keys * H * width))
     {
       std::vector<float> p;
 #pragma omp for collapse(2) schedule(static)
@@ -205,7 +208,7 @@ class CpuBackend final : public EngineBackend {
         }
     }
     // o_h = W_UV[h] (P c), with W_UV[h] the rows h*(dn+dv)+dn .. +dv of kv_b.
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(R * H * dv * r))
     {
       std::vector<float> rows;
 #pragma omp for schedule(static)

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "ds/comm.h"
+#include "ds/parallel.h"
 #include "modules.h"
 #include "routing.h"
 
@@ -87,7 +88,7 @@ double Moe<T>::forward(T* y, const T* x_, int64_t B_, int64_t Tn_, double balanc
   else
     ops::softmax_rows(scores.data(), N, E);
   const T* b = bias >= 0 ? store->w(bias) : nullptr;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * E))
   for (int64_t n = 0; n < N; ++n)
     route_token(c, &scores[size_t(n * E)], b, &chosen[size_t(n * K)], &weights[size_t(n * K)]);
 
@@ -187,7 +188,7 @@ void Moe<T>::backward(T* dx, const T* dy) {
   // Back through w = scale * s / (sum of chosen s) to the scores, then through the score function to the logits.
   std::vector<T> dscores(size_t(N * E), T(0));
   const T scale = T(c.routed_scaling_factor);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * E))
   for (int64_t n = 0; n < N; ++n) {
     const T* s = &scores[size_t(n * E)];
     T* ds = &dscores[size_t(n * E)];

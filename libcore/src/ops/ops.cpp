@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "ds/fp8_matrix.h"
+#include "ds/parallel.h"
 
 namespace ds {
 
@@ -53,7 +54,7 @@ void linear(float* y, const float* x, const WeightMatrix& w, int64_t M) {
   if (!w.fp8()) return linear<float>(y, x, w.f32, M, N, K);
   if (M == 0) return;
   if (M == 1) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * K))
     for (int64_t n = 0; n < N; ++n) y[n] = w.dot_fp8(n, x);
     return;
   }
@@ -80,7 +81,7 @@ void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t 
 template <typename T>
 void rmsnorm(T* y, T* rstd, const T* x, const T* w, int64_t N, int64_t C, double eps, int64_t x_stride) {
   if (x_stride == 0) x_stride = C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * C))
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * x_stride;
     double ss = 0;
@@ -96,7 +97,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T
                       int64_t x_stride) {
   if (x_stride == 0) x_stride = C;
   // dx = r * (w*dy - xhat * mean(w*dy*xhat)), with xhat = x * r
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * C))
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * x_stride;
     const T* g = dy + n * C;
@@ -108,7 +109,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T
     for (int64_t c = 0; c < C; ++c) dxr[c] += r * (w[c] * g[c] - xr[c] * r * mean);
   }
   // The weight gradient reduces over rows: done serially per column block so it is deterministic.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * C))
   for (int64_t c = 0; c < C; ++c) {
     T acc = 0;
     for (int64_t n = 0; n < N; ++n) acc += dy[n * C + c] * x[n * x_stride + c] * rstd[n];
@@ -152,7 +153,7 @@ void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride
   const int64_t half = table.half;
   // The inverse of a rotation scaled by f is its transpose scaled by f, which is what the backward pass needs.
   const double sign = inverse ? -1.0 : 1.0;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * heads * half))
   for (int64_t n = 0; n < N; ++n) {
     const double* c = &table.cos[size_t(pos[n]) * size_t(half)];
     const double* s = &table.sin[size_t(pos[n]) * size_t(half)];
@@ -235,13 +236,13 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
 
 template <typename T>
 void swiglu(T* a, const T* g, const T* u, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) a[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
 }
 
 template <typename T>
 void swiglu_backward(T* dg, T* du, const T* da, const T* g, const T* u, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) {
     const T sig = T(1) / (T(1) + std::exp(-g[i]));
     const T silu = g[i] * sig;
@@ -252,7 +253,7 @@ void swiglu_backward(T* dg, T* du, const T* da, const T* g, const T* u, int64_t 
 
 template <typename T>
 void softmax_rows(T* x, int64_t N, int64_t C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * C))
   for (int64_t n = 0; n < N; ++n) {
     T* r = x + n * C;
     const T mx = *std::max_element(r, r + C);
@@ -265,7 +266,7 @@ void softmax_rows(T* x, int64_t N, int64_t C) {
 template <typename T>
 double cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V) {
   double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (parallel_worth(N * V))
   for (int64_t n = 0; n < N; ++n) {
     T* r = logits + n * V;
     const T mx = *std::max_element(r, r + V);
@@ -281,7 +282,7 @@ double cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V) {
 template <typename T>
 void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, int64_t N, int64_t V, double scale,
                             const T* row_scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(N * V))
   for (int64_t n = 0; n < N; ++n) {
     T* d = dlogits + n * V;
     if (targets[n] < 0) {

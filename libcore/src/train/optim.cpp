@@ -5,20 +5,21 @@
 #include <numbers>
 
 #include "ds/error.h"
+#include "ds/parallel.h"
 
 namespace ds {
 
 namespace {
 double sum_squares(const float* x, int64_t n) {
   double sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
+#pragma omp parallel for schedule(static) reduction(+ : sum) if (parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
   return sum;
 }
 void clip_to(float* x, int64_t n, double norm, double max_norm) {
   if (max_norm <= 0 || norm <= max_norm) return;
   const float scale = float(max_norm / (norm + 1e-6));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) x[i] *= scale;
 }
 }  // namespace
@@ -106,7 +107,7 @@ double AdamW::reduce_grads(std::vector<float>& grads, double max_norm) {
   float* part = grads.data() + begin_;
   const int64_t n = end_ - begin_;
   const float inv = 1.0f / float(comm_->size());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) part[i] *= inv;
   double sum = sum_squares(part, n);
   comm_->all_reduce(&sum, 1);
@@ -121,7 +122,7 @@ void AdamW::step(std::vector<float>& params, const std::vector<float>& grads, do
   const float b1 = float(options_.beta1), b2 = float(options_.beta2);
   for (const Range& r : ranges_) {
     const float decay = r.decay ? float(lr * options_.weight_decay) : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(r.end - r.begin))
     for (int64_t i = r.begin; i < r.end; ++i) {
       const float g = grads[size_t(i)];
       float& m = m_[size_t(i - begin_)];
