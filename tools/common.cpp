@@ -175,7 +175,7 @@ int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body)
 namespace ds::tool {
 
 void add_compute_options(CLI::App& app, ComputeOptions& options) {
-  app.add_option("--threads", options.threads, "CPU threads (0 = all cores)")->check(in(kCount));
+  app.add_option("--threads", options.threads, "CPU threads (0 = the cores other programs leave idle)")->check(in(kCount));
   app.add_option("--device", options.device, "cpu or cuda[:N]")->capture_default_str();
 }
 

@@ -74,10 +74,11 @@ void run_all_reduce(const ds::Device& device, const std::vector<double>& sizes_m
   print_table(rows);
 }
 
-// The training step on 1 and on all --threads threads, first with `busy` competing processes, then quiet.
+// The training step on 1 thread, on --threads (0: every core) and on the default count, first with `busy` competing
+// processes, then quiet.
 void run_contention(const std::string& model_config, const ds::ModelConfig& config, int64_t batch, int64_t seq_len,
-                    int steps, int busy, bool json) {
-  const int threads = ds::get_threads();
+                    int steps, int threads, int busy, bool json) {
+  if (threads == 0) threads = ds::usable_cores();
   if (busy == 0) busy = threads;
   fmt::print(stderr, "training step of {} on {} x {} tokens, 1 and {} threads: with {} busy processes, then quiet\n",
              model_config, batch, seq_len, threads, busy);
@@ -94,9 +95,11 @@ void run_contention(const std::string& model_config, const ds::ModelConfig& conf
   for (const ds::bench::ContentionRun& r : runs) {
     const std::string load = r.busy > 0 ? "contended" : "quiet";
     out["contention"]["runs"].push_back({{"load", load}, {"busy", r.busy}, {"threads", r.threads},
+                                         {"automatic", r.automatic},
                                          {"step_ms", r.step.step_ms}, {"tokens_per_s", r.step.tokens_per_s},
                                          {"vs_one_thread", r.vs_one_thread}});
-    rows.push_back({load, std::to_string(r.busy), std::to_string(r.threads), fmt::format("{:.1f}", r.step.step_ms),
+    rows.push_back({load, std::to_string(r.busy), fmt::format("{}{}", r.threads, r.automatic ? " (default)" : ""),
+                    fmt::format("{:.1f}", r.step.step_ms),
                     fmt::format("{:.0f}", r.step.tokens_per_s), fmt::format("{:.2f}", r.vs_one_thread)});
   }
   if (json) {
@@ -305,7 +308,7 @@ int main(int argc, char** argv) {
                                                           seq_len, config.max_position_embeddings));
     if (only == "contention") {
       if (device.cuda) throw CLI::ValidationError("--only", "contention is measured on the CPU (--device cpu)");
-      return run_contention(model_config, config, batch, seq_len, steps, busy, json);
+      return run_contention(model_config, config, batch, seq_len, steps, compute.threads, busy, json);
     }
 #ifdef DS_CUDA
     if (device.cuda)

@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
   std::string tokenizer_path;
   DocumentOptions docs_opt;
   const auto add_common = [&](CLI::App& cmd, bool with_tokenizer) {
-    cmd.add_option("--threads", threads, "threads for encoding and zstd (0 = all cores)")
+    cmd.add_option("--threads", threads, "threads for encoding and zstd (0 = the cores other programs leave idle)")
         ->check(ds::tool::in(ds::tool::kCount));
     if (with_tokenizer)
       cmd.add_option("--tokenizer", tokenizer_path, "a tokenizer.json or a directory holding one (default built-in)");

@@ -59,16 +59,17 @@ for pid in $pids; do if busy_alive "$pid"; then fail "busy process $pid outlived
 if grep -Eq '"gemm"|"step"|"decode"|sgemm_peak' "$T/cont.json"; then fail "--only contention measured more"; fi
 grep -q '"contention":{"batch":2,"busy":2,"config":"tiny",' "$T/cont.json" || fail "contention: $(cat "$T/cont.json")"
 grep -q '"threads":2,' "$T/cont.json" || fail "no thread count: $(cat "$T/cont.json")"
-# One line per run: load busy threads tokens_per_s vs_one_thread (nlohmann sorts the keys).
+# One line per run: load busy automatic threads tokens_per_s vs_one_thread (nlohmann sorts the keys).
 sed -n 's/.*"runs":\[{\(.*\)}\].*/\1/p' "$T/cont.json" | sed 's/},{/\n/g' |
-  sed 's/^"busy":\([0-9]*\),"load":"\([a-z]*\)","step_ms":[^,]*,"threads":\([0-9]*\),/\2 \1 \3 /' |
+  sed 's/^"automatic":\([a-z]*\),"busy":\([0-9]*\),"load":"\([a-z]*\)","step_ms":[^,]*,"threads":\([0-9]*\),/\3 \2 \1 \4 /' |
   sed 's/"tokens_per_s":\([^,]*\),"vs_one_thread":\(.*\)$/\1 \2/' >"$T/runs"
-[ "$(cut -d' ' -f1-3 "$T/runs" | tr '\n' ';')" = "contended 2 1;contended 2 2;quiet 0 1;quiet 0 2;" ] ||
+[ "$(cut -d' ' -f1-3 "$T/runs" | tr '\n' ';')" = \
+  "contended 2 false;contended 2 false;contended 2 true;quiet 0 false;quiet 0 false;quiet 0 true;" ] ||
   fail "runs: $(cat "$T/runs")"
-# Each load's 1-thread run is its own reference; the 2-thread run's ratio is its tokens/s over that.
-awk 'NR % 2 == 1 { one = $4; if ($4 <= 0 || $5 != 1) exit 1 }
-     NR % 2 == 0 { r = $4 / one; if ($4 <= 0 || $5 < r * 0.999999 || $5 > r * 1.000001) exit 1 }' "$T/runs" ||
-  fail "inconsistent runs: $(cat "$T/runs")"
+# Each load's 1-thread run is its own reference; the others' ratios are their tokens/s over it.
+awk 'NR % 3 == 1 { one = $5; if ($4 != 1 || $5 <= 0 || $6 != 1) exit 1 }
+     NR % 3 != 1 { r = $5 / one; if ($5 <= 0 || $6 < r * 0.999999 || $6 > r * 1.000001) exit 1 }
+     NR == 2 && $4 != 2 { exit 1 }' "$T/runs" || fail "inconsistent runs: $(cat "$T/runs")"
 $BIN $CONT --steps 2 >"$T/table" 2>/dev/null || fail "contention table run failed"
 grep -q '^training step of tiny on 2 x 32 tokens, 2 threads against 1, 2 busy processes$' "$T/table" ||
   fail "no contention title: $(cat "$T/table")"

@@ -39,23 +39,26 @@ TEST_CASE("BusyProcesses run while held and are gone after") {
   CHECK(bench::BusyProcesses(0).pids().empty());
 }
 
-TEST_CASE("contention times 1 and N threads under load, then quiet") {
+TEST_CASE("contention times 1, N and the default number of threads under load, then quiet") {
   const int before = get_threads();
   std::vector<int> seen;
   const auto runs = bench::contention(resolve_model_config("tiny"), 2, 8, 1, 2, 1,
                                       [&](const std::vector<int>& pids) { seen = pids; });
   CHECK(seen.size() == 1);
   for (const int pid : seen) CHECK(comm(pid) != bench::kBusyName);
-  REQUIRE(runs.size() == 4);
-  const int busy[] = {1, 1, 0, 0}, threads[] = {1, 2, 1, 2};
-  for (size_t i = 0; i < 4; ++i) {
+  REQUIRE(runs.size() == 6);
+  const int busy[] = {1, 1, 1, 0, 0, 0}, threads[] = {1, 2, 0, 1, 2, 0};
+  for (size_t i = 0; i < 6; ++i) {
     CHECK(runs[i].busy == busy[i]);
-    CHECK(runs[i].threads == threads[i]);
+    CHECK(runs[i].automatic == (threads[i] == 0));
+    if (!runs[i].automatic) CHECK(runs[i].threads == threads[i]);
+    CHECK(runs[i].threads >= 1);
     CHECK(runs[i].step.tokens_per_s > 0);
   }
-  for (size_t i = 0; i < 4; i += 2) {
+  for (size_t i = 0; i < 6; i += 3) {
     CHECK(runs[i].vs_one_thread == 1.0);
-    CHECK(runs[i + 1].vs_one_thread == doctest::Approx(runs[i + 1].step.tokens_per_s / runs[i].step.tokens_per_s));
+    for (size_t j = i + 1; j < i + 3; ++j)
+      CHECK(runs[j].vs_one_thread == doctest::Approx(runs[j].step.tokens_per_s / runs[i].step.tokens_per_s));
   }
   CHECK(get_threads() == 2);
   set_threads(before);

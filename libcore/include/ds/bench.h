@@ -134,13 +134,15 @@ inline constexpr const char* kBusyName = "ds-bench-busy";
 // One training step measurement of contention(): with `busy` competing processes (0: quiet) on `threads` threads.
 struct ContentionRun {
   int busy = 0, threads = 0;
+  bool automatic = false;  // threads is what the default (--threads 0) chose under this load
   StepResult step;
   double vs_one_thread = 0;  // tokens/s over those of 1 thread under the same load
 };
 
-// train_step on 1 and on `threads` threads, first with `busy` BusyProcesses spinning (contended), then without them
-// (quiet): how far more threads help, or hurt, when other programs share the cores. started(pids) is called once the
-// busy processes run. Leaves the thread count at `threads`.
+// train_step on 1 thread, on `threads` threads and on the default count (ds/threads.h), first with `busy`
+// BusyProcesses spinning (contended), then without them (quiet): how far more threads help, or hurt, when other
+// programs share the cores, and whether the default avoids the harm. started(pids) is called once the busy processes
+// run. Leaves the thread count at `threads`.
 std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps,
                                       int threads, int busy,
                                       const std::function<void(const std::vector<int>&)>& started);

@@ -6,12 +6,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "ds/threads.h"
+
 namespace ds {
 
 struct WeightMatrix;  // ds/fp8_matrix.h
 
-void set_threads(int threads);  // OpenMP and OpenBLAS; 0 = all cores
-int get_threads();
 
 namespace ops {
 

@@ -361,8 +361,12 @@ std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, 
     const StepResult one = train_step(config, batch, seq_len, 1, steps);
     set_threads(threads);
     const StepResult many = train_step(config, batch, seq_len, 1, steps);
-    runs.push_back({load, 1, one, 1.0});
-    runs.push_back({load, threads, many, many.tokens_per_s / one.tokens_per_s});
+    set_threads(0);
+    const int chosen = get_threads();
+    const StepResult automatic = train_step(config, batch, seq_len, 1, steps);
+    runs.push_back({load, 1, false, one, 1.0});
+    runs.push_back({load, threads, false, many, many.tokens_per_s / one.tokens_per_s});
+    runs.push_back({load, chosen, true, automatic, automatic.tokens_per_s / one.tokens_per_s});
   };
   {
     const BusyProcesses processes(busy);
@@ -370,6 +374,7 @@ std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, 
     measure(busy);
   }
   measure(0);
+  set_threads(threads);
   return runs;
 }
 

@@ -1,7 +1,6 @@
 #include "ds/ops.h"
 
 #include <cblas.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,13 +12,6 @@
 
 namespace ds {
 
-void set_threads(int threads) {
-  if (threads <= 0) threads = omp_get_num_procs();
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
-}
-
-int get_threads() { return omp_get_max_threads(); }
 
 namespace ops {
 
