@@ -13,7 +13,6 @@
 #include <numeric>
 #include <string>
 
-#include "../infer/engine_backend.h"
 #include "batch.h"
 #include "ds/cuda_fp8.h"
 #include "ds/cuda_gemm.h"
