@@ -14,9 +14,6 @@
 #include "ds/bench.h"
 #include "ds/config.h"
 #include "ds/cuda.h"
-#ifdef DS_CUDA
-#include "ds/cuda_bench.h"
-#endif
 #include "ds/error.h"
 #include "ds/ops.h"
 

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 #include "ds/ops.h"
 #include "gpu_test.h"
 

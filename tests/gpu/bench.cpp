@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "ds/config.h"
-#include "ds/cuda_bench.h"
+#include "ds/bench.h"
 #include "ds/flops.h"
 #include "gpu_test.h"
 

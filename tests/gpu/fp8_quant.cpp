@@ -2,8 +2,8 @@
 // shapes with partial tiles.
 #include <cstring>
 
-#include "ds/cuda_fp8.h"
-#include "ds/cuda_ops.h"
+#include "cuda_fp8.h"
+#include "cuda_ops.h"
 #include "ds/quantize.h"
 #include "ds/tensor.h"
 #include "gpu_test.h"

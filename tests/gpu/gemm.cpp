@@ -2,8 +2,8 @@
 // FP8 block-scaled forward, data-gradient and weight-gradient GEMMs, quantised by the CPU and by the GPU kernels.
 #include <cmath>
 
-#include "ds/cuda_gemm.h"
-#include "ds/cuda_ops.h"
+#include "cuda_gemm.h"
+#include "cuda_ops.h"
 #include "ds/error.h"
 #include "ds/fp8.h"
 #include "ds/ops.h"

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "ds/bf16.h"
-#include "ds/cuda_memory.h"
-#include "ds/cuda_stream.h"
+#include "cuda_memory.h"
+#include "cuda_stream.h"
 
 namespace ds::gpu_test {
 

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 #include "gpu_test.h"
 
 using namespace ds;

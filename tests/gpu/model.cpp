@@ -17,7 +17,7 @@
 
 #include "ds/bf16.h"
 #include "ds/config.h"
-#include "ds/cuda_model.h"
+#include "cuda_model.h"
 #include "ds/error.h"
 #include "ds/model.h"
 #include "ds/optim.h"

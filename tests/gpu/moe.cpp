@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "ds/config.h"
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 #include "ds/ops.h"
 #include "gpu_test.h"
 #include "routing.h"

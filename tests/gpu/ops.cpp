@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 #include "ds/model.h"
 #include "ds/optim.h"
 #include "gpu_test.h"

@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "ds/cuda.h"
-#include "ds/cuda_cache.h"
-#include "ds/cuda_fp8.h"
+#include "cuda_cache.h"
+#include "cuda_fp8.h"
 #include "ds/error.h"
 #include "ds/quantize.h"
 #include "ds/tensor.h"

@@ -1,5 +1,5 @@
 #pragma once
-// Model directories (Hugging Face layout) and training run directories (man/dskit-formats.5).
+// Training run directories (man/dskit-formats.5); their checkpoints hold model directories (ds/model_dir.h).
 //
 //   RUN/checkpoints/step-00001000/   a model directory + optimizer.safetensors + trainer_state.json
 //   RUN/latest -> checkpoints/step-00001000   replaced atomically once the checkpoint is complete and fsynced
@@ -13,25 +13,11 @@
 
 #include "ds/config.h"
 #include "ds/model.h"
+#include "ds/model_dir.h"
 #include "ds/optim.h"
 #include "ds/tokenizer.h"
 
 namespace ds {
-
-// Writes config.json, model.safetensors, the tokenizer files and generation_config.json into dir.
-void write_model_dir(const std::string& dir, const Model<float>& model, const Tokenizer& tokenizer);
-
-struct LoadedModel {
-  std::string dir;  // the model directory actually read
-  ModelConfig config;
-  Model<float> model;
-  Tokenizer tokenizer;
-};
-// A model directory, or a run directory (meaning its latest checkpoint).
-std::string resolve_model_dir(const std::string& path);
-LoadedModel load_model_dir(const std::string& path);
-// Reads the weights of model directory `dir` into model in place (its shapes must match), with no second model.
-void load_weights(const std::string& dir, Model<float>& model);
 
 // optimizer.safetensors: AdamW's exp_avg and exp_avg_sq (F32) over the whole flat parameter array, whatever the
 // number of ranks that trained it, so a run resumes on any number of ranks. Written straight from the optimizer's

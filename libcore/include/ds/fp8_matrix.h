@@ -10,6 +10,17 @@
 
 namespace ds {
 
+namespace quant {
+inline constexpr int64_t kBlock = 128;  // weight blocks are kBlock x kBlock, activation groups 1 x kBlock
+
+// [ceil(out/128), ceil(in/128)] for a weight [out, in].
+Shape weight_scale_shape(const Shape& weight_shape);
+
+// Checks a 2-D F8_E4M3 weight against its weight_scale_inv: F32 of weight_scale_shape(q), every scale finite.
+// Anything else is a ds::Error naming `what`.
+void check_weight_scales(const Tensor& q, const Tensor& scale_inv, std::string_view what);
+}  // namespace quant
+
 // W [rows, cols] (a linear weight is [out, in]). FP8: W[i, j] = e4m3(e4m3[i, j]) * scale_inv[i/128, j/128], with
 // scale_inv [ceil(rows/128), ceil(cols/128)]; edge blocks are partial.
 struct WeightMatrix {

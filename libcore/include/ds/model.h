@@ -8,9 +8,13 @@
 #include <vector>
 
 #include "ds/config.h"
+#include "ds/ops.h"
 #include "ds/tensor.h"
 
 namespace ds {
+
+// The model's RoPE table, YaRN's attention factor included: one table for training, inference and the CUDA backend.
+ops::RopeTable model_rope_table(const ModelConfig& c);
 
 namespace dist {
 class Comm;

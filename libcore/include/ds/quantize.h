@@ -13,12 +13,11 @@
 #include <string_view>
 #include <vector>
 
+#include "ds/fp8_matrix.h"
 #include "ds/safetensors.h"
 #include "ds/tensor.h"
 
 namespace ds::quant {
-
-inline constexpr int64_t kBlock = 128;  // weight blocks are kBlock x kBlock, activation groups 1 x kBlock
 
 // How far converted values are from the originals, summed so that tensors and blocks merge exactly.
 struct ErrorStats {
@@ -33,9 +32,6 @@ struct ErrorStats {
 // copy is from the source.
 Tensor convert(const Tensor& src, DType dtype, ErrorStats* error = nullptr);
 
-// [ceil(out/128), ceil(in/128)] for a weight [out, in].
-Shape weight_scale_shape(const Shape& weight_shape);
-
 struct QuantizedWeight {
   Tensor weight;     // F8_E4M3 [out, in]
   Tensor scale_inv;  // F32 weight_scale_shape(weight)
@@ -46,9 +42,6 @@ struct QuantizedWeight {
 // NaN or Inf in w is a ds::Error. With `error`, adds how far dequantize_weight(result) is from w.
 QuantizedWeight quantize_weight(const Tensor& w, ErrorStats* error = nullptr);
 
-// Checks a 2-D F8_E4M3 weight against its weight_scale_inv: F32 of weight_scale_shape(q), every scale finite.
-// Anything else is a ds::Error naming `what`.
-void check_weight_scales(const Tensor& q, const Tensor& scale_inv, std::string_view what);
 // w[i, j] = e4m3(q[i, j]) * scale_inv[i/128, j/128], rounded to `dtype` (F32 or BF16), after check_weight_scales.
 Tensor dequantize_weight(const Tensor& q, const Tensor& scale_inv, std::string_view what = "weight",
                          DType dtype = DType::F32);

@@ -1,4 +1,4 @@
-#include "ds/cuda_cache.h"
+#include "cuda_cache.h"
 
 namespace ds::cuda {
 

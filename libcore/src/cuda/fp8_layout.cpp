@@ -1,6 +1,6 @@
 #include <cstddef>
 
-#include "ds/cuda_fp8.h"
+#include "cuda_fp8.h"
 
 namespace ds::cuda {
 

@@ -61,17 +61,6 @@ ForwardWeights forward_weights(const InferenceWeights& weights) {
   return f;
 }
 
-ops::RopeTable model_rope_table(const ModelConfig& c) {
-  const RopeScaling& rs = c.rope_scaling;
-  double attention_factor = 1.0;
-  if (rs.yarn && rs.factor > 1.0) {
-    auto m = [&](double mscale) { return 0.1 * mscale * std::log(rs.factor) + 1.0; };
-    attention_factor = rs.mscale != 0.0 && rs.mscale_all_dim != 0.0 ? m(rs.mscale) / m(rs.mscale_all_dim) : m(1.0);
-  }
-  return ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, rs.yarn, rs.factor,
-                         rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, attention_factor);
-}
-
 namespace {
 
 // y[rows, d] = down(silu(gate x) * up x)

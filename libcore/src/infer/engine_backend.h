@@ -34,8 +34,6 @@ struct ForwardWeights {
   std::vector<LayerWeights> layers;
 };
 ForwardWeights forward_weights(const InferenceWeights& weights);
-// The model's RoPE table, YaRN's attention factor included.
-ops::RopeTable model_rope_table(const ModelConfig& c);
 
 class EngineBackend {
  public:

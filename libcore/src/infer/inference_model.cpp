@@ -8,7 +8,7 @@
 #include <cmath>
 #include <filesystem>
 
-#include "ds/checkpoint.h"
+#include "ds/model_dir.h"
 #include "ds/error.h"
 #include "ds/quantize.h"
 #include "ds/safetensors.h"

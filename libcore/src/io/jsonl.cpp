@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "../tokenizer/utf8.h"
+#include "utf8.h"
 
 namespace ds {
 

@@ -15,14 +15,16 @@
 
 namespace ds {
 
-namespace {
-double rope_attention_factor(const RopeScaling& r) {
-  if (!r.yarn || r.factor <= 1.0) return 1.0;
-  auto m = [&](double mscale) { return 0.1 * mscale * std::log(r.factor) + 1.0; };
-  if (r.mscale != 0.0 && r.mscale_all_dim != 0.0) return m(r.mscale) / m(r.mscale_all_dim);
-  return m(1.0);
+ops::RopeTable model_rope_table(const ModelConfig& c) {
+  const RopeScaling& rs = c.rope_scaling;
+  double attention_factor = 1.0;
+  if (rs.yarn && rs.factor > 1.0) {
+    auto m = [&](double mscale) { return 0.1 * mscale * std::log(rs.factor) + 1.0; };
+    attention_factor = rs.mscale != 0.0 && rs.mscale_all_dim != 0.0 ? m(rs.mscale) / m(rs.mscale_all_dim) : m(1.0);
+  }
+  return ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, rs.yarn, rs.factor,
+                         rs.original_max_position_embeddings, rs.beta_fast, rs.beta_slow, attention_factor);
 }
-}  // namespace
 
 // One MTP module k: h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), h^k = block(h'), head(shared_head.norm).
 template <typename T>
@@ -82,9 +84,7 @@ struct Model<T>::Impl {
     }
     starts.push_back(store.size);
     store.allocate();
-    const RopeScaling& r = c.rope_scaling;
-    rope = ops::rope_table(c.qk_rope_head_dim, c.max_position_embeddings, c.rope_theta, r.yarn, r.factor,
-                           r.original_max_position_embeddings, r.beta_fast, r.beta_slow, rope_attention_factor(r));
+    rope = model_rope_table(c);
   }
 
   void embed_tokens(T* out, const int32_t* tokens) {

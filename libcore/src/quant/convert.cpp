@@ -18,7 +18,7 @@
 #include <filesystem>
 #include <set>
 
-#include "ds/checkpoint.h"
+#include "ds/model_dir.h"
 #include "ds/config.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"

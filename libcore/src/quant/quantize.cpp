@@ -155,11 +155,6 @@ Tensor convert(const Tensor& src, DType dtype, ErrorStats* error) {
   }
 }
 
-Shape weight_scale_shape(const Shape& weight_shape) {
-  if (weight_shape.size() != 2) fail("a block-quantized weight is 2-D, not {}", shape_str(weight_shape));
-  return {blocks(weight_shape[0]), blocks(weight_shape[1])};
-}
-
 QuantizedWeight quantize_weight(const Tensor& w, ErrorStats* error) {
   if (w.ndim() != 2) fail("cannot block-quantize a {}-D tensor {}: weights are 2-D", w.ndim(), shape_str(w.shape()));
   switch (w.dtype()) {
@@ -169,18 +164,6 @@ QuantizedWeight quantize_weight(const Tensor& w, ErrorStats* error) {
     case DType::F16: return quantize_blocks<F16Bits>(w, error);
     default: fail("cannot quantize a {} tensor", dtype_name(w.dtype()));
   }
-}
-
-void check_weight_scales(const Tensor& q, const Tensor& scale_inv, std::string_view what) {
-  if (q.dtype() != DType::F8_E4M3 || q.ndim() != 2)
-    fail("{}: expected a 2-D F8_E4M3 weight, got {} {}", what, dtype_name(q.dtype()), shape_str(q.shape()));
-  const Shape expected = weight_scale_shape(q.shape());
-  if (scale_inv.dtype() != DType::F32 || scale_inv.shape() != expected)
-    fail("{}: weight_scale_inv is {} {}, the weight {} needs F32 {}", what, dtype_name(scale_inv.dtype()),
-         shape_str(scale_inv.shape()), shape_str(q.shape()), shape_str(expected));
-  const float* scale = scale_inv.data<float>();
-  if (!std::all_of(scale, scale + scale_inv.numel(), [](float v) { return std::isfinite(v); }))
-    fail("{}: weight_scale_inv holds NaN or Inf", what);
 }
 
 Tensor dequantize_weight(const Tensor& q, const Tensor& scale_inv, std::string_view what, DType dtype) {

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "ds/error.h"
-#include "utf8.h"
+#include "../io/utf8.h"
 
 namespace ds::tok {
 namespace {

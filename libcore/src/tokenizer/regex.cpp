@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "ds/error.h"
-#include "utf8.h"
+#include "../io/utf8.h"
 
 namespace ds {
 namespace {

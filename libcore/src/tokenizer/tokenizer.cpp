@@ -9,7 +9,7 @@
 #include "ds/fsutil.h"
 #include "ds/jsonl.h"
 #include "impl.h"
-#include "utf8.h"
+#include "../io/utf8.h"
 
 namespace ds {
 namespace {

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "ds/cuda_fp8.h"
+#include "cuda_fp8.h"
 
 namespace ds::cuda {
 

@@ -2,8 +2,8 @@
 // (amax in float, scale = amax / 448, code = e4m3(x / scale) with IEEE division), so codes and scales match it bit
 // for bit.
 #include "common.cuh"
-#include "ds/cuda_fp8.h"
-#include "ds/cuda_ops.h"
+#include "cuda_fp8.h"
+#include "cuda_ops.h"
 
 namespace ds::cuda {
 

@@ -10,7 +10,7 @@
 #include <algorithm>
 
 #include "common.cuh"
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 
 namespace ds::cuda {
 

@@ -3,7 +3,7 @@
 // forward keeps in its layer what its backward reads; every backward adds into the gradients and into dx, as on the
 // CPU. Scratch buffers come from the caching allocator and go back to it as soon as their work is queued, which is
 // safe because everything runs on the one stream.
-#include "ds/cuda_model.h"
+#include "cuda_model.h"
 
 #include <cuda_bf16.h>
 #include <fmt/format.h>
@@ -13,13 +13,12 @@
 #include <numeric>
 #include <string>
 
-#include "../infer/engine_backend.h"
-#include "batch.h"
-#include "ds/cuda_fp8.h"
-#include "ds/cuda_gemm.h"
-#include "ds/cuda_memory.h"
-#include "ds/cuda_ops.h"
-#include "ds/cuda_stream.h"
+#include "../model/batch.h"
+#include "cuda_fp8.h"
+#include "cuda_gemm.h"
+#include "cuda_memory.h"
+#include "cuda_ops.h"
+#include "cuda_stream.h"
 #include "ds/error.h"
 
 namespace ds::cuda {

@@ -9,11 +9,11 @@
 #include <type_traits>
 
 #include "ds/bf16.h"
-#include "ds/cuda_gemm.h"
-#include "ds/cuda_memory.h"
-#include "ds/cuda_ops.h"
-#include "ds/cuda_stream.h"
-#include "engine_backend.h"
+#include "cuda_gemm.h"
+#include "cuda_memory.h"
+#include "cuda_ops.h"
+#include "cuda_stream.h"
+#include "../infer/engine_backend.h"
 
 namespace ds {
 

@@ -1,6 +1,6 @@
 // Norms, rotary embedding, SwiGLU, cross-entropy and AdamW: the GPU twins of ds/ops.h and ds/optim.h, in float.
 #include "common.cuh"
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 
 namespace ds::cuda {
 

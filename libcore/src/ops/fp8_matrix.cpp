@@ -6,7 +6,6 @@
 
 #include "ds/error.h"
 #include "ds/fp8.h"
-#include "ds/quantize.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -101,6 +100,27 @@ void dequantize_block(float* out, const uint8_t* q, int64_t n, float s) {
 int64_t blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
 
 }  // namespace
+
+namespace quant {
+
+Shape weight_scale_shape(const Shape& weight_shape) {
+  if (weight_shape.size() != 2) fail("a block-quantized weight is 2-D, not {}", shape_str(weight_shape));
+  return {blocks(weight_shape[0]), blocks(weight_shape[1])};
+}
+
+void check_weight_scales(const Tensor& q, const Tensor& scale_inv, std::string_view what) {
+  if (q.dtype() != DType::F8_E4M3 || q.ndim() != 2)
+    fail("{}: expected a 2-D F8_E4M3 weight, got {} {}", what, dtype_name(q.dtype()), shape_str(q.shape()));
+  const Shape expected = weight_scale_shape(q.shape());
+  if (scale_inv.dtype() != DType::F32 || scale_inv.shape() != expected)
+    fail("{}: weight_scale_inv is {} {}, the weight {} needs F32 {}", what, dtype_name(scale_inv.dtype()),
+         shape_str(scale_inv.shape()), shape_str(q.shape()), shape_str(expected));
+  const float* scale = scale_inv.data<float>();
+  if (!std::all_of(scale, scale + scale_inv.numel(), [](float v) { return std::isfinite(v); }))
+    fail("{}: weight_scale_inv holds NaN or Inf", what);
+}
+
+}  // namespace quant
 
 int64_t WeightMatrix::bytes() const {
   if (!fp8()) return rows * cols * int64_t(sizeof(float));

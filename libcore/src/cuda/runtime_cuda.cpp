@@ -6,10 +6,10 @@
 #include <unordered_map>
 
 #include "ds/cuda.h"
-#include "ds/cuda_cache.h"
-#include "ds/cuda_check.h"
-#include "ds/cuda_memory.h"
-#include "ds/cuda_stream.h"
+#include "cuda_cache.h"
+#include "cuda_check.h"
+#include "cuda_memory.h"
+#include "cuda_stream.h"
 #include "ds/error.h"
 
 namespace ds {

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "ds/config.h"
-#include "ds/cuda_memory.h"
+#include "cuda_memory.h"
 #include "ds/ops.h"
 
 namespace ds::cuda {

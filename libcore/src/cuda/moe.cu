@@ -3,7 +3,7 @@
 // the CPU's algorithm over speed: selections are repeated argmax scans, which give best-first order with ties to the
 // lower index exactly as the CPU's sorts do.
 #include "common.cuh"
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 
 namespace ds::cuda {
 

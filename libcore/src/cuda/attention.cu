@@ -5,7 +5,7 @@
 // kernels, one over query blocks for dq and one over key blocks for dk and dv, so that every gradient element is summed
 // by one thread in a fixed order (no atomics: a run repeats bit for bit).
 #include "common.cuh"
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 
 namespace ds::cuda {
 

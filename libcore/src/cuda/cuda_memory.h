@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "ds/cuda_check.h"
+#include "cuda_check.h"
 
 namespace ds::cuda {
 

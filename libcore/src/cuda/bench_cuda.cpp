@@ -2,12 +2,12 @@
 #include <chrono>
 #include <functional>
 
-#include "ds/cuda_bench.h"
-#include "ds/cuda_gemm.h"
-#include "ds/cuda_memory.h"
-#include "ds/cuda_model.h"
-#include "ds/cuda_ops.h"
-#include "ds/cuda_stream.h"
+#include "cuda_gemm.h"
+#include "cuda_memory.h"
+#include "cuda_model.h"
+#include "cuda_ops.h"
+#include "cuda_stream.h"
+#include "ds/bench.h"
 #include "ds/error.h"
 
 namespace ds::bench {

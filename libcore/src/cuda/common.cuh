@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "ds/cuda_check.h"
+#include "cuda_check.h"
 
 // Launches a kernel: DS_LAUNCH(kernel, grid, block, shared_bytes, stream)(arguments...). tests/simt/simt.h defines
 // it first, to run the kernels on the CPU.

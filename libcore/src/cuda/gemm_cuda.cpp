@@ -6,9 +6,9 @@
 #include <map>
 #include <mutex>
 
-#include "ds/cuda_check.h"
-#include "ds/cuda_gemm.h"
-#include "ds/cuda_memory.h"
+#include "cuda_check.h"
+#include "cuda_gemm.h"
+#include "cuda_memory.h"
 #include "ds/error.h"
 
 namespace ds::cuda {

@@ -2,7 +2,7 @@
 // embedding, MLA's shared RoPE key, the MoE combine and the routing weights, and the global gradient norm. Each is
 // small next to the GEMMs, so each is plainly the CPU's loop (libcore/src/model, libcore/src/train/optim.cpp).
 #include "common.cuh"
-#include "ds/cuda_ops.h"
+#include "cuda_ops.h"
 
 namespace ds::cuda {
 
