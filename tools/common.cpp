@@ -49,8 +49,8 @@ class StrictConfig : public CLI::ConfigTOML {
       if (item.name == "++" || item.name == "--") continue;  // the ends of [sections]
       while (line < keys.size() && keys[line] != item.name && keys[line] != item.fullname()) ++line;
       if (!known(item))
-        throw CLI::ConfigError(fmt::format("--config {}:{}: no option '{}'", file, line + 1,
-                                           printable(item.fullname())));
+        throw CLI::ConfigError(
+            fmt::format("--config {}:{}: no option '{}'", file, line + 1, printable(item.fullname())));
     }
     return items;
   }
@@ -104,13 +104,15 @@ std::string check_range(const std::string& value, const Range& range) {
   if (range.integer) {
     int64_t n = 0;
     uint64_t u = 0;  // seeds go past int64's range
-    if (whole(n)) parsed = true, x = double(n);
-    else if (whole(u)) parsed = true, x = double(u);
+    if (whole(n))
+      parsed = true, x = double(n);
+    else if (whole(u))
+      parsed = true, x = double(u);
   } else {
     parsed = whole(x) && std::isfinite(x);
   }
-  const bool inside = parsed && (range.lo_open ? x > range.lo : x >= range.lo) &&
-                      (range.hi_open ? x < range.hi : x <= range.hi);
+  const bool inside =
+      parsed && (range.lo_open ? x > range.lo : x >= range.lo) && (range.hi_open ? x < range.hi : x <= range.hi);
   return inside ? "" : fmt::format("{} is not {}", printable(value), describe(range));
 }
 
@@ -175,7 +177,8 @@ int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body)
 namespace ds::tool {
 
 void add_compute_options(CLI::App& app, ComputeOptions& options) {
-  app.add_option("--threads", options.threads, "CPU threads (0 = the cores other programs leave idle)")->check(in(kCount));
+  app.add_option("--threads", options.threads, "CPU threads (0 = the cores other programs leave idle)")
+      ->check(in(kCount));
   app.add_option("--device", options.device, "cpu or cuda[:N]")->capture_default_str();
 }
 
@@ -183,8 +186,7 @@ Device apply_compute_options(const ComputeOptions& options, bool cuda_capable) {
   Device device;
   try {
     device = parse_device(options.device);
-    if (device.cuda && !kCudaBuild)
-      fail("'{}' is not available: this build runs on the CPU only", options.device);
+    if (device.cuda && !kCudaBuild) fail("'{}' is not available: this build runs on the CPU only", options.device);
 #ifdef DS_CUDA
     if (device.cuda) cuda::select_device(device.index);
 #endif
@@ -199,8 +201,8 @@ Device apply_compute_options(const ComputeOptions& options, bool cuda_capable) {
 void add_dist_options(CLI::App& app, DistOptions& options, bool expert_parallel, bool nccl) {
   app.add_option("--comm", options.backend,
                  nccl ? "collectives between the ranks of an mpirun or srun launch: auto, single, mpi, nccl "
-                                "(with --device cuda, where auto picks it)"
-                              : "collectives between the ranks of an mpirun or srun launch: auto, single, mpi")
+                        "(with --device cuda, where auto picks it)"
+                      : "collectives between the ranks of an mpirun or srun launch: auto, single, mpi")
       ->capture_default_str();
   app.add_option("--comm-timeout", options.timeout_s, "seconds a collective may wait for the other ranks")
       ->capture_default_str()
@@ -296,8 +298,6 @@ std::function<bool(const std::string&)> given_options(const CLI::App& app) {
     return option && option->count() > 0;
   };
 }
-
-
 
 namespace {
 std::atomic<bool> stop_requested{false};

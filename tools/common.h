@@ -39,7 +39,7 @@ struct Range {
 inline constexpr Range kAnyNumber{};
 inline constexpr Range kNonNegative{.lo = 0};
 inline constexpr Range kPositive{.lo = 0, .lo_open = true};
-inline constexpr Range kFraction{.lo = 0, .hi = 1};  // [0, 1]
+inline constexpr Range kFraction{.lo = 0, .hi = 1};       // [0, 1]
 inline constexpr Range kCount{.lo = 0, .integer = true};  // 0, 1, 2, ...
 inline constexpr Range kPositiveCount{.lo = 1, .integer = true};
 inline constexpr Range at_least(int64_t n) { return {.lo = double(n), .integer = true}; }

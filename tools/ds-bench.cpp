@@ -40,22 +40,28 @@ std::string percent(double fraction) { return fmt::format("{:.1f}%", 100 * fract
 void run_all_reduce(const ds::Device& device, const std::vector<double>& sizes_mb, double min_time, bool json) {
   const auto comm = ds::tool::make_comm({}, device);
   if (comm->size() < 2)
-    throw CLI::ValidationError("--only", "allreduce measures the collectives between ranks: launch ds-bench with "
-                                         "mpirun -np N or srun");
-  nlohmann::json out = {{"device", device.name()}, {"backend", comm->backend()}, {"ranks", comm->size()},
+    throw CLI::ValidationError("--only",
+                               "allreduce measures the collectives between ranks: launch ds-bench with "
+                               "mpirun -np N or srun");
+  nlohmann::json out = {{"device", device.name()},
+                        {"backend", comm->backend()},
+                        {"ranks", comm->size()},
                         {"allreduce", nlohmann::json::array()}};
   std::vector<Row> rows = {{"all-reduce MiB", "calls", "us", "median us", "algbw GB/s", "busbw GB/s"}};
   for (const double mb : sizes_mb) {
     const int64_t bytes = std::max<int64_t>(int64_t(mb * 1024 * 1024 / 4), 1) * 4;
     if (comm->rank() == 0) fmt::print(stderr, "all-reduce of {} bytes over {} ranks\n", bytes, comm->size());
 #ifdef DS_CUDA
-    const ds::bench::AllReduceResult r = device.cuda ? ds::bench::gpu_all_reduce(*comm, bytes, min_time)
-                                                     : ds::bench::all_reduce(*comm, bytes, min_time);
+    const ds::bench::AllReduceResult r =
+        device.cuda ? ds::bench::gpu_all_reduce(*comm, bytes, min_time) : ds::bench::all_reduce(*comm, bytes, min_time);
 #else
     const ds::bench::AllReduceResult r = ds::bench::all_reduce(*comm, bytes, min_time);
 #endif
-    out["allreduce"].push_back({{"bytes", r.bytes}, {"repeats", r.repeats}, {"best_us", r.best_us},
-                                {"median_us", r.median_us}, {"algbw_gb_per_s", r.algbw_gb_per_s},
+    out["allreduce"].push_back({{"bytes", r.bytes},
+                                {"repeats", r.repeats},
+                                {"best_us", r.best_us},
+                                {"median_us", r.median_us},
+                                {"algbw_gb_per_s", r.algbw_gb_per_s},
                                 {"busbw_gb_per_s", r.busbw_gb_per_s}});
     rows.push_back({fmt::format("{:g}", double(bytes) / (1024 * 1024)), std::to_string(r.repeats),
                     fmt::format("{:.1f}", r.best_us), fmt::format("{:.1f}", r.median_us),
@@ -86,25 +92,32 @@ void run_contention(const std::string& model_config, const ds::ModelConfig& conf
   nlohmann::json out = {{"threads", threads},
                         {"device", "cpu"},
                         {"contention",
-                         {{"config", model_config}, {"batch", batch}, {"seq_len", seq_len}, {"steps", steps},
-                          {"busy", busy}, {"runs", nlohmann::json::array()}}}};
+                         {{"config", model_config},
+                          {"batch", batch},
+                          {"seq_len", seq_len},
+                          {"steps", steps},
+                          {"busy", busy},
+                          {"runs", nlohmann::json::array()}}}};
   std::vector<Row> rows = {{"load", "busy", "threads", "step ms", "tokens/s", "vs 1 thread"}};
   for (const ds::bench::ContentionRun& r : runs) {
     const std::string load = r.busy > 0 ? "contended" : "quiet";
-    out["contention"]["runs"].push_back({{"load", load}, {"busy", r.busy}, {"threads", r.threads},
+    out["contention"]["runs"].push_back({{"load", load},
+                                         {"busy", r.busy},
+                                         {"threads", r.threads},
                                          {"automatic", r.automatic},
-                                         {"step_ms", r.step.step_ms}, {"tokens_per_s", r.step.tokens_per_s},
+                                         {"step_ms", r.step.step_ms},
+                                         {"tokens_per_s", r.step.tokens_per_s},
                                          {"vs_one_thread", r.vs_one_thread}});
     rows.push_back({load, std::to_string(r.busy), fmt::format("{}{}", r.threads, r.automatic ? " (default)" : ""),
-                    fmt::format("{:.1f}", r.step.step_ms),
-                    fmt::format("{:.0f}", r.step.tokens_per_s), fmt::format("{:.2f}", r.vs_one_thread)});
+                    fmt::format("{:.1f}", r.step.step_ms), fmt::format("{:.0f}", r.step.tokens_per_s),
+                    fmt::format("{:.2f}", r.vs_one_thread)});
   }
   if (json) {
     fmt::print("{}\n", out.dump());
     return;
   }
-  fmt::print("training step of {} on {} x {} tokens, {} threads against 1, {} busy processes\n\n", model_config,
-             batch, seq_len, threads, busy);
+  fmt::print("training step of {} on {} x {} tokens, {} threads against 1, {} busy processes\n\n", model_config, batch,
+             seq_len, threads, busy);
   print_table(rows);
 }
 
@@ -141,9 +154,16 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
       fmt::print(stderr, "training step of {} in {} on {} x {} tokens: 1 warm-up and {} timed steps\n", m.name, gemms,
                  m.batch, m.seq_len, m.steps);
       const ds::bench::StepResult r = ds::bench::gpu_train_step(m.config, m.batch, m.seq_len, 1, m.steps, fp8, peak);
-      out["step"].push_back({{"config", m.name}, {"gemms", gemms}, {"batch", m.batch}, {"seq_len", m.seq_len},
-                             {"steps", m.steps}, {"step_ms", r.step_ms}, {"tokens_per_s", r.tokens_per_s},
-                             {"flops_per_token", r.flops_per_token}, {"tflops", r.gflops * 1e-3}, {"mfu", r.mfu}});
+      out["step"].push_back({{"config", m.name},
+                             {"gemms", gemms},
+                             {"batch", m.batch},
+                             {"seq_len", m.seq_len},
+                             {"steps", m.steps},
+                             {"step_ms", r.step_ms},
+                             {"tokens_per_s", r.tokens_per_s},
+                             {"flops_per_token", r.flops_per_token},
+                             {"tflops", r.gflops * 1e-3},
+                             {"mfu", r.mfu}});
       step_rows.push_back({m.name, gemms, fmt::format("{} x {}", m.batch, m.seq_len), fmt::format("{:.1f}", r.step_ms),
                            fmt::format("{:.0f}", r.tokens_per_s), fmt::format("{:.1f}", r.gflops * 1e-3),
                            percent(r.mfu)});
@@ -154,8 +174,11 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
     for (const int64_t batch : m.decode_batches) {
       fmt::print(stderr, "engine decode of {}: batch {}, context {}\n", m.name, batch, m.context);
       const ds::bench::DecodeResult r = ds::bench::decode(m.config, batch, m.context, m.decode_steps, false, device);
-      out["decode"].push_back({{"model", m.name}, {"batch", batch}, {"context", m.context},
-                               {"prefill_tokens_per_s", r.prefill_tokens_per_s}, {"step_ms", r.step_ms},
+      out["decode"].push_back({{"model", m.name},
+                               {"batch", batch},
+                               {"context", m.context},
+                               {"prefill_tokens_per_s", r.prefill_tokens_per_s},
+                               {"step_ms", r.step_ms},
                                {"tokens_per_s", r.tokens_per_s}});
       engine_rows.push_back({m.name, std::to_string(batch), std::to_string(m.context),
                              fmt::format("{:.0f}", r.prefill_tokens_per_s), fmt::format("{:.2f}", r.step_ms),
@@ -168,8 +191,13 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
       for (const auto& s : ds::bench::deepseek_v3_gemm_shapes(M)) {
         fmt::print(stderr, "gemm {} {}x{}x{}\n", s.name, s.M, s.N, s.K);
         const ds::bench::GpuGemmResult r = ds::bench::gpu_gemm(s.M, s.N, s.K, min_time);
-        out["gemm"].push_back({{"name", s.name}, {"M", s.M}, {"N", s.N}, {"K", s.K}, {"bf16_tflops", r.bf16_tflops},
-                               {"bf16_median_tflops", r.bf16_median_tflops}, {"fp8_tflops", r.fp8_tflops},
+        out["gemm"].push_back({{"name", s.name},
+                               {"M", s.M},
+                               {"N", s.N},
+                               {"K", s.K},
+                               {"bf16_tflops", r.bf16_tflops},
+                               {"bf16_median_tflops", r.bf16_median_tflops},
+                               {"fp8_tflops", r.fp8_tflops},
                                {"fp8_median_tflops", r.fp8_median_tflops},
                                {"fp8_over_bf16", r.fp8_tflops / r.bf16_tflops}});
         gemm_rows.push_back({s.name, std::to_string(s.M), std::to_string(s.N), std::to_string(s.K),
@@ -183,8 +211,12 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
       const int64_t context = 4096, heads = 128;
       fmt::print(stderr, "mla decode batch {} context {} heads {}\n", batch, context, heads);
       const ds::bench::MlaDecodeResult r = ds::bench::gpu_mla_decode(batch, context, heads, min_time);
-      out["mla_decode"].push_back({{"batch", batch}, {"context", context}, {"heads", heads}, {"ms", r.best_ms},
-                                   {"median_ms", r.median_ms}, {"gbytes_per_s", r.gbytes_per_s}});
+      out["mla_decode"].push_back({{"batch", batch},
+                                   {"context", context},
+                                   {"heads", heads},
+                                   {"ms", r.best_ms},
+                                   {"median_ms", r.median_ms},
+                                   {"gbytes_per_s", r.gbytes_per_s}});
       mla_rows.push_back({"v3", std::to_string(batch), std::to_string(context), std::to_string(heads),
                           fmt::format("{:.3f}", r.best_ms), fmt::format("{:.3f}", r.median_ms),
                           fmt::format("{:.0f}", r.gbytes_per_s)});
@@ -207,10 +239,11 @@ void run_gpu(const ds::Device& device, const std::string& only, double min_time,
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Measure sgemm, training-step and decode throughput on this machine. GEMMs are reported against the\n"
-               "sgemm peak measured in the same run, the training step's model FLOP utilisation (MFU) likewise, and\n"
-               "decode's bytes read per second against the copy bandwidth measured in the same run.",
-               "ds-bench"};
+  CLI::App app{
+      "Measure sgemm, training-step and decode throughput on this machine. GEMMs are reported against the\n"
+      "sgemm peak measured in the same run, the training step's model FLOP utilisation (MFU) likewise, and\n"
+      "decode's bytes read per second against the copy bandwidth measured in the same run.",
+      "ds-bench"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   bool json = false;
@@ -301,8 +334,8 @@ int main(int argc, char** argv) {
                                                           "max_position_embeddings {}",
                                                           context, decode_steps, config.max_position_embeddings));
     if (run_step && seq_len > config.max_position_embeddings)
-      throw CLI::ValidationError("--seq-len", fmt::format("{} exceeds the model's max_position_embeddings {}",
-                                                          seq_len, config.max_position_embeddings));
+      throw CLI::ValidationError("--seq-len", fmt::format("{} exceeds the model's max_position_embeddings {}", seq_len,
+                                                          config.max_position_embeddings));
     if (only == "contention") {
       if (device.cuda) throw CLI::ValidationError("--only", "contention is measured on the CPU (--device cpu)");
       return run_contention(model_config, config, batch, seq_len, steps, compute.threads, busy, json);
@@ -333,8 +366,8 @@ int main(int argc, char** argv) {
     }
     std::optional<ds::bench::StepResult> step;
     if (run_step) {
-      fmt::print(stderr, "training step of {} on {} x {} tokens: 1 warm-up and {} timed steps\n", model_config,
-                 batch, seq_len, steps);
+      fmt::print(stderr, "training step of {} on {} x {} tokens: 1 warm-up and {} timed steps\n", model_config, batch,
+                 seq_len, steps);
       step = ds::bench::train_step(config, batch, seq_len, 1, steps, peak);
     }
     double bandwidth = 0;
@@ -361,24 +394,42 @@ int main(int argc, char** argv) {
       if (run_gemm) {
         out["gemm"] = nlohmann::json::array();
         for (size_t i = 0; i < shapes.size(); ++i)
-          out["gemm"].push_back({{"name", shapes[i].name}, {"M", shapes[i].M}, {"N", shapes[i].N}, {"K", shapes[i].K},
-                                 {"repeats", gemms[i].repeats}, {"gflops", gemms[i].best_gflops},
-                                 {"median_gflops", gemms[i].median_gflops}, {"of_peak", gemms[i].best_gflops / peak}});
+          out["gemm"].push_back({{"name", shapes[i].name},
+                                 {"M", shapes[i].M},
+                                 {"N", shapes[i].N},
+                                 {"K", shapes[i].K},
+                                 {"repeats", gemms[i].repeats},
+                                 {"gflops", gemms[i].best_gflops},
+                                 {"median_gflops", gemms[i].median_gflops},
+                                 {"of_peak", gemms[i].best_gflops / peak}});
       }
       if (step)
-        out["step"] = {{"config", model_config}, {"batch", batch}, {"seq_len", seq_len}, {"steps", steps},
-                       {"step_ms", step->step_ms}, {"tokens_per_s", step->tokens_per_s},
-                       {"flops_per_token", step->flops_per_token}, {"gflops", step->gflops}, {"mfu", step->mfu}};
+        out["step"] = {{"config", model_config},
+                       {"batch", batch},
+                       {"seq_len", seq_len},
+                       {"steps", steps},
+                       {"step_ms", step->step_ms},
+                       {"tokens_per_s", step->tokens_per_s},
+                       {"flops_per_token", step->flops_per_token},
+                       {"gflops", step->gflops},
+                       {"mfu", step->mfu}};
       if (run_decode) {
         out["copy_gb_per_s"] = bandwidth;
         out["decode"] = nlohmann::json::array();
         for (const Decode& run : decodes) {
           const ds::bench::DecodeResult& d = run.result;
-          out["decode"].push_back({{"config", model_config}, {"weights", run.weights}, {"batch", run.batch},
-                                   {"context", context}, {"weight_bytes", d.weight_bytes}, {"rss_bytes", d.rss_bytes},
-                                   {"prefill_tokens_per_s", d.prefill_tokens_per_s}, {"step_ms", d.step_ms},
-                                   {"tokens_per_s", d.tokens_per_s}, {"bytes_per_step", d.bytes_per_step},
-                                   {"gb_per_s", d.gb_per_s}, {"of_copy", d.gb_per_s / bandwidth},
+          out["decode"].push_back({{"config", model_config},
+                                   {"weights", run.weights},
+                                   {"batch", run.batch},
+                                   {"context", context},
+                                   {"weight_bytes", d.weight_bytes},
+                                   {"rss_bytes", d.rss_bytes},
+                                   {"prefill_tokens_per_s", d.prefill_tokens_per_s},
+                                   {"step_ms", d.step_ms},
+                                   {"tokens_per_s", d.tokens_per_s},
+                                   {"bytes_per_step", d.bytes_per_step},
+                                   {"gb_per_s", d.gb_per_s},
+                                   {"of_copy", d.gb_per_s / bandwidth},
                                    {"cache_bytes_per_token", d.cache_bytes_per_token},
                                    {"naive_cache_bytes_per_token", d.naive_cache_bytes_per_token}});
         }
@@ -398,10 +449,10 @@ int main(int argc, char** argv) {
     }
     if (step) {
       fmt::print("\n");
-      print_table({{"config", "batch x seq", "step ms", "tokens/s", "GFLOP/s", "MFU"},
-                   {model_config, fmt::format("{} x {}", batch, seq_len), fmt::format("{:.1f}", step->step_ms),
-                    fmt::format("{:.0f}", step->tokens_per_s), fmt::format("{:.1f}", step->gflops),
-                    percent(step->mfu)}});
+      print_table(
+          {{"config", "batch x seq", "step ms", "tokens/s", "GFLOP/s", "MFU"},
+           {model_config, fmt::format("{} x {}", batch, seq_len), fmt::format("{:.1f}", step->step_ms),
+            fmt::format("{:.0f}", step->tokens_per_s), fmt::format("{:.1f}", step->gflops), percent(step->mfu)}});
     }
     if (run_decode) {
       fmt::print("\ncopy bandwidth {:.1f} GB/s ({} threads)\n\n", bandwidth, threads);
@@ -409,13 +460,12 @@ int main(int argc, char** argv) {
                                 "step ms", "tokens/s", "GB/s", "of copy", "cache B/token"}};
       for (const Decode& run : decodes) {
         const ds::bench::DecodeResult& d = run.result;
-        rows.push_back({model_config, std::to_string(run.batch), std::to_string(context), run.weights,
-                        fmt::format("{:.1f}", double(d.weight_bytes) * 1e-6),
-                        fmt::format("{:.1f}", double(d.rss_bytes) * 1e-6),
-                        fmt::format("{:.0f}", d.prefill_tokens_per_s), fmt::format("{:.2f}", d.step_ms),
-                        fmt::format("{:.0f}", d.tokens_per_s), fmt::format("{:.2f}", d.gb_per_s),
-                        percent(d.gb_per_s / bandwidth),
-                        fmt::format("{} (naive {})", d.cache_bytes_per_token, d.naive_cache_bytes_per_token)});
+        rows.push_back(
+            {model_config, std::to_string(run.batch), std::to_string(context), run.weights,
+             fmt::format("{:.1f}", double(d.weight_bytes) * 1e-6), fmt::format("{:.1f}", double(d.rss_bytes) * 1e-6),
+             fmt::format("{:.0f}", d.prefill_tokens_per_s), fmt::format("{:.2f}", d.step_ms),
+             fmt::format("{:.0f}", d.tokens_per_s), fmt::format("{:.2f}", d.gb_per_s), percent(d.gb_per_s / bandwidth),
+             fmt::format("{} (naive {})", d.cache_bytes_per_token, d.naive_cache_bytes_per_token)});
       }
       print_table(rows);
     }

@@ -2,8 +2,8 @@
 #include <editline/readline.h>
 #include <fmt/core.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -14,11 +14,11 @@
 #include <variant>
 
 #include "common.h"
-#include "ds/jsonl.h"
 #include "ds/chat_session.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
 #include "ds/inference_model.h"
+#include "ds/jsonl.h"
 
 namespace {
 
@@ -116,12 +116,13 @@ void set_option(ds::SamplingOptions& o, const std::string& name, const std::stri
   const auto* s =
       std::find_if(std::begin(kSettings), std::end(kSettings), [&](const Setting& s) { return s.name == name; });
   if (s == std::end(kSettings)) ds::fail("/set: unknown setting '{}'; /help lists them", ds::printable(name));
-  if (const std::string why = ds::tool::check_range(value, s->range); !why.empty())
-    ds::fail("/set {}: {}", name, why);
+  if (const std::string why = ds::tool::check_range(value, s->range); !why.empty()) ds::fail("/set {}: {}", name, why);
   std::visit(
       [&](auto field) {
-        if constexpr (std::is_same_v<decltype(field), double ds::SamplingOptions::*>) o.*field = std::stod(value);
-        else o.*field = std::stoll(value);
+        if constexpr (std::is_same_v<decltype(field), double ds::SamplingOptions::*>)
+          o.*field = std::stod(value);
+        else
+          o.*field = std::stoll(value);
         fmt::print(stderr, "{} = {}\n", name, o.*field);
       },
       s->field);
@@ -131,9 +132,12 @@ void set_option(ds::SamplingOptions& o, const std::string& name, const std::stri
 std::string one_line(std::string_view reply) {
   std::string out;
   for (const char c : reply) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -219,10 +223,11 @@ int main(int argc, char** argv) {
     const std::string history = std::getenv("HOME") ? std::string(std::getenv("HOME")) + "/.ds_chat_history" : "";
     if (!history.empty()) read_history(history.c_str());
     const ds::Engine& engine = session.engine();
-    fmt::print(stderr, "{} ({} parameters, {:.1f} MB of weights{}; latent cache {} bytes per token, per-head K/V would "
-               "need {}). /help for commands.\n", m.dir, ds::count_params(engine.config()).total,
-               double(m.weights.bytes()) * 1e-6, m.weights.fp8() ? " in FP8" : "", engine.cache_bytes_per_token(),
-               engine.naive_cache_bytes_per_token());
+    fmt::print(stderr,
+               "{} ({} parameters, {:.1f} MB of weights{}; latent cache {} bytes per token, per-head K/V would "
+               "need {}). /help for commands.\n",
+               m.dir, ds::count_params(engine.config()).total, double(m.weights.bytes()) * 1e-6,
+               m.weights.fp8() ? " in FP8" : "", engine.cache_bytes_per_token(), engine.naive_cache_bytes_per_token());
     for (;;) {
       std::string input;
       for (const char* prompt = "> ";; prompt = ". ") {
@@ -259,7 +264,8 @@ int main(int argc, char** argv) {
         } else if (command == "/set") {
           set_option(sampling, arg1, arg2);
         } else if (command == "/save") {
-          ds::write_file_atomic(arg1, session.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+          ds::write_file_atomic(arg1,
+                                session.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
         } else if (command == "/load") {
           session.from_json(nlohmann::json::parse(ds::read_regular_file(arg1)), arg1);
         } else if (command.starts_with("/")) {

@@ -6,11 +6,12 @@
 #include "ds/distill.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Distil a teacher into a student model into a run directory (DeepSeek-R1's distillation).\n"
-               "--data FILE: supervised fine-tuning on {\"prompt\", \"completion\"} or {\"messages\"} records, with\n"
-               "logit distillation from --teacher when given (--alpha). --teacher with --prompts and no --data:\n"
-               "sample the teacher, keep the completions the verifiers accept, and train on those.",
-               "ds-distill"};
+  CLI::App app{
+      "Distil a teacher into a student model into a run directory (DeepSeek-R1's distillation).\n"
+      "--data FILE: supervised fine-tuning on {\"prompt\", \"completion\"} or {\"messages\"} records, with\n"
+      "logit distillation from --teacher when given (--alpha). --teacher with --prompts and no --data:\n"
+      "sample the teacher, keep the completions the verifiers accept, and train on those.",
+      "ds-distill"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   using ds::tool::in;
@@ -22,8 +23,9 @@ int main(int argc, char** argv) {
   app.add_option("run", run_positional, "run directory to create");
   app.add_option("--resume", resume_dir, "continue the run in this directory from its latest checkpoint");
   app.add_option("--student", o.student, "continue this model or run directory (default: a new model)");
-  app.add_option("--student-config", o.student_config, "a new student: preset (tiny-dense, demo-dense, ...) or "
-                                                       "config.json")
+  app.add_option("--student-config", o.student_config,
+                 "a new student: preset (tiny-dense, demo-dense, ...) or "
+                 "config.json")
       ->capture_default_str();
   app.add_option("--tokenizer", o.tokenizer, "a new student's tokenizer.json (default: the teacher's, else byte-level)")
       ->check(CLI::ExistingPath);

@@ -1,8 +1,8 @@
 // ds-eval: measure a model as the R1 paper does (pass@1 over k samples, pass@k, cons@k, format) on a task set, or its
 // perplexity and bits per byte on text.
 #include <fmt/core.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include "common.h"
 #include "ds/error.h"
@@ -79,8 +79,8 @@ void eval_tasks(const Options& o, const ds::InferenceModel& m) {
   fmt::print(stderr, "{:<12} {}\n{:<12} {:.1f} MB{}\n{:<12} {} tasks x {} samples\n", "model", m.dir, "weights",
              double(m.weights.bytes()) * 1e-6, m.weights.fp8() ? " (FP8 in memory)" : "", "tasks", s.tasks, s.k);
   fmt::print(stderr, "{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.4f}\n{:<12} {:.1f}\n", "pass@1",
-             s.pass_at_1, fmt::format("pass@{}", s.k), s.pass_at_k, fmt::format("cons@{}", s.k), s.cons_at_k,
-             "format", s.format, "mean tokens", s.mean_tokens);
+             s.pass_at_1, fmt::format("pass@{}", s.k), s.pass_at_k, fmt::format("cons@{}", s.k), s.cons_at_k, "format",
+             s.format, "mean tokens", s.mean_tokens);
 }
 
 bool is_shard(const std::string& path) { return path.ends_with(".tok") || path.ends_with(".tok.zst"); }
@@ -101,31 +101,37 @@ void eval_text(const Options& o, const ds::InferenceModel& m) {
     if (score.tokens == 0) ds::fail("{}: no tokens to score", path);
     total += score;
   }
-  const json summary = {{"model", o.model},     {"text", o.text},
-                        {"tokens", total.tokens}, {"bytes", total.bytes},
-                        {"nll", total.nll / double(total.tokens)}, {"ppl", total.perplexity()},
-                        {"bits_per_byte", total.bits_per_byte()}, {"seq_len", window}};
+  const json summary = {{"model", o.model},
+                        {"text", o.text},
+                        {"tokens", total.tokens},
+                        {"bytes", total.bytes},
+                        {"nll", total.nll / double(total.tokens)},
+                        {"ppl", total.perplexity()},
+                        {"bits_per_byte", total.bits_per_byte()},
+                        {"seq_len", window}};
   fmt::print("{}\n", summary.dump());
   fmt::print(stderr, "{:<14} {}\n{:<14} {:.1f} MB{}\n{:<14} {}\n{:<14} {:.4f}\n{:<14} {:.4f}\n{:<14} {:.4f}\n", "model",
              m.dir, "weights", double(m.weights.bytes()) * 1e-6, m.weights.fp8() ? " (FP8 in memory)" : "", "tokens",
-             total.tokens, "nll/token", total.nll / double(total.tokens), "perplexity", total.perplexity(),
-             "bits/byte", total.bits_per_byte());
+             total.tokens, "nll/token", total.nll / double(total.tokens), "perplexity", total.perplexity(), "bits/byte",
+             total.bits_per_byte());
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Evaluate a model: pass@1 (mean over k samples), pass@k, cons@k and format compliance on a task set,\n"
-               "or perplexity and bits per byte on text. JSON summary on stdout, a table on stderr.",
-               "ds-eval"};
+  CLI::App app{
+      "Evaluate a model: pass@1 (mean over k samples), pass@k, cons@k and format compliance on a task set,\n"
+      "or perplexity and bits per byte on text. JSON summary on stdout, a table on stderr.",
+      "ds-eval"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   using ds::tool::in;
   Options o;
   ds::tool::ComputeOptions compute;
   app.add_option("--model", o.model, "model directory, or run directory (its latest checkpoint)")->required();
-  auto* tasks = app.add_option("--tasks", o.tasks, "tasks JSONL (- for stdin) or builtin:arith[:test|:train]; "
-                                                   "default builtin:arith");
+  auto* tasks = app.add_option("--tasks", o.tasks,
+                               "tasks JSONL (- for stdin) or builtin:arith[:test|:train]; "
+                               "default builtin:arith");
   auto* text = app.add_option("--text", o.text, "text files, or token shards (.tok, .tok.zst), to score");
   tasks->excludes(text);
   auto* k =
@@ -142,8 +148,7 @@ int main(int argc, char** argv) {
   app.add_option("--min-p", o.run.sampling.min_p, "keep tokens with p >= min-p * p_max (0 = off)")
       ->capture_default_str()
       ->check(in(ds::tool::kMinP));
-  app.add_option("--repetition-penalty", o.run.sampling.repetition_penalty,
-                 "penalty on tokens already in the sequence")
+  app.add_option("--repetition-penalty", o.run.sampling.repetition_penalty, "penalty on tokens already in the sequence")
       ->capture_default_str()
       ->check(in(ds::tool::kRepetitionPenalty));
   app.add_option("--max-new-tokens", o.run.sampling.max_new_tokens, "tokens generated per completion at most")

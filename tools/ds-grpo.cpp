@@ -5,10 +5,11 @@
 #include "ds/grpo_train.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Reinforcement learning from rule-based rewards (R1-Zero) with Group Relative Policy Optimization.\n"
-               "Samples --group-size completions of each prompt, rewards them with the verifiers (or --reward-cmd),\n"
-               "and moves the policy toward the completions that beat their group's mean.",
-               "ds-grpo"};
+  CLI::App app{
+      "Reinforcement learning from rule-based rewards (R1-Zero) with Group Relative Policy Optimization.\n"
+      "Samples --group-size completions of each prompt, rewards them with the verifiers (or --reward-cmd),\n"
+      "and moves the policy toward the completions that beat their group's mean.",
+      "ds-grpo"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   using ds::tool::in;
@@ -36,8 +37,7 @@ int main(int argc, char** argv) {
   app.add_option("--prompts-per-step", o.prompts_per_step, "prompts per step (P)")
       ->capture_default_str()
       ->check(in(ds::tool::kPositiveCount));
-  ds::tool::add_training_options(app, o, schedule, ds::tool::kPositiveCount,
-                                 "total steps of the run",
+  ds::tool::add_training_options(app, o, schedule, ds::tool::kPositiveCount, "total steps of the run",
                                  "seed of the task order and the sampler");
   app.add_option("--max-new-tokens", o.sampling.max_new_tokens, "completion length limit (also dr_grpo's constant)")
       ->capture_default_str()
@@ -64,8 +64,8 @@ int main(int argc, char** argv) {
       ->check(in(ds::tool::kNonNegative));
   app.add_option("--loss", loss, "aggregation: grpo (per sequence), dapo (per token), dr_grpo (constant)")
       ->capture_default_str()
-      ->check(ds::tool::parsed_by([](const std::string& name) { ds::grpo::parse_aggregation(name); },
-                                  "grpo|dapo|dr_grpo"));
+      ->check(
+          ds::tool::parsed_by([](const std::string& name) { ds::grpo::parse_aggregation(name); }, "grpo|dapo|dr_grpo"));
   app.add_option("--scale-rewards", scale_rewards, "group (divide advantages by the group std) or none (Dr. GRPO)")
       ->capture_default_str()
       ->check(ds::tool::parsed_by([](const std::string& name) { ds::grpo::parse_scale_rewards(name); }, "group|none"));

@@ -3,16 +3,17 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
-#include "ds/jsonl.h"
 #include "ds/checkpoint.h"
 #include "ds/config.h"
 #include "ds/generate.h"
+#include "ds/jsonl.h"
 #include "ds/pretrain.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Pretrain a DeepSeek-V3-architecture model (MLA, DeepSeekMoE, MTP) into a run directory.\n"
-               "With no data it trains on builtin:arith, the built-in arithmetic corpus.",
-               "ds-pretrain"};
+  CLI::App app{
+      "Pretrain a DeepSeek-V3-architecture model (MLA, DeepSeekMoE, MTP) into a run directory.\n"
+      "With no data it trains on builtin:arith, the built-in arithmetic corpus.",
+      "ds-pretrain"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   ds::PretrainOptions o;
@@ -36,8 +37,7 @@ int main(int argc, char** argv) {
   app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")
       ->capture_default_str()
       ->check(ds::tool::in(ds::tool::kPositiveCount));
-  ds::tool::add_training_options(app, o, schedule, ds::tool::kPositiveCount,
-                                 "total optimizer steps of the run",
+  ds::tool::add_training_options(app, o, schedule, ds::tool::kPositiveCount, "total optimizer steps of the run",
                                  "seed of the initial weights and the built-in corpus");
   app.add_option("--mtp-weight", o.loss.mtp_weight, "MTP loss weight lambda")
       ->capture_default_str()
@@ -48,8 +48,9 @@ int main(int argc, char** argv) {
   app.add_option("--bias-gamma", o.bias_gamma, "aux-loss-free router bias update speed")
       ->capture_default_str()
       ->check(ds::tool::in(ds::tool::kNonNegative));
-  app.add_option("--samples", samples, "after training, print N greedy completions of held-out builtin:arith "
-                                       "problems as JSONL on stdout")
+  app.add_option("--samples", samples,
+                 "after training, print N greedy completions of held-out builtin:arith "
+                 "problems as JSONL on stdout")
       ->check(ds::tool::in(ds::tool::kCount));
   ds::tool::add_compute_options(app, compute);
   ds::tool::DistOptions dist;
@@ -90,8 +91,10 @@ int main(int argc, char** argv) {
       size_t correct = 0;
       for (const auto& s : ds::sample_arith(m.model, m.tokenizer, size_t(samples))) {
         correct += s.correct;
-        const nlohmann::json record = {{"id", s.problem.id}, {"prompt", s.problem.prompt},
-                                       {"completion", s.completion}, {"answer", s.problem.answer},
+        const nlohmann::json record = {{"id", s.problem.id},
+                                       {"prompt", s.problem.prompt},
+                                       {"completion", s.completion},
+                                       {"answer", s.problem.answer},
                                        {"correct", s.correct}};
         fmt::print("{}\n", ds::to_jsonl(record));
       }

@@ -1,7 +1,7 @@
 // ds-quantize: convert a model directory to FP8 (DeepSeek's 128x128 block-scaled e4m3), BF16 or F32; list tensors.
 #include <fmt/core.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -51,8 +51,8 @@ void list_model(const std::string& model, bool as_json) {
     const auto* t = files.find(name);
     const uint64_t bytes = t->end - t->begin;
     total += bytes;
-    out.push_back({{"name", name}, {"dtype", ds::dtype_name(t->dtype)}, {"shape", shape_json(t->shape)},
-                   {"bytes", bytes}});
+    out.push_back(
+        {{"name", name}, {"dtype", ds::dtype_name(t->dtype)}, {"shape", shape_json(t->shape)}, {"bytes", bytes}});
     rows.push_back({name, std::string(ds::dtype_name(t->dtype)), ds::shape_str(t->shape), std::to_string(bytes)});
   }
   if (as_json) {
@@ -69,11 +69,20 @@ void print_report(const ds::quant::ConvertReport& r, double seconds, bool as_jso
   if (as_json) {
     json tensors = json::array();
     for (const auto& t : r.tensors)
-      tensors.push_back({{"name", t.name}, {"from", ds::dtype_name(t.from)}, {"to", ds::dtype_name(t.to)},
-                         {"shape", shape_json(t.shape)}, {"bytes_in", t.bytes_in}, {"bytes_out", t.bytes_out},
-                         {"rel_rms_error", t.error.rel_rms()}, {"max_abs_error", t.error.max_abs_error}});
-    const json total = {{"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out}, {"rel_rms_error", r.error.rel_rms()},
-                        {"max_abs_error", r.error.max_abs_error}, {"shards", r.shards}, {"seconds", seconds}};
+      tensors.push_back({{"name", t.name},
+                         {"from", ds::dtype_name(t.from)},
+                         {"to", ds::dtype_name(t.to)},
+                         {"shape", shape_json(t.shape)},
+                         {"bytes_in", t.bytes_in},
+                         {"bytes_out", t.bytes_out},
+                         {"rel_rms_error", t.error.rel_rms()},
+                         {"max_abs_error", t.error.max_abs_error}});
+    const json total = {{"bytes_in", r.bytes_in},
+                        {"bytes_out", r.bytes_out},
+                        {"rel_rms_error", r.error.rel_rms()},
+                        {"max_abs_error", r.error.max_abs_error},
+                        {"shards", r.shards},
+                        {"seconds", seconds}};
     fmt::print("{}\n", json{{"tensors", tensors}, {"total", total}}.dump());
     return;
   }
@@ -92,9 +101,10 @@ void print_report(const ds::quant::ConvertReport& r, double seconds, bool as_jso
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Convert a model directory to FP8 (128x128 block-scaled e4m3 with weight_scale_inv, as DeepSeek's "
-               "released checkpoints), BF16 or F32, and report the conversion error; or list its tensors.",
-               "ds-quantize"};
+  CLI::App app{
+      "Convert a model directory to FP8 (128x128 block-scaled e4m3 with weight_scale_inv, as DeepSeek's "
+      "released checkpoints), BF16 or F32, and report the conversion error; or list its tensors.",
+      "ds-quantize"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   std::string model, out, to = "fp8", shard_size = "5GB";

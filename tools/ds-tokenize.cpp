@@ -11,10 +11,10 @@
 #include "common.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/jsonl.h"
 #include "ds/ops.h"
 #include "ds/shards.h"
 #include "ds/tokenizer.h"
-#include "ds/jsonl.h"
 
 namespace {
 
@@ -99,10 +99,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Byte-level BPE tokenizers compatible with Hugging Face tokenizer.json: train one, encode text to\n"
-               "token shards (BOS document EOS, uint32, raw or zstd), decode shards, count tokens.\n"
-               "Without --tokenizer, the built-in byte-level tokenizer (DeepSeek's special tokens, then 256 bytes).",
-               "ds-tokenize"};
+  CLI::App app{
+      "Byte-level BPE tokenizers compatible with Hugging Face tokenizer.json: train one, encode text to\n"
+      "token shards (BOS document EOS, uint32, raw or zstd), decode shards, count tokens.\n"
+      "Without --tokenizer, the built-in byte-level tokenizer (DeepSeek's special tokens, then 256 bytes).",
+      "ds-tokenize"};
   ds::tool::add_version_flag(app);
   ds::tool::add_config_option(app);
   app.require_subcommand(1);
@@ -200,8 +201,8 @@ int main(int argc, char** argv) {
         while (end < ids.size() && ids[end] != tok.eos_id()) ++end;
         if (pos < end && ids[pos] == tok.bos_id()) ++pos;
         std::string text = tok.decode(std::span(ids).subspan(pos, end - pos), false);
-        if (docs_opt.jsonl) text = nlohmann::json{{docs_opt.field, text}}.dump(-1, ' ', false,
-                                                    nlohmann::json::error_handler_t::replace);
+        if (docs_opt.jsonl)
+          text = nlohmann::json{{docs_opt.field, text}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         if (docs_opt.lines || docs_opt.jsonl) text += '\n';
         out.write(text);
         pos = end + 1;

@@ -1,6 +1,6 @@
 // JSONL task records ({"id", "prompt", "answer"} and their aliases).
-#include "ds/error.h"
 #include "ds/tasks.h"
+#include "ds/error.h"
 #include "fuzz.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

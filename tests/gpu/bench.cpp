@@ -3,8 +3,8 @@
 // of ds-bench has no untried path.
 #include <cmath>
 
-#include "ds/config.h"
 #include "ds/bench.h"
+#include "ds/config.h"
 #include "ds/flops.h"
 #include "gpu_test.h"
 

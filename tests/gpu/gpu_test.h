@@ -7,9 +7,9 @@
 #include <random>
 #include <vector>
 
-#include "ds/bf16.h"
 #include "cuda_memory.h"
 #include "cuda_stream.h"
+#include "ds/bf16.h"
 
 namespace ds::gpu_test {
 

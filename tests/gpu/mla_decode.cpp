@@ -99,8 +99,8 @@ TEST_CASE("MLA cache writes: rows land in their slot and position as bf16, the r
           e < r ? latent[size_t(i * r + e)] : k_pe[size_t(i * stride + e - r)];
   const DeviceBuffer<float> glatent = to_device(latent, stream), gk_pe = to_device(k_pe, stream);
   const DeviceBuffer<int32_t> gslots = to_device(slots, stream), gpos = to_device(pos, stream);
-  mla_cache_write(cache.data(), capacity, glatent.data(), gk_pe.data(), stride,
-                  gslots.data(), gpos.data(), R, r, dr, stream);
+  mla_cache_write(cache.data(), capacity, glatent.data(), gk_pe.data(), stride, gslots.data(), gpos.data(), R, r, dr,
+                  stream);
   check_close(from_bf16(to_host(cache, stream)), round_bf16(want), 0);
 }
 

@@ -15,13 +15,13 @@
 #include <cmath>
 #include <string>
 
+#include "../unit/random_model.h"
+#include "cuda_model.h"
 #include "ds/bf16.h"
 #include "ds/config.h"
-#include "cuda_model.h"
 #include "ds/error.h"
 #include "ds/model.h"
 #include "ds/optim.h"
-#include "../unit/random_model.h"
 #include "gpu_test.h"
 
 using namespace ds;

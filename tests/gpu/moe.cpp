@@ -2,8 +2,8 @@
 // bias and for the softmax routings of V2 and V2-Lite.
 #include <cmath>
 
-#include "ds/config.h"
 #include "cuda_ops.h"
+#include "ds/config.h"
 #include "ds/ops.h"
 #include "gpu_test.h"
 #include "routing.h"

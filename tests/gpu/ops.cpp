@@ -106,8 +106,9 @@ TEST_CASE("SwiGLU forward and backward") {
   check_close(to_host(gdu, stream), du, 1e-5, 1e-6);
 }
 
-TEST_CASE("cross-entropy losses, entropies and gradients at a temperature, in place, with ignored rows and row "
-          "scales") {
+TEST_CASE(
+    "cross-entropy losses, entropies and gradients at a temperature, in place, with ignored rows and row "
+    "scales") {
   Stream stream;
   const int64_t N = 9, V = 5000;
   const std::vector<float> logits = random_floats(static_cast<size_t>(N * V), 11, 4.0f),
@@ -117,7 +118,7 @@ TEST_CASE("cross-entropy losses, entropies and gradients at a temperature, in pl
     CAPTURE(temperature);
     // The CPU's: the logits divided by the temperature, and the chain rule's 1/temperature in the backward's scale.
     std::vector<float> losses(static_cast<size_t>(N)), entropies(static_cast<size_t>(N)), probs = logits,
-                                                                                           dlogits(logits.size());
+                                                                                          dlogits(logits.size());
     for (float& z : probs) z /= temperature;
     for (int64_t n = 0; n < N; ++n) {
       losses[size_t(n)] = float(ops::cross_entropy(probs.data() + n * V, &targets[size_t(n)], 1, V));
@@ -135,12 +136,12 @@ TEST_CASE("cross-entropy losses, entropies and gradients at a temperature, in pl
     const DeviceBuffer<float> grs = to_device(row_scale, stream);
     DeviceBuffer<float> gl = to_device(logits, stream), glosses(static_cast<size_t>(N)),
                         gentropies(static_cast<size_t>(N));
-    cross_entropy(glosses.data(), nullptr, nullptr, gl.data(), gt.data(), N, V, 1.0f / temperature, 0.125f,
-                  grs.data(), stream);  // loss only
+    cross_entropy(glosses.data(), nullptr, nullptr, gl.data(), gt.data(), N, V, 1.0f / temperature, 0.125f, grs.data(),
+                  stream);  // loss only
     check_close(to_host(glosses, stream), losses, 1e-5, 1e-5);
     check_close(to_host(gl, stream), logits, 0);  // untouched
-    cross_entropy(glosses.data(), gentropies.data(), gl.data(), gl.data(), gt.data(), N, V, 1.0f / temperature,
-                  0.125f, grs.data(), stream);
+    cross_entropy(glosses.data(), gentropies.data(), gl.data(), gl.data(), gt.data(), N, V, 1.0f / temperature, 0.125f,
+                  grs.data(), stream);
     check_close(to_host(glosses, stream), losses, 1e-5, 1e-5);
     check_close(to_host(gentropies, stream), entropies, 1e-5, 1e-5);
     check_close(to_host(gl, stream), dlogits, 1e-4, 1e-9);

@@ -5,10 +5,10 @@
 #include <cmath>
 #include <vector>
 
+#include "../unit/temp_dir.h"
 #include "ds/checkpoint.h"
 #include "ds/error.h"
 #include "ds/pretrain.h"
-#include "../unit/temp_dir.h"
 #include "gpu_test.h"
 
 using namespace ds;

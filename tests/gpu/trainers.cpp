@@ -7,12 +7,12 @@
 #include <fstream>
 #include <vector>
 
+#include "../unit/temp_dir.h"
 #include "ds/checkpoint.h"
 #include "ds/config.h"
 #include "ds/distill.h"
 #include "ds/grpo_train.h"
 #include "ds/pretrain.h"
-#include "../unit/temp_dir.h"
 #include "gpu_test.h"
 
 using namespace ds;
@@ -55,7 +55,8 @@ std::string sft_data(const TempDir& dir) {
   const std::string path = dir / "sft.jsonl";
   std::ofstream out(path);
   for (int i = 0; i < 48; ++i)
-    out << R"({"prompt": "copy )" << i * 37 % 1000 << R"(", "completion": ")" << i * 37 % 1000 << R"("})" << "\n";
+    out << R"({"prompt": "copy )" << i * 37 % 1000 << R"(", "completion": ")" << i * 37 % 1000 << R"("})"
+        << "\n";
   return path;
 }
 

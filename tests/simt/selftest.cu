@@ -106,7 +106,7 @@ TEST_CASE("block reductions over shuffles and barriers") {
   const int blocks = 3, threads = 256;
   std::vector<float> x(blocks * threads), out(2 * blocks);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 37 % 101) - 50);
-  DS_LAUNCH(block_sums, blocks, threads, 0, nullptr)(out.data(), x.data());
+  DS_LAUNCH(block_sums, blocks, threads, 0, nullptr, out.data(), x.data());
   REQUIRE(cudaGetLastError() == cudaSuccess);
   for (int b = 0; b < blocks; ++b) {
     const auto first = x.begin() + b * threads, last = first + threads;
@@ -117,7 +117,7 @@ TEST_CASE("block reductions over shuffles and barriers") {
 
 TEST_CASE("the warps of a two-dimensional block") {
   std::vector<float> out(128);
-  DS_LAUNCH(warp_sums_2d, 1, dim3(16, 8), 0, nullptr)(out.data());
+  DS_LAUNCH(warp_sums_2d, 1, dim3(16, 8), 0, nullptr, out.data());
   for (int i = 0; i < 128; ++i) {
     const int first = i / 32 * 32;
     CHECK(out[i] == float(32 * first + 31 * 32 / 2));  // first + (first + 1) + ... + (first + 31)
@@ -127,10 +127,10 @@ TEST_CASE("the warps of a two-dimensional block") {
 TEST_CASE("a read that misses a barrier sees stale data") {
   std::vector<float> x(256), out(256, 0.0f);
   std::iota(x.begin(), x.end(), 1.0f);
-  DS_LAUNCH(rotate, 1, 256, 0, nullptr)(out.data(), x.data(), true);
+  DS_LAUNCH(rotate, 1, 256, 0, nullptr, out.data(), x.data(), true);
   for (int t = 0; t < 256; ++t) CHECK(out[t] == x[(t + 1) % 256]);
   for (float& v : x) v += 1000.0f;  // so that the previous launch's values are stale
-  DS_LAUNCH(rotate, 1, 256, 0, nullptr)(out.data(), x.data(), false);
+  DS_LAUNCH(rotate, 1, 256, 0, nullptr, out.data(), x.data(), false);
   int stale = 0;
   for (int t = 0; t < 256; ++t) stale += out[t] == x[(t + 1) % 256] - 1000.0f;
   CHECK(stale > 0);
@@ -138,21 +138,21 @@ TEST_CASE("a read that misses a barrier sees stale data") {
 
 TEST_CASE("threads that cannot meet fail the launch") {
   std::vector<float> out(256);
-  CHECK_THROWS_WITH_AS(DS_LAUNCH(half_warp_shuffle, 1, 64, 0, nullptr)(out.data()),
+  CHECK_THROWS_WITH_AS(DS_LAUNCH(half_warp_shuffle, 1, 64, 0, nullptr, out.data()),
                        doctest::Contains("kernel half_warp_shuffle, block (0,0,0)"), std::runtime_error);
-  CHECK_THROWS_WITH_AS(DS_LAUNCH(split_barriers, 2, 128, 0, nullptr)(out.data()),
+  CHECK_THROWS_WITH_AS(DS_LAUNCH(split_barriers, 2, 128, 0, nullptr, out.data()),
                        doctest::Contains("kernel split_barriers"), std::runtime_error);
 }
 
 TEST_CASE("launch configurations CUDA refuses") {
   std::vector<float> out(4096, 0.0f);
-  DS_LAUNCH(fill, 1, 2048, 0, nullptr)(out.data());
+  DS_LAUNCH(fill, 1, 2048, 0, nullptr, out.data());
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
   CHECK(cudaGetLastError() == cudaSuccess);  // reading the error clears it
   CHECK(out[0] == 0.0f);
-  DS_LAUNCH(fill, 0, 32, 0, nullptr)(out.data());
+  DS_LAUNCH(fill, 0, 32, 0, nullptr, out.data());
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
-  DS_LAUNCH(fill, 2, 64, 0, nullptr)(out.data());
+  DS_LAUNCH(fill, 2, 64, 0, nullptr, out.data());
   CHECK(cudaGetLastError() == cudaSuccess);
   CHECK(std::accumulate(out.begin(), out.end(), 0.0f) == 128.0f);
 }
@@ -174,8 +174,8 @@ TEST_CASE("the tensor-core product, fragments as common.cuh lays them out and lo
   for (int i = 0; i < 256; ++i) a[i] = __float2bfloat16(float(i * 7 % 9 - 4));  // small integers: exact sums
   for (int i = 0; i < 128; ++i) b[i] = __float2bfloat16(float(i * 5 % 7 - 3));
   std::vector<float> d(16 * 8), loaded(16 * 8);
-  DS_LAUNCH(mma_tile, 1, 32, 0, nullptr)(d.data(), a.data(), b.data());
-  DS_LAUNCH(mma_tile_loaded, 1, 32, 0, nullptr)(loaded.data(), a.data(), b.data());
+  DS_LAUNCH(mma_tile, 1, 32, 0, nullptr, d.data(), a.data(), b.data());
+  DS_LAUNCH(mma_tile_loaded, 1, 32, 0, nullptr, loaded.data(), a.data(), b.data());
   for (int row = 0; row < 16; ++row)
     for (int col = 0; col < 8; ++col) {
       float want = 0.5f;
@@ -188,24 +188,24 @@ TEST_CASE("the tensor-core product, fragments as common.cuh lays them out and lo
 TEST_CASE("cp.async copies land when their thread waits for their group") {
   std::vector<float> x(8 * 64), out(3 * 64);
   std::iota(x.begin(), x.end(), 1.0f);
-  DS_LAUNCH(async_copies, 1, 64, x.size() * sizeof(float), nullptr)(out.data(), x.data());
+  DS_LAUNCH(async_copies, 1, 64, x.size() * sizeof(float), nullptr, out.data(), x.data());
   REQUIRE(cudaGetLastError() == cudaSuccess);
   for (int t = 0; t < 64; ++t) {
     CHECK(std::isnan(out[3 * t]));      // not yet copied: shared memory starts as NaN
     CHECK(std::isnan(out[3 * t + 1]));  // the second group is still in flight
     CHECK(out[3 * t + 2] == x[8 * t] + x[8 * t + 4]);
   }
-  CHECK_THROWS_WITH_AS(DS_LAUNCH(misaligned_copy, 1, 32, 64, nullptr)(x.data()), doctest::Contains("cp.async of 16"),
+  CHECK_THROWS_WITH_AS(DS_LAUNCH(misaligned_copy, 1, 32, 64, nullptr, x.data()), doctest::Contains("cp.async of 16"),
                        std::runtime_error);
 }
 
 TEST_CASE("dynamic shared memory above 48 KiB needs opting in, up to 227 KiB") {
   std::vector<float> out(2, 0.0f);
-  DS_LAUNCH(first_shared_byte, 2, 32, 64 << 10, nullptr)(out.data());
+  DS_LAUNCH(first_shared_byte, 2, 32, 64 << 10, nullptr, out.data());
   CHECK(cudaGetLastError() == cudaErrorInvalidValue);
   CHECK(out[0] == 0.0f);
   DS_ALLOW_SHARED(first_shared_byte, 64 << 10);
-  DS_LAUNCH(first_shared_byte, 2, 32, 64 << 10, nullptr)(out.data());
+  DS_LAUNCH(first_shared_byte, 2, 32, 64 << 10, nullptr, out.data());
   CHECK(cudaGetLastError() == cudaSuccess);
   CHECK(out[0] == 255.0f);
   CHECK(out[1] == 255.0f);

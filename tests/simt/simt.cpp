@@ -133,7 +133,7 @@ struct Block {
   // Each warp's values of its last two shuffles, kLaneBytes per lane.
   std::vector<std::array<std::array<std::array<unsigned char, kLaneBytes>, 32>, 2>> lanes;
   std::vector<unsigned char> dynamic_shared;
-  AsyncCopies direct_copies;  // the running thread's, without fibers
+  AsyncCopies direct_copies;              // the running thread's, without fibers
   const void* scheduler_stack = nullptr;  // for AddressSanitizer
   size_t scheduler_stack_size = 0;
 };
@@ -289,7 +289,7 @@ namespace {
 
 // Gives `bytes` of `value` to the warp, waits for all 32 lanes, and returns what they gave, by lane.
 const std::array<std::array<unsigned char, kLaneBytes>, 32>& warp_gather(const char* what, const void* value,
-                                                                          size_t bytes) {
+                                                                         size_t bytes) {
   Block& b = waiting_block(what);
   if (bytes > kLaneBytes) fail("a lane exchanges at most 32 bytes");
   // Exchanges alternate between two sets of values: a lane writes the set of exchange n + 2 only after every lane has
@@ -352,8 +352,7 @@ void ldmatrix_x2_trans(uint32_t (&b)[2], const void* row) {
   }
   // Lane (g, t) gets rows 2t and 2t + 1 of column g of each matrix: the transposes' row g, columns 2t and 2t + 1.
   const unsigned lane = running->current->linear % 32, g = lane / 4, t = lane % 4;
-  for (unsigned m = 0; m < 2; ++m)
-    b[m] = uint32_t(rows[8 * m + 2 * t][g]) | uint32_t(rows[8 * m + 2 * t + 1][g]) << 16;
+  for (unsigned m = 0; m < 2; ++m) b[m] = uint32_t(rows[8 * m + 2 * t][g]) | uint32_t(rows[8 * m + 2 * t + 1][g]) << 16;
 }
 
 unsigned char* dynamic_shared() { return running->dynamic_shared.data(); }

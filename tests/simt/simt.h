@@ -65,8 +65,8 @@ T shfl_xor(unsigned mask, T value, int lane_mask) {
 void launch(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& thread);
 void allow_shared(const char* kernel, size_t bytes);
 
-// What DS_LAUNCH(...) returns: called with the kernel's arguments, it runs the grid. `call` calls the kernel, so that a
-// template kernel deduces its parameters as it does under nvcc.
+// What DS_LAUNCH's launcher(...) returns: called with the kernel's arguments, it runs the grid. `call` calls the
+// kernel, so that a template kernel deduces its parameters as it does under nvcc.
 template <typename Call>
 struct Launch {
   const char* kernel;
@@ -91,9 +91,9 @@ Launch<Call> launcher(const char* kernel, dim3 grid, dim3 block, size_t shared_b
 #define gridDim (::ds::simt::grid_dim)
 #define __syncthreads() ::ds::simt::sync_threads()
 #define __shfl_xor_sync(mask, value, lane_mask) ::ds::simt::shfl_xor(mask, value, lane_mask)
-#define DS_LAUNCH(kernel, grid, block, shared_bytes, stream)       \
+#define DS_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)  \
   ::ds::simt::launcher(#kernel, grid, block, shared_bytes, stream, \
-                       [](const auto&... arguments) { kernel(arguments...); })
+                       [](const auto&... arguments) { kernel(arguments...); })(__VA_ARGS__)
 #define DS_ALLOW_SHARED(kernel, bytes) ::ds::simt::allow_shared(#kernel, bytes)
 #define DS_MMA_16X8X16(d, a, b) ::ds::simt::mma_16x8x16(d, a, b)
 #define DS_LDMATRIX_X2_TRANS(b, row) ::ds::simt::ldmatrix_x2_trans(b, row)

@@ -61,7 +61,7 @@ TEST_CASE("sampler: NaN logits rank last, and an all-NaN row still gives a token
   Sampler s(3);
   for (int i = 0; i < 200; ++i) {
     std::vector<float> logits = {nan, 0.0f, nan, -1.0f, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan,
-                                 nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan};
+                                 nan, nan,  nan, nan,   nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan};
     const uint32_t t = s.sample(logits, o, {});
     CHECK((t == 1 || t == 3));
     std::vector<float> all(64, nan);

@@ -46,7 +46,8 @@ TEST_CASE("R1: a typed special token stays text; the last assistant turn keeps i
   CHECK(std::count(ids.begin(), ids.end(), tok.eos_id()) == 0);
   CHECK(tok.decode(ids, false) == chat.render(sneaky, false));
   const std::vector<ChatMessage> turns = {{"user", "q"}, {"assistant", "<think>a</think>b</think>c"}};
-  CHECK(chat.render(turns, false) == fmt::format("{}<｜User｜>q<｜Assistant｜><think>a</think>b</think>c{}", kBos, kEos));
+  CHECK(chat.render(turns, false) ==
+        fmt::format("{}<｜User｜>q<｜Assistant｜><think>a</think>b</think>c{}", kBos, kEos));
   const std::vector<ChatMessage> more = {turns[0], turns[1], {"user", "r"}};
   CHECK(chat.render(more, true) ==
         fmt::format("{}<｜User｜>q<｜Assistant｜>c{}<｜User｜>r<｜Assistant｜><think>\n", kBos, kEos));

@@ -147,15 +147,14 @@ TEST_CASE("a model that cannot fit in memory is refused with the file, the size 
   const nlohmann::json tiny = config_to_json(resolve_model_config("tiny"));
   // Each was std::bad_alloc when the model was built; all are far beyond any machine's memory.
   for (const auto& [key, value] : {std::pair<const char*, int64_t>{"num_hidden_layers", 100000000},
-                                  {"q_lora_rank", 1000000000000},
-                                  {"num_nextn_predict_layers", 1000000},
-                                  {"n_routed_experts", 100000000}}) {
+                                   {"q_lora_rank", 1000000000000},
+                                   {"num_nextn_predict_layers", 1000000},
+                                   {"n_routed_experts", 100000000}}) {
     nlohmann::json j = tiny;
     j[key] = value;
     const std::string msg = refused(j, kTrainingBytesPerParam);
     CHECK_MESSAGE(msg.starts_with(dir / "config.json: the model ("), key << ": " << msg);
-    CHECK_MESSAGE(msg.find(" parameters at 16 B, RoPE tables for 256 positions) needs ") != std::string::npos,
-                  msg);
+    CHECK_MESSAGE(msg.find(" parameters at 16 B, RoPE tables for 256 positions) needs ") != std::string::npos, msg);
     CHECK_MESSAGE(msg.find(" GiB of memory, more than the ") != std::string::npos, msg);
   }
   // Under a 1 GiB limit `small` (0.6B parameters) fits for FP8 inference, not for training; tiny fits both.

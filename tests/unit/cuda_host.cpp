@@ -4,9 +4,9 @@
 
 #include <vector>
 
-#include "ds/cuda.h"
 #include "cuda_cache.h"
 #include "cuda_fp8.h"
+#include "ds/cuda.h"
 #include "ds/error.h"
 #include "ds/quantize.h"
 #include "ds/tensor.h"

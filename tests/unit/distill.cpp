@@ -61,7 +61,9 @@ TEST_CASE("prompt tokens carry no loss; completion tokens and EOS do") {
   const std::string messages = R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", )"
                                R"("content": "b"}, {"role": "user", "content": "c"}, )"
                                R"({"role": "assistant", "content": "dd"}]})";
-  const std::vector<Example> ex = parse(R"({"prompt": "Say hi", "completion": " hi"})" "\n" + messages);
+  const std::vector<Example> ex = parse(R"({"prompt": "Say hi", "completion": " hi"})"
+                                        "\n" +
+                                        messages);
   REQUIRE(ex.size() == 2);
   for (const Example& e : ex) {
     const std::vector<std::vector<size_t>> rows = {{size_t(&e - ex.data())}};
@@ -77,7 +79,7 @@ TEST_CASE("prompt tokens carry no loss; completion tokens and EOS do") {
 
 TEST_CASE("bad records are refused with the file and line") {
   CHECK(error_of("\n{\"prompt\": \"a\"}") == "data.jsonl:2: a record needs both \"prompt\" and \"completion\"");
-  CHECK(error_of("{oops") .starts_with("data.jsonl:1: invalid JSON"));
+  CHECK(error_of("{oops").starts_with("data.jsonl:1: invalid JSON"));
   CHECK(error_of(R"({"prompt": "a", "completion": "b", "messages": []})").find("either") != std::string::npos);
   CHECK(error_of(R"({"messages": [{"role": "user", "content": "a"}]})").find("assistant's") != std::string::npos);
   CHECK(error_of(R"({"prompt": "a", "completion": ""})").find("empty") != std::string::npos);
@@ -101,7 +103,7 @@ TEST_CASE("packing fills rows greedily; positions restart at each example") {
   CHECK(rows[1] == std::vector<size_t>{2, 3});
   const Batch b = make_batch(ex, rows, 8, 2);
   CHECK(b.positions == std::vector<int32_t>{0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 0, 1});
-  CHECK(b.inputs[7] == 2);    // padding
+  CHECK(b.inputs[7] == 2);  // padding
   CHECK(b.targets[7] == -1);
   CHECK(b.tokens == 15);
   CHECK_THROWS_AS(pack_rows(ex, order, 5), Error);  // example 2 needs 6 positions
@@ -124,8 +126,10 @@ TEST_CASE("packed examples do not attend to each other: logits equal unpacked ru
     const Batch packed = make_batch(ex, packed_rows, 20, 2);
     model.forward(packed.inputs.data(), nullptr, 1, 20, {}, nullptr, packed.positions.data());
     const std::vector<double> logits(model.logits(), model.logits() + 20 * V);
-    const double loss = model.forward(packed.inputs.data(), packed.targets.data(), 1, 20, {0.0, 0.0}, nullptr,
-                                      packed.positions.data()).main_loss * double(packed.loss_tokens);
+    const double loss =
+        model.forward(packed.inputs.data(), packed.targets.data(), 1, 20, {0.0, 0.0}, nullptr, packed.positions.data())
+            .main_loss *
+        double(packed.loss_tokens);
     double loss_alone = 0, max_diff = 0;
     int64_t at = 0;
     for (size_t i = 0; i < ex.size(); ++i) {
@@ -192,11 +196,13 @@ TEST_CASE("data-parallel shares: losses over the global count average to the who
   kd::Loss mean, alone;
   for (int64_t r = 0; r < 2; ++r) {
     const size_t at = size_t(r * half * V);
-    const kd::Loss L = kd::distill_loss(student.data() + at, teacher.data() + at, targets.data() + r * half, half, V,
-                                        o, 0.4, grad.data() + at, double(whole.tokens) / 2);
+    const kd::Loss L = kd::distill_loss(student.data() + at, teacher.data() + at, targets.data() + r * half, half, V, o,
+                                        0.4, grad.data() + at, double(whole.tokens) / 2);
     mean.total += L.total / 2, mean.kd += L.kd / 2, mean.ce += L.ce / 2;
     alone.total += kd::distill_loss(student.data() + at, teacher.data() + at, targets.data() + r * half, half, V, o,
-                                    0.4, std::vector<double>(static_cast<size_t>(half * V)).data()).total / 2;
+                                    0.4, std::vector<double>(static_cast<size_t>(half * V)).data())
+                       .total /
+                   2;
   }
   CHECK(mean.total == doctest::Approx(whole.total).epsilon(1e-12));
   CHECK(mean.kd == doctest::Approx(whole.kd).epsilon(1e-12));

@@ -89,7 +89,7 @@ TEST_CASE("score_sample grades with the verifiers") {
 TEST_CASE("summarize: pass@1, pass@k, cons@k, format and length") {
   const std::vector<std::vector<SampleScore>> per_task = {
       {sample("4", true, true, 10), sample("5", false, true, 20), sample("5", false, false, 30)},  // 1/3; vote 5: wrong
-      {sample("9", true, true, 10), sample("9", true, true, 10), sample("", false, false, 40)},   // 2/3; vote 9: right
+      {sample("9", true, true, 10), sample("9", true, true, 10), sample("", false, false, 40)},    // 2/3; vote 9: right
       {sample("", false, false, 5), sample("", false, false, 5), sample("", false, false, 5)},     // 0; no vote
   };
   const Summary s = summarize(per_task, 2);

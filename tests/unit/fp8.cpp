@@ -126,7 +126,7 @@ TEST_CASE("float to e4m3 on each input class") {
   CHECK(float_to_e4m3(INFINITY) == 0x7e);
   CHECK(float_to_e4m3(-INFINITY) == 0xfe);
   CHECK(float_to_e4m3(NAN) == 0x7f);
-  CHECK(float_to_e4m3(-NAN) == 0x7f);  // as CUDA: the sign of a NaN is dropped
+  CHECK(float_to_e4m3(-NAN) == 0x7f);              // as CUDA: the sign of a NaN is dropped
   CHECK(float_to_e4m3(1.0f + 1.0f / 16) == 0x38);  // tie between 1 and 1.125: even mantissa 0
   CHECK(float_to_e4m3(1.0f + 3.0f / 16) == 0x3a);  // tie between 1.125 and 1.25: even mantissa 2
   CHECK(float_to_e4m3(0x1p-10f) == 0x00);          // half the smallest subnormal: a tie to zero

@@ -114,7 +114,7 @@ TEST_CASE("every e4m3 code dequantizes to its value, on the vector path and the 
   std::vector<uint8_t> codes;
   for (int c = 0; c < 256; ++c)
     if ((c & 0x7f) != 0x7f) codes.push_back(uint8_t(c));  // the two NaN codes are refused at load
-  const int64_t n = int64_t(codes.size());                  // 254: a block of 128 and one of 126 = 15 x 8 + 6
+  const int64_t n = int64_t(codes.size());                // 254: a block of 128 and one of 126 = 15 x 8 + 6
   Tensor q = Tensor::empty(DType::F8_E4M3, {1, n});
   std::memcpy(q.bytes(), codes.data(), codes.size());
   const Tensor scale = Tensor::from_f32(std::vector<float>{0.5f, 3.0f}, {1, 2});

@@ -1,9 +1,9 @@
 #include <doctest/doctest.h>
 
-#include "address_limit.h"
-#include "temp_dir.h"
 #include <sys/stat.h>
 #include <unistd.h>
+#include "address_limit.h"
+#include "temp_dir.h"
 
 #include <filesystem>
 #include <fstream>
@@ -15,7 +15,6 @@
 
 using namespace ds;
 namespace fs = std::filesystem;
-
 
 TEST_CASE("write_file_atomic writes and replaces, leaving no temporary file") {
   TempDir dir;

@@ -221,8 +221,9 @@ TEST_CASE("grpo: gradient of the GRPO loss through the model") {
   }
 }
 
-TEST_CASE("grpo: the KL reference's log-probs on the engine are the training forward's, at a sampling temperature and "
-          "for an FP8 base too") {
+TEST_CASE(
+    "grpo: the KL reference's log-probs on the engine are the training forward's, at a sampling temperature and "
+    "for an FP8 base too") {
   // Larger weights than the training init, so that the log-probs spread far from -log V.
   const ModelConfig config = resolve_model_config("tiny");
   Model<float> base(config);

@@ -112,8 +112,8 @@ TEST_CASE("divergence gradients match finite differences (full, top-k, temperatu
           const double down = kd::divergence(zs.data(), zt.data(), V, o, (double*)nullptr, 1);
           zs[size_t(j)] = saved;
           const double numeric = 2.0 * (up - down) / (2 * eps);
-          CHECK_MESSAGE(std::fabs(grad[size_t(j)] - numeric) < 1e-7, "divergence " << int(d) << " top_k " << top_k
-                                                                    << " tau " << tau << " logit " << j);
+          CHECK_MESSAGE(std::fabs(grad[size_t(j)] - numeric) < 1e-7,
+                        "divergence " << int(d) << " top_k " << top_k << " tau " << tau << " logit " << j);
         }
       }
 }
@@ -146,17 +146,17 @@ TEST_CASE("the distillation objective mixes KD and cross-entropy over the positi
   for (size_t i = 0; i < student.size(); ++i) {
     const double eps = 1e-6, saved = student[i];
     student[i] = saved + eps;
-    const double up = kd::distill_loss(student.data(), teacher.data(), targets.data(), N, V, j, 0.6,
-                                       scratch.data()).total;
+    const double up =
+        kd::distill_loss(student.data(), teacher.data(), targets.data(), N, V, j, 0.6, scratch.data()).total;
     student[i] = saved - eps;
-    const double down = kd::distill_loss(student.data(), teacher.data(), targets.data(), N, V, j, 0.6,
-                                         scratch.data()).total;
+    const double down =
+        kd::distill_loss(student.data(), teacher.data(), targets.data(), N, V, j, 0.6, scratch.data()).total;
     student[i] = saved;
     CHECK(grad[i] == doctest::Approx((up - down) / (2 * eps)).epsilon(1e-6));
   }
   // alpha = 0 is plain cross-entropy and needs no teacher.
-  const kd::Loss ce = kd::distill_loss(student.data(), static_cast<const double*>(nullptr), targets.data(), N, V, o,
-                                       0.0, grad.data());
+  const kd::Loss ce =
+      kd::distill_loss(student.data(), static_cast<const double*>(nullptr), targets.data(), N, V, o, 0.0, grad.data());
   CHECK(ce.total == doctest::Approx(L.ce));
 }
 

@@ -19,9 +19,12 @@ void randomize(Model<double>& model, uint64_t seed) {
   for (const auto& p : model.param_infos()) {
     double* w = model.params().data() + p.offset;
     for (int64_t i = 0; i < shape_numel(p.shape); ++i) {
-      if (p.kind == ParamKind::Matrix) w[i] = 0.3 * normal(rng);
-      else if (p.kind == ParamKind::Vector) w[i] = 1.0 + 0.1 * normal(rng);
-      else w[i] = 0.1 * normal(rng);
+      if (p.kind == ParamKind::Matrix)
+        w[i] = 0.3 * normal(rng);
+      else if (p.kind == ParamKind::Vector)
+        w[i] = 1.0 + 0.1 * normal(rng);
+      else
+        w[i] = 0.1 * normal(rng);
     }
   }
 }
@@ -53,12 +56,15 @@ void check_gradients(const ModelConfig& config, const LossOptions& options, bool
     if (head == Head::model) return model.forward(inputs.data(), targets.data(), B, Tn, options, w, positions).loss;
     model.forward(inputs.data(), nullptr, B, Tn, options, nullptr, positions);
     return kd::distill_loss(model.logits(), teacher.data(), targets.data(), N, config.vocab_size, kd, 0.7,
-                            dlogits.data()).total;
+                            dlogits.data())
+        .total;
   };
   loss();
   model.zero_grads();
-  if (head == Head::model) model.backward();
-  else model.backward(dlogits.data());
+  if (head == Head::model)
+    model.backward();
+  else
+    model.backward(dlogits.data());
   const std::vector<double> analytic = model.grads();
 
   const double eps = 1e-6;

@@ -90,7 +90,7 @@ TEST_CASE("YaRN frequencies follow docs/architecture.md#yarn-rope and rope's inv
   auto freq = [&](int64_t i) { return std::atan2(t.sin[size_t(t.half + i)], t.cos[size_t(t.half + i)]); };
   auto base = [](int64_t i) { return std::pow(10000.0, -2.0 * double(i) / 64.0); };
   CHECK(freq(0) == doctest::Approx(base(0)));
-  CHECK(freq(10) == doctest::Approx(base(10)));  // extrapolated: unscaled
+  CHECK(freq(10) == doctest::Approx(base(10)));         // extrapolated: unscaled
   CHECK(freq(23) == doctest::Approx(base(23) / 40.0));  // interpolated: divided by the factor
   CHECK(freq(31) == doctest::Approx(base(31) / 40.0));
   const double ramp = (16.0 - 10.0) / 13.0;  // blended band

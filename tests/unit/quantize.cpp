@@ -339,8 +339,8 @@ TEST_CASE("convert_model: --keep, refusals, and nothing left behind by a failure
   CHECK_THROWS_WITH_AS(convert_model(model, model + "/sub", options), doctest::Contains("would overwrite"), Error);
   CHECK_THROWS_WITH_AS(convert_model(model, tmp / "keep", options), doctest::Contains("already exists"), Error);
   options.keep = {"("};
-  CHECK_THROWS_WITH_AS(convert_model(model, tmp / "x", options), doctest::Contains("--keep: regex \"(\" does not compile"),
-                       Error);
+  CHECK_THROWS_WITH_AS(convert_model(model, tmp / "x", options),
+                       doctest::Contains("--keep: regex \"(\" does not compile"), Error);
 
   // A NaN weight fails the conversion; neither the output nor its staging directory remains.
   Model<float> bad(resolve_model_config("tiny"));
@@ -355,8 +355,7 @@ TEST_CASE("convert_model: --keep, refusals, and nothing left behind by a failure
   // A scale without its F8 weight is a broken model.
   safetensors::save_model(tmp / "stray", {{"a.weight_scale_inv", Tensor::zeros(DType::F32, {1, 1})}});
   fs::copy_file(model + "/config.json", tmp / "stray/config.json");
-  CHECK_THROWS_WITH_AS(convert_model(tmp / "stray", tmp / "y", options), doctest::Contains("scales no F8_E4M3"),
-                       Error);
+  CHECK_THROWS_WITH_AS(convert_model(tmp / "stray", tmp / "y", options), doctest::Contains("scales no F8_E4M3"), Error);
 }
 
 TEST_CASE("byte sizes and targets") {

@@ -1,6 +1,6 @@
 #pragma once
-// Random models, configs and token sequences for the engine tests (CPU and GPU), with weights large enough that attention and
-// routing are far from uniform.
+// Random models, configs and token sequences for the engine tests (CPU and GPU), with weights large enough that
+// attention and routing are far from uniform.
 #include <cstdint>
 #include <random>
 #include <vector>

@@ -36,9 +36,8 @@ std::string error_of(F f) {
 bool no_children() { return waitpid(-1, nullptr, WNOHANG) < 0 && errno == ECHILD; }
 
 // 1 when the completion is "yes", else an object holding the line number, which shows the process is started once.
-const char* kRewarder =
-    R"(n=0; while read -r l; do n=$((n + 1)); case "$l" in *'"completion":"yes"'*) echo 1 ;;)"
-    R"( *) echo "{\"reward\": $n, \"correct\": false}" ;; esac; done)";
+const char* kRewarder = R"(n=0; while read -r l; do n=$((n + 1)); case "$l" in *'"completion":"yes"'*) echo 1 ;;)"
+                        R"( *) echo "{\"reward\": $n, \"correct\": false}" ;; esac; done)";
 
 }  // namespace
 
@@ -62,8 +61,7 @@ TEST_CASE("reward command: replies in order, one process for every batch") {
 
 TEST_CASE("reward command: a large batch does not deadlock on full pipes") {
   // 600 KB in and 160 KB out, beyond a pipe's 64 KB buffer both ways: writing and reading must interleave.
-  RewardCommand cmd("while read -r l; do echo '{\"reward\": 0.5, \"note\": \"" + std::string(60, '.') +
-                        "\"}'; done",
+  RewardCommand cmd("while read -r l; do echo '{\"reward\": 0.5, \"note\": \"" + std::string(60, '.') + "\"}'; done",
                     30);
   const std::vector<RewardReply> r = cmd.score(samples(2000, std::string(240, 'x')));
   CHECK(r.size() == 2000);
@@ -106,8 +104,8 @@ TEST_CASE("reward command: a hang is a timeout, and the child is killed") {
 }
 
 TEST_CASE("reward command: garbage is an error naming the line") {
-  for (const char* reply : {"not a number", "{\"score\": 1}", "{\"reward\": \"1\"}", "{\"reward\": 1, \"correct\": 1}",
-                            ""}) {
+  for (const char* reply :
+       {"not a number", "{\"score\": 1}", "{\"reward\": \"1\"}", "{\"reward\": 1, \"correct\": 1}", ""}) {
     RewardCommand cmd(std::string("read -r l; echo 0.5; read -r l; echo '") + reply + "'; cat >/dev/null", 10);
     const std::string e = error_of([&] { cmd.score(samples(2)); });
     CHECK_MESSAGE(e.find("line 2: expected a number") != std::string::npos, e);

@@ -26,7 +26,11 @@ struct Fields {
 
 RunOptions bind(Fields& f) {
   RunOptions r;
-  return r.add("batch", f.batch).add("lr", f.lr).add_path("data", f.data).add_paths("shards", f.shards).add("fp8", f.fp8);
+  return r.add("batch", f.batch)
+      .add("lr", f.lr)
+      .add_path("data", f.data)
+      .add_paths("shards", f.shards)
+      .add("fp8", f.fp8);
 }
 
 auto given(std::initializer_list<std::string> names) {
@@ -109,10 +113,10 @@ TEST_CASE("trainer_state.json is read strictly") {
   CHECK_THROWS_WITH(state.count("tokens_seen"), doctest::Contains("\"tokens_seen\" is missing"));
   CHECK_THROWS_WITH(state.count("config_hash"), doctest::Contains("non-negative integer"));
 
-  for (const char* bad : {R"({"step": -100, "config_hash": "00ff", "options": {}})",
-                          R"({"step": 1.5, "config_hash": "00ff", "options": {}})",
-                          R"({"step": 1, "config_hash": 7, "options": {}})",
-                          R"({"step": 1, "config_hash": "00ff", "options": []})", R"([1, 2])", "{\"step\": \xff"}) {
+  for (const char* bad :
+       {R"({"step": -100, "config_hash": "00ff", "options": {}})",
+        R"({"step": 1.5, "config_hash": "00ff", "options": {}})", R"({"step": 1, "config_hash": 7, "options": {}})",
+        R"({"step": 1, "config_hash": "00ff", "options": []})", R"([1, 2])", "{\"step\": \xff"}) {
     write_file_atomic(dir + "/trainer_state.json", std::string(bad));
     CHECK_THROWS_WITH_AS(TrainerState{dir}, doctest::Contains("trainer_state.json"), Error);
   }

@@ -1,9 +1,9 @@
 #include <doctest/doctest.h>
 
-#include "temp_dir.h"
 #include <fmt/ranges.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "temp_dir.h"
 
 #include <nlohmann/json.hpp>
 

@@ -1,9 +1,9 @@
 #include <doctest/doctest.h>
 
-#include "address_limit.h"
-#include "temp_dir.h"
 #include <unistd.h>
 #include <zstd.h>
+#include "address_limit.h"
+#include "temp_dir.h"
 
 #include <filesystem>
 #include <random>

@@ -62,8 +62,8 @@ TEST_CASE("parse_tasks errors name the line and the problem") {
   CHECK(error_of("{\"prompt\": \"a\", \"question\": \"b\", \"answer\": \"1\"}") ==
         "tasks.jsonl:1: both 'prompt' and 'question' given");
   CHECK(error_of("{\"id\": \"\", \"prompt\": \"a\", \"answer\": \"1\"}") == "tasks.jsonl:1: empty id");
-  CHECK(error_of("{\"id\": \"x\", \"prompt\": \"a\", \"answer\": \"1\"}\n{\"id\": \"x\", \"prompt\": \"b\", \"answer\": \"2\"}") ==
-        "tasks.jsonl:2: id 'x' already used on line 1");
+  CHECK(error_of("{\"id\": \"x\", \"prompt\": \"a\", \"answer\": \"1\"}\n{\"id\": \"x\", \"prompt\": \"b\", "
+                 "\"answer\": \"2\"}") == "tasks.jsonl:2: id 'x' already used on line 1");
   CHECK(error_of("\n \n") == "tasks.jsonl: no tasks");
   const std::string huge = "{\"prompt\": \"" + std::string(kMaxJsonlLineBytes, 'x') + "\", \"answer\": \"1\"}";
   CHECK(error_of("{\"prompt\": \"a\", \"answer\": \"1\"}\n" + huge) ==
@@ -93,7 +93,7 @@ TEST_CASE("load_tasks: files and the builtin:arith sets") {
 
   const auto path = std::filesystem::temp_directory_path() / fmt::format("ds-unit-tasks-{}.jsonl", ::getpid());
   std::ofstream(path) << "{\"prompt\": \"a\", \"answer\": \"1\"}\n{\"bad\": 1}\n";
-  CHECK_THROWS_WITH_AS(load_tasks(path.string()), (path.string() + ":2: unknown field 'bad' (expected id, prompt, answer)").c_str(),
-                       Error);
+  CHECK_THROWS_WITH_AS(load_tasks(path.string()),
+                       (path.string() + ":2: unknown field 'bad' (expected id, prompt, answer)").c_str(), Error);
   std::filesystem::remove(path);
 }

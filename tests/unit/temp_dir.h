@@ -9,8 +9,8 @@
 #include <string>
 
 struct TempDir {
-  std::filesystem::path path = std::filesystem::temp_directory_path() /
-                               fmt::format("ds-unit-{}-{}", ::getpid(), std::random_device{}());
+  std::filesystem::path path =
+      std::filesystem::temp_directory_path() / fmt::format("ds-unit-{}-{}", ::getpid(), std::random_device{}());
   TempDir() { std::filesystem::create_directories(path); }
   ~TempDir() { std::filesystem::remove_all(path); }
   std::string operator/(const std::string& name) const { return (path / name).string(); }

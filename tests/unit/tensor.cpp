@@ -23,7 +23,7 @@ TEST_CASE("f16 conversions round trip every finite half value") {
     if (std::isnan(f)) continue;
     CHECK_MESSAGE(float_to_f16(f) == h, "half bits " << h);
   }
-  CHECK(float_to_f16(65520.0f) == 0x7c00);  // rounds up to infinity
+  CHECK(float_to_f16(65520.0f) == 0x7c00);                     // rounds up to infinity
   CHECK(f16_to_float(float_to_f16(1.0f + 0x1p-11f)) == 1.0f);  // tie to even
 }
 

@@ -44,9 +44,9 @@ TEST_CASE("byte-level tokenizer has DeepSeek's special tokens, then the 256 byte
   CHECK(tok.id_to_token(3) == "<｜User｜>");
   CHECK(tok.token_to_id("<think>") == 5u);
   CHECK(tok.token_to_id("</think>") == 6u);
-  CHECK(tok.id_to_token(7) == "Ā");         // byte 0x00 -> U+0100
-  CHECK(tok.id_to_token(7 + ' ') == "Ġ");   // byte 0x20 -> U+0120
-  CHECK(tok.id_to_token(7 + 'A') == "A");   // printable bytes stand for themselves
+  CHECK(tok.id_to_token(7) == "Ā");        // byte 0x00 -> U+0100
+  CHECK(tok.id_to_token(7 + ' ') == "Ġ");  // byte 0x20 -> U+0120
+  CHECK(tok.id_to_token(7 + 'A') == "A");  // printable bytes stand for themselves
   CHECK(tok.id_to_token(7 + 0xFF) == "ÿ");
   CHECK_FALSE(tok.token_to_id("AB"));
   CHECK_THROWS_AS(tok.id_to_token(263), Error);
@@ -144,9 +144,7 @@ TEST_CASE("load rejects corrupt or unsupported tokenizer.json with the file name
   Tokenizer::byte_level().save(dir.path);
   const fs::path file = dir.path / "tokenizer.json";
   const json good = read_json(file);
-  const auto write = [&](const std::string& text) {
-    std::ofstream(file, std::ios::binary) << text;
-  };
+  const auto write = [&](const std::string& text) { std::ofstream(file, std::ios::binary) << text; };
   const auto expect_error = [&](const std::string& fragment) {
     const std::string message = error_of(file);
     CHECK_MESSAGE(message.find(file.string()) != std::string::npos, message);
@@ -217,9 +215,10 @@ TEST_CASE("load rejects corrupt or unsupported tokenizer.json with the file name
   j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "\\s"}}}, {"behavior", "Isolated"}};
   write(j.dump());
   expect_error("must end with ByteLevel");
-  j["pre_tokenizer"] = {{"type", "Sequence"},
-                        {"pretokenizers", {{{"type", "Split"}, {"pattern", {{"Regex", "(x"}}}, {"behavior", "Isolated"}},
-                                           good["pre_tokenizer"]}}};
+  j["pre_tokenizer"] = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"}, {"pattern", {{"Regex", "(x"}}}, {"behavior", "Isolated"}}, good["pre_tokenizer"]}}};
   write(j.dump());
   expect_error("regex \"(x\" does not compile");
   j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "x";

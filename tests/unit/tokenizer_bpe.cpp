@@ -205,7 +205,8 @@ TEST_CASE("a model directory's tokenizer_config.json names BOS, EOS and pad and 
   config["bos_token"] = {{"__type", "AddedToken"}, {"content", "<｜User｜>"}};
   config["eos_token"] = "<｜Assistant｜>";
   config["pad_token"] = nullptr;
-  config["chat_template"] = json::array({{{"name", "tool_use"}, {"template", "x"}}, {{"name", "default"}, {"template", "y"}}});
+  config["chat_template"] =
+      json::array({{{"name", "tool_use"}, {"template", "x"}}, {{"name", "default"}, {"template", "y"}}});
   std::ofstream(dir.path / "tokenizer_config.json") << config.dump();
   const Tokenizer tok = Tokenizer::load(dir.path);
   CHECK(tok.bos_id() == 3);

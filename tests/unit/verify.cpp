@@ -32,35 +32,35 @@ TEST_CASE("extract_answer: boxes, answer tags and reasoning") {
   const ExtractCase cases[] = {
       {"\\boxed{5}", "5"},
       {"The answer is \\boxed{12}.", "12"},
-      {"first \\boxed{1} then \\boxed{2}", "2"},                    // several boxes: the last
-      {"\\boxed{}", none},                                         // empty box
-      {"\\boxed{3} and finally \\boxed{ }", none},                 // the last box is empty: no fallback to 3
-      {"\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"},                   // nested braces
+      {"first \\boxed{1} then \\boxed{2}", "2"},    // several boxes: the last
+      {"\\boxed{}", none},                          // empty box
+      {"\\boxed{3} and finally \\boxed{ }", none},  // the last box is empty: no fallback to 3
+      {"\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"},    // nested braces
       {"\\boxed{{a}{b}}", "{a}{b}"},
-      {"\\boxed{\\{1,2\\}}", "\\{1,2\\}"},                         // escaped braces do not nest
-      {"\\boxed{5", none},                                         // never closed
-      {"\\boxed{2} \\boxed{3", none},                              // the last box is never closed
-      {"\\boxed{1}}} \\boxed{4}", "4"},                            // stray closing braces between boxes
-      {"\\boxed 7", "7"},                                          // \boxed X form
+      {"\\boxed{\\{1,2\\}}", "\\{1,2\\}"},  // escaped braces do not nest
+      {"\\boxed{5", none},                  // never closed
+      {"\\boxed{2} \\boxed{3", none},       // the last box is never closed
+      {"\\boxed{1}}} \\boxed{4}", "4"},     // stray closing braces between boxes
+      {"\\boxed 7", "7"},                   // \boxed X form
       {"so $\\boxed 7$.", "7"},
       {"\\boxed {5}", "5"},
-      {"\\boxedx{5}", none},                                       // another command
+      {"\\boxedx{5}", none},  // another command
       {"ends with \\boxed", none},
       {"<answer>42</answer>", "42"},
       {"<answer> 7 </answer>", "7"},
-      {"<answer>1</answer> <answer>2</answer>", "2"},              // the last pair
-      {"<answer>1</answer> <answer>2", "1"},                       // the last complete pair
+      {"<answer>1</answer> <answer>2</answer>", "2"},  // the last pair
+      {"<answer>1</answer> <answer>2", "1"},           // the last complete pair
       {"<answer></answer>", none},
-      {"<answer>  </answer> \\boxed{5}", none},                    // a pair decides even when empty
-      {"<answer>The answer is \\boxed{9}.</answer>", "9"},         // a box inside the answer
-      {"<think> <answer>5</answer> </think>", none},               // only inside the reasoning
+      {"<answer>  </answer> \\boxed{5}", none},             // a pair decides even when empty
+      {"<answer>The answer is \\boxed{9}.</answer>", "9"},  // a box inside the answer
+      {"<think> <answer>5</answer> </think>", none},        // only inside the reasoning
       {"<think> \\boxed{5} </think> I am not sure.", none},
       {"<think> 3+4=7 </think> <answer> 7 </answer>", "7"},
       {"<think> maybe \\boxed{6} </think> \\boxed{7}", "7"},
       {"<think>a</think><answer>5</answer><think>b</think>", "5"},
-      {"<think> cut off \\boxed{4}", none},                        // reasoning never closed
-      {"reasoning \\boxed{1} </think> <answer>8</answer>", "8"},   // the R1 template opened <think> in the prompt
-      {"<answer>3</answer> then </think> nothing", none},          // all before a bare </think> is reasoning
+      {"<think> cut off \\boxed{4}", none},                       // reasoning never closed
+      {"reasoning \\boxed{1} </think> <answer>8</answer>", "8"},  // the R1 template opened <think> in the prompt
+      {"<answer>3</answer> then </think> nothing", none},         // all before a bare </think> is reasoning
       {"no answer here", none},
       {"", none},
   };
@@ -81,10 +81,10 @@ TEST_CASE("last_boxed and answer_tag on their own") {
 
 TEST_CASE("answers_match: numbers, fractions, wrappers and text") {
   const MatchCase cases[] = {
-      {"1,234", "1234", true},           // thousands separators
+      {"1,234", "1234", true},  // thousands separators
       {"1,234,567", "1234567", true},
       {"1,234.5", "1234.50", true},
-      {"12,34", "1234", false},          // not groups of three: compared as text
+      {"12,34", "1234", false},  // not groups of three: compared as text
       {"1234,567", "1234567", false},
       {"0.5", "1/2", true},
       {"\\frac{1}{2}", "0.5", true},
@@ -93,17 +93,17 @@ TEST_CASE("answers_match: numbers, fractions, wrappers and text") {
       {"2/4", "1/2", true},
       {"1 / 2", "0.5", true},
       {"1/3", "2/6", true},
-      {"1/3", "0.333", false},           // a repeating fraction never equals a rounded decimal
+      {"1/3", "0.333", false},  // a repeating fraction never equals a rounded decimal
       {"1.5", "3/2", true},
       {"0.1", "1/10", true},
       {"-\\frac{1}{2}", "-0.5", true},
       {"\\frac{-1}{2}", "-1/2", true},
       {"-1/-2", "0.5", true},
-      {"-3", "\u22123", true},           // U+2212 is a minus
+      {"-3", "\u22123", true},  // U+2212 is a minus
       {"3", "-3", false},
       {"+5", "5", true},
       {"- 5", "-5", true},
-      {"--5", "5", false},               // not a number: text
+      {"--5", "5", false},  // not a number: text
       {"5.0", "5", true},
       {"5.00", "5", true},
       {"5.", "5", true},
@@ -117,17 +117,17 @@ TEST_CASE("answers_match: numbers, fractions, wrappers and text") {
       {"$\\boxed{12}$", "12", true},
       {"\\text{5}", "5", true},
       {"5 \\text{apples}", "5 apples", true},
-      {"50%", "50", true},               // percentages compare as their number
+      {"50%", "50", true},  // percentages compare as their number
       {"50\\%", "50", true},
       {"50%", "0.5", false},
-      {"1e3", "1000", false},            // scientific notation is not read
+      {"1e3", "1000", false},  // scientific notation is not read
       {"12", "13", false},
-      {"x  +\n1", "x + 1", true},        // whitespace runs are one space
-      {"x + 1", "x+1", false},           // but not removed
-      {"seven", "Seven", false},         // text is compared exactly
-      {"", "", false},                   // an empty answer never matches
+      {"x  +\n1", "x + 1", true},  // whitespace runs are one space
+      {"x + 1", "x+1", false},     // but not removed
+      {"seven", "Seven", false},   // text is compared exactly
+      {"", "", false},             // an empty answer never matches
       {"  ", "", false},
-      {"1/0", "2/0", false},             // no value: compared as text
+      {"1/0", "2/0", false},  // no value: compared as text
   };
   for (const MatchCase& c : cases) {
     CAPTURE(c.predicted);
@@ -160,14 +160,14 @@ TEST_CASE("format_ok: the R1 think/answer structure") {
   const FormatCase cases[] = {
       {"<think> a </think> <answer> 5 </answer>", true},
       {" <think>a</think>\n<answer>5</answer>\n", true},
-      {"<think></think><answer></answer>", true},                          // structure only
-      {"<think>a</think><answer>5</answer> extra", false},                 // text after
-      {"pre <think>a</think><answer>5</answer>", false},                   // text before
-      {"<think>a</think> so <answer>5</answer>", false},                   // text between
-      {"<answer>5</answer><think>a</think>", false},                       // wrong order
-      {"<think>a</think><think>b</think><answer>5</answer>", false},       // twice
+      {"<think></think><answer></answer>", true},                     // structure only
+      {"<think>a</think><answer>5</answer> extra", false},            // text after
+      {"pre <think>a</think><answer>5</answer>", false},              // text before
+      {"<think>a</think> so <answer>5</answer>", false},              // text between
+      {"<answer>5</answer><think>a</think>", false},                  // wrong order
+      {"<think>a</think><think>b</think><answer>5</answer>", false},  // twice
       {"<think>a</think><answer>5</answer><answer>6</answer>", false},
-      {"<think> <answer> </think> </answer>", false},                      // interleaved
+      {"<think> <answer> </think> </answer>", false},  // interleaved
       {"<think>a", false},
       {"a</think><answer>5</answer>", false},  // the R1 template's completions: check "<think>" + completion
       {"\\boxed{5}", false},
@@ -225,7 +225,7 @@ TEST_CASE("very long and hostile inputs stay linear and correct") {
   CHECK(normalize(texts) == std::string(100'000, '1'));
   CHECK(normalize(minuses) == std::string(100'000, '-'));
   const std::string digits(5000, '7');
-  CHECK(answers_match(digits, digits + ".000"));                     // exact decimals of any length
+  CHECK(answers_match(digits, digits + ".000"));  // exact decimals of any length
   CHECK(!answers_match(digits, digits + "1"));
   CHECK(answers_match(digits + "/" + digits, digits + "/" + digits));  // too long for a value: compared as text
 }

@@ -143,9 +143,8 @@ struct ContentionRun {
 // BusyProcesses spinning (contended), then without them (quiet): how far more threads help, or hurt, when other
 // programs share the cores, and whether the default avoids the harm. started(pids) is called once the busy processes
 // run. Leaves the thread count at `threads`.
-std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps,
-                                      int threads, int busy,
-                                      const std::function<void(const std::vector<int>&)>& started);
+std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps, int threads,
+                                      int busy, const std::function<void(const std::vector<int>&)>& started);
 
 // This process's resident memory (VmRSS of /proc/self/status); 0 where unknown.
 int64_t resident_bytes();

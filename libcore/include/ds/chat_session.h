@@ -33,8 +33,9 @@ class ChatSession {
   ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed,
               const Device& device = {});
 
-  // Adds the user's message and generates the reply (ContextFull when it does not fit). on_text receives the reply as it grows, in pieces that are
-  // whole UTF-8 characters; returning false stops the generation (the partial reply is kept).
+  // Adds the user's message and generates the reply (ContextFull when it does not fit). on_text receives the reply as
+  // it grows, in pieces that are whole UTF-8 characters; returning false stops the generation (the partial reply is
+  // kept).
   std::string send(const std::string& user, const SamplingOptions& options,
                    const std::function<bool(std::string_view)>& on_text = nullptr);
   // True when the template opens the reply inside a reasoning block (R1's generation prompt ends with <think>).
@@ -43,7 +44,7 @@ class ChatSession {
   void set_system(std::string system);  // a system message first in the conversation ("" removes it)
   void clear();                         // forget the conversation (the system message stays)
   const std::vector<ChatMessage>& messages() const { return messages_; }
-  nlohmann::json to_json() const;       // {"messages": [{"role", "content"}, ...]}
+  nlohmann::json to_json() const;  // {"messages": [{"role", "content"}, ...]}
   void from_json(const nlohmann::json& j, const std::string& source);
   const ChatTurnStats& last_turn() const { return last_; }
   const Engine& engine() const { return engine_; }

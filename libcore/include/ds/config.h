@@ -56,7 +56,7 @@ struct ModelConfig {
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const;  // counts MTP layers (index >= num_hidden_layers) as MoE when experts exist
-  double softmax_scale() const;           // docs/architecture.md#softmax-scale
+  double softmax_scale() const;            // docs/architecture.md#softmax-scale
   // Throws ds::Error naming `source` when a value is out of range or inconsistent, or the parameters are too many to
   // count in int64_t.
   void validate(const std::string& source) const;

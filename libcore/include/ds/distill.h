@@ -77,8 +77,8 @@ std::vector<std::vector<size_t>> pack_rows(const std::vector<Example>& examples,
 struct Batch {
   std::vector<int32_t> inputs, targets, positions;
   int64_t B = 0, Tn = 0;
-  int64_t tokens = 0;         // positions holding example tokens
-  int64_t loss_tokens = 0;    // positions with a target
+  int64_t tokens = 0;       // positions holding example tokens
+  int64_t loss_tokens = 0;  // positions with a target
 };
 Batch make_batch(const std::vector<Example>& examples, std::span<const std::vector<size_t>> rows, int64_t Tn,
                  int32_t pad);
@@ -92,11 +92,11 @@ void check_same_tokenizer(const Tokenizer& teacher, const ModelConfig& teacher_c
 // ---- teacher sampling ----
 
 struct SampleOptions {
-  int64_t k = 4;               // completions per prompt
+  int64_t k = 4;  // completions per prompt
   SamplingOptions sampling;
-  uint64_t seed = 0;           // completion f (sample f % k of prompt f / k) samples with seed + f
-  int64_t batch = 64;          // completions decoded together
-  Device device;               // where the teacher's engine runs
+  uint64_t seed = 0;   // completion f (sample f % k of prompt f / k) samples with seed + f
+  int64_t batch = 64;  // completions decoded together
+  Device device;       // where the teacher's engine runs
 };
 struct SampleResult {
   std::vector<nlohmann::json> accepted;  // {"id", "prompt", "completion", "answer"}, in task order
@@ -119,30 +119,30 @@ SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& to
 // forward too; the device is where the teacher samples and scores and the student trains.
 struct DistillOptions : TrainerOptions {
   DistillOptions() { steps = 0; }
-  std::string student;                      // a model or run directory to continue; empty = a new model
+  std::string student;                        // a model or run directory to continue; empty = a new model
   std::string student_config = "demo-dense";  // preset or config.json of a new student
-  std::string tokenizer;                    // a new student's tokenizer; default the teacher's, else byte-level
-  std::string data;                         // SFT JSONL ("-" = stdin); empty = sample the teacher on prompts
-  std::string prompt_template = "r1";       // chat format of the records and the sampling prompts
-  double val_fraction = 0.05;               // held out (after a seeded shuffle) for the validation loss
-  int64_t epochs = 1;                       // passes over the data when steps is 0
-  std::string teacher;                      // model or run directory
-  double alpha = 0;                         // loss = alpha * KD + (1 - alpha) * cross-entropy
+  std::string tokenizer;                      // a new student's tokenizer; default the teacher's, else byte-level
+  std::string data;                           // SFT JSONL ("-" = stdin); empty = sample the teacher on prompts
+  std::string prompt_template = "r1";         // chat format of the records and the sampling prompts
+  double val_fraction = 0.05;                 // held out (after a seeded shuffle) for the validation loss
+  int64_t epochs = 1;                         // passes over the data when steps is 0
+  std::string teacher;                        // model or run directory
+  double alpha = 0;                           // loss = alpha * KD + (1 - alpha) * cross-entropy
   kd::Options kd;
-  std::string prompts;                      // tasks to sample the teacher on (ds/tasks.h)
-  int64_t limit = 0;                        // only the first N prompts; 0 = all
+  std::string prompts;  // tasks to sample the teacher on (ds/tasks.h)
+  int64_t limit = 0;    // only the first N prompts; 0 = all
   SampleOptions sample;
-  std::string emit;                         // also write the accepted samples here ("-" = stdout)
-  int64_t batch = 8, seq_len = 256;         // rows per step (the global batch), positions per row
-  int64_t eval_every = 0;                   // validation loss every N steps; 0 = at the end only
+  std::string emit;                  // also write the accepted samples here ("-" = stdout)
+  int64_t batch = 8, seq_len = 256;  // rows per step (the global batch), positions per row
+  int64_t eval_every = 0;            // validation loss every N steps; 0 = at the end only
 };
 
 struct DistillRecord {
   int64_t step = 0, total_steps = 0;
   double loss = 0, ce = 0, kd = 0, lr = 0, grad_norm = 0;
-  double epoch = 0;            // rows consumed / rows per epoch
-  double tokens_per_s = 0;     // example tokens (prompt and completion) trained on per second
-  uint64_t tokens = 0;         // since the run started
+  double epoch = 0;                // rows consumed / rows per epoch
+  double tokens_per_s = 0;         // example tokens (prompt and completion) trained on per second
+  uint64_t tokens = 0;             // since the run started
   std::optional<double> val_loss;  // mean cross-entropy of the validation completions, when measured
   double elapsed_s = 0;
   int64_t bad_steps = 0;

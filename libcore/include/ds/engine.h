@@ -60,8 +60,7 @@ class Engine {
   // results do not depend on the batch composition. on_token(i, token) is called as tokens are produced; returning
   // false cancels sequence i.
   std::vector<Completion> generate(const std::vector<std::vector<uint32_t>>& prompts, const SamplingOptions& options,
-                                   uint64_t seed,
-                                   const std::function<bool(size_t, uint32_t)>& on_token = nullptr);
+                                   uint64_t seed, const std::function<bool(size_t, uint32_t)>& on_token = nullptr);
   // Appends tokens (at least one) to an open sequence and samples a completion after them; the completion stays
   // in the sequence's cache, so a conversation continues without recomputing its history.
   Completion continue_sequence(int64_t seq, const std::vector<uint32_t>& tokens, const SamplingOptions& options,

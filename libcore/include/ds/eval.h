@@ -98,7 +98,7 @@ struct TextScore {
 TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokenizer, std::span<const uint32_t> ids,
                        int64_t window, int64_t batch, const Device& device = {});
 // Text as BOS + its tokens, so every token of the text is predicted; bytes is the text's size.
-TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text,
-                     int64_t window, int64_t batch, const Device& device = {});
+TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text, int64_t window,
+                     int64_t batch, const Device& device = {});
 
 }  // namespace ds::eval

@@ -35,8 +35,7 @@ int64_t zero_variance_groups(std::span<const double> rewards, int64_t group_size
 
 // s_t for every completion token of the batch, sequence after sequence (lengths[i] tokens for sequence i).
 // Computed once over the whole batch, so micro-batches that each take a slice add up to the batch loss.
-std::vector<double> token_scales(std::span<const int64_t> lengths, Aggregation aggregation,
-                                 int64_t max_completion_len);
+std::vector<double> token_scales(std::span<const int64_t> lengths, Aggregation aggregation, int64_t max_completion_len);
 
 struct Options {
   double epsilon = 0.2;       // lower clip: rho >= 1 - epsilon

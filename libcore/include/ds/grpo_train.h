@@ -32,24 +32,24 @@ namespace ds {
 // prompts, the loss is normalised over the whole batch, and every rank appends its rollouts.
 struct GrpoTrainOptions : TrainerOptions {
   GrpoTrainOptions() { steps = 100, log_every = 1; }
-  std::string model;                         // the base: a model or run directory (new runs; resume reads the state)
-  std::string tasks = "builtin:arith:train"; // JSONL or builtin:* (ds/tasks.h)
-  std::string prompt_template = "r1-zero";   // a ds/chat.h format: r1, r1-zero, plain, none
-  int64_t group_size = 8;                    // G completions per prompt
-  int64_t prompts_per_step = 8;              // P prompts per step
-  SamplingOptions sampling;                  // max_new_tokens is also dr_grpo's constant
+  std::string model;                          // the base: a model or run directory (new runs; resume reads the state)
+  std::string tasks = "builtin:arith:train";  // JSONL or builtin:* (ds/tasks.h)
+  std::string prompt_template = "r1-zero";    // a ds/chat.h format: r1, r1-zero, plain, none
+  int64_t group_size = 8;                     // G completions per prompt
+  int64_t prompts_per_step = 8;               // P prompts per step
+  SamplingOptions sampling;                   // max_new_tokens is also dr_grpo's constant
   grpo::Options loss;
   grpo::Aggregation aggregation = grpo::Aggregation::grpo;
   grpo::ScaleRewards scale_rewards = grpo::ScaleRewards::group;
-  int64_t iterations = 1;                    // mu
-  int64_t micro_batch = 0;                   // sequences per forward; 0 = the whole batch at once
+  int64_t iterations = 1;   // mu
+  int64_t micro_batch = 0;  // sequences per forward; 0 = the whole batch at once
   bool dynamic_sampling = false;
   int64_t max_sampling_rounds = 4;
-  double format_weight = 0.5;                // reward = accuracy + format_weight * format
-  std::string reward_cmd;                    // replaces the verifiers when set (ds/reward_cmd.h)
+  double format_weight = 0.5;  // reward = accuracy + format_weight * format
+  std::string reward_cmd;      // replaces the verifiers when set (ds/reward_cmd.h)
   double reward_timeout = 60;
-  std::string rollouts;                      // append every rollout as JSONL here ("-" = stdout); "" = nowhere
-  double bias_gamma = 0.0;                   // aux-loss-free router bias updates; 0 keeps the base's routing bias
+  std::string rollouts;     // append every rollout as JSONL here ("-" = stdout); "" = nowhere
+  double bias_gamma = 0.0;  // aux-loss-free router bias updates; 0 keeps the base's routing bias
 };
 
 struct GrpoRecord {
@@ -65,7 +65,7 @@ struct GrpoRecord {
   double elapsed_s = 0;
   int64_t bad_steps = 0;  // non-finite steps of this invocation
   int64_t reloads = 0;    // returns to the last checkpoint after too many bad steps in a row (ds/bad_steps.h)
-  bool skipped = false;  // no update: a non-finite loss or gradient, or nothing left to train on
+  bool skipped = false;   // no update: a non-finite loss or gradient, or nothing left to train on
 };
 
 struct GrpoEvents {

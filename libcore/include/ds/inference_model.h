@@ -32,8 +32,8 @@ class InferenceWeights {
   // source. A vector [n] reads as the matrix [n, 1].
   WeightMatrix matrix(const std::string& name, const Shape& shape) const;
   const float* vector(const std::string& name, int64_t n) const;  // an F32 [n] (norm weights, biases)
-  int64_t bytes() const;  // held in memory, all tensors together
-  bool fp8() const;       // whether any tensor is FP8
+  int64_t bytes() const;                                          // held in memory, all tensors together
+  bool fp8() const;                                               // whether any tensor is FP8
 
  private:
   struct Entry {

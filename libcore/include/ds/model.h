@@ -34,19 +34,19 @@ struct ParamInfo {
 };
 
 struct LossOptions {
-  double mtp_weight = 0.3;       // lambda: L = L_main + lambda/D * sum_k L_mtp_k; 0 skips the MTP modules
-  double balance_alpha = 0.0;    // sequence-wise balance loss weight
+  double mtp_weight = 0.3;     // lambda: L = L_main + lambda/D * sum_k L_mtp_k; 0 skips the MTP modules
+  double balance_alpha = 0.0;  // sequence-wise balance loss weight
   // The main head's logits are divided by this before the softmax: its loss, target_logprobs() and entropies() are
   // those of the distribution sampled at this temperature (RL scores its samples so, as TRL and verl do).
   double temperature = 1.0;
 };
 
 struct ForwardStats {
-  double loss = 0;          // what backward differentiates: main + MTP + balance terms
-  double main_loss = 0;     // mean cross-entropy of the next-token prediction
-  double mtp_loss = 0;      // mean over MTP depths of their cross-entropy (0 without MTP)
-  double balance_loss = 0;  // alpha-weighted sequence-wise balance loss
-  int64_t tokens = 0;       // positions with a target
+  double loss = 0;                                // what backward differentiates: main + MTP + balance terms
+  double main_loss = 0;                           // mean cross-entropy of the next-token prediction
+  double mtp_loss = 0;                            // mean over MTP depths of their cross-entropy (0 without MTP)
+  double balance_loss = 0;                        // alpha-weighted sequence-wise balance loss
+  int64_t tokens = 0;                             // positions with a target
   std::vector<std::vector<int64_t>> expert_load;  // per MoE layer (MTP included): tokens routed to each expert
 };
 

@@ -12,7 +12,6 @@ namespace ds {
 
 struct WeightMatrix;  // ds/fp8_matrix.h
 
-
 namespace ops {
 
 // C[M,N] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T; leading dimensions as in BLAS (row-major).
@@ -57,8 +56,8 @@ void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride
 // needs to respect the mask). With pos ([B*T], optional), a sequence holds packed documents: each starts where its
 // position is 0, and a query attends only to keys of its own document.
 template <typename T>
-void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
-               int64_t dv, double scale, const int32_t* pos = nullptr);
+void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk, int64_t dv,
+               double scale, const int32_t* pos = nullptr);
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* p, int64_t B,
                         int64_t Tn, int64_t H, int64_t dkd, int64_t dvd, double scale);

@@ -82,7 +82,7 @@ class AdamW {
   AdamWOptions options_;
   dist::Comm* comm_;
   int64_t size_;
-  std::vector<int64_t> parts_;  // elements per rank
+  std::vector<int64_t> parts_;   // elements per rank
   int64_t begin_ = 0, end_ = 0;  // this rank's part of the flat array
   std::vector<float> m_, v_;     // [end_ - begin_]
   int64_t t_ = 0;

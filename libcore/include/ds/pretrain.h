@@ -18,8 +18,8 @@ namespace ds {
 
 struct PretrainOptions : TrainerOptions {
   std::string model_config = "demo";  // preset or config.json (new runs only)
-  std::string tokenizer;      // tokenizer.json or a directory with one (new runs only); empty = byte-level
-  std::vector<std::string> data;    // token shards; empty = builtin:arith
+  std::string tokenizer;              // tokenizer.json or a directory with one (new runs only); empty = byte-level
+  std::vector<std::string> data;      // token shards; empty = builtin:arith
   int64_t batch = 8, seq_len = 128, grad_accum = 1;  // the global batch: rank r takes its r-th contiguous share
   LossOptions loss;
   double bias_gamma = 0.001;  // aux-loss-free bias update speed
@@ -30,7 +30,7 @@ struct StepRecord {
   int64_t step = 0;  // 1-based count of completed steps
   double loss = 0, main_loss = 0, mtp_loss = 0, balance_loss = 0, lr = 0, grad_norm = 0;
   double tokens_per_s = 0, load_imbalance = 0, elapsed_s = 0;
-  uint64_t tokens = 0;  // seen since the run started
+  uint64_t tokens = 0;    // seen since the run started
   int64_t bad_steps = 0;  // skipped steps of this invocation
   int64_t reloads = 0;    // returns to the last checkpoint after too many bad steps in a row (ds/bad_steps.h)
   bool skipped = false;

@@ -23,19 +23,19 @@ namespace ds {
 // What every trainer's options hold: ds-pretrain's, ds-grpo's and ds-distill's derive from it.
 struct TrainerOptions {
   std::string run_dir;
-  bool resume = false;          // continue run_dir from its latest checkpoint
-  int64_t steps = 1000;         // total optimizer steps of the run, counted from its start
-  int64_t stop_after = 0;       // stop (with a checkpoint) after this many steps of this invocation; 0 = no limit
-  ScheduleOptions schedule;     // total is set from the steps
+  bool resume = false;       // continue run_dir from its latest checkpoint
+  int64_t steps = 1000;      // total optimizer steps of the run, counted from its start
+  int64_t stop_after = 0;    // stop (with a checkpoint) after this many steps of this invocation; 0 = no limit
+  ScheduleOptions schedule;  // total is set from the steps
   AdamWOptions adamw;
-  double clip = 1.0;            // clip the global gradient norm to this; 0 = off
+  double clip = 1.0;  // clip the global gradient norm to this; 0 = off
   uint64_t seed = 1234;
-  int64_t save_every = 0;       // 0: only at the end
-  int keep = 0;                 // checkpoints kept; 0 = all
+  int64_t save_every = 0;  // 0: only at the end
+  int keep = 0;            // checkpoints kept; 0 = all
   int64_t log_every = 10;
-  int64_t max_bad_steps = 10;   // consecutive non-finite steps tolerated (each is skipped) before bad_steps acts
-  BadStepOptions bad_steps;     // then stop, or reload the last checkpoint at a lower learning rate
-  bool fp8 = false;             // FP8 training GEMMs: emulated on the CPU (Model::set_fp8), e4m3 on a GPU
+  int64_t max_bad_steps = 10;  // consecutive non-finite steps tolerated (each is skipped) before bad_steps acts
+  BadStepOptions bad_steps;    // then stop, or reload the last checkpoint at a lower learning rate
+  bool fp8 = false;            // FP8 training GEMMs: emulated on the CPU (Model::set_fp8), e4m3 on a GPU
   // Where the model trains. On a CUDA device the parameters and the AdamW moments live there (ds/cuda_model.h) and
   // come back to the host for checkpoints, whose format is the same on either device, so a run resumes on either.
   Device device;
@@ -43,7 +43,7 @@ struct TrainerOptions {
   // share of it, so R ranks follow the one-process run up to float rounding; the AdamW state is sharded (ZeRO-1);
   // rank 0 writes the run directory.
   dist::Comm* comm = nullptr;
-  double bucket_mb = 25;        // CPU: gradients reduced in buckets of this many MiB during the backward; 0: after it
+  double bucket_mb = 25;  // CPU: gradients reduced in buckets of this many MiB during the backward; 0: after it
 };
 
 // A run directory opened for training. Rank 0 takes RUN/.lock (flock, with its pid inside for the message), so a
@@ -71,7 +71,8 @@ class TrainingRun {
 
   RunDir dir_;
   std::optional<std::string> latest_;
-  std::string created_;  // the outermost directory this process created (the run's or its checkpoints/), until started()
+  std::string
+      created_;  // the outermost directory this process created (the run's or its checkpoints/), until started()
   int lock_fd_ = -1;
 };
 
@@ -98,8 +99,8 @@ class RunOptions {
  public:
   template <typename T>
   RunOptions& add(const std::string& name, T& field) {
-    options_.push_back({name, [&field] { return nlohmann::json(field); },
-                        [&field](const nlohmann::json& j) { field = j.get<T>(); }});
+    options_.push_back(
+        {name, [&field] { return nlohmann::json(field); }, [&field](const nlohmann::json& j) { field = j.get<T>(); }});
     return *this;
   }
   // A file or directory, recorded as an absolute path so that a resume from another directory finds it. A value

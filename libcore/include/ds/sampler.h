@@ -9,10 +9,10 @@
 namespace ds {
 
 struct SamplingOptions {
-  double temperature = 0.6;  // R1's recommended setting; 0 = greedy
-  double top_p = 0.95;       // 1 = off
-  int64_t top_k = 0;         // 0 = off
-  double min_p = 0.0;        // keep tokens with p >= min_p * p_max; 0 = off
+  double temperature = 0.6;         // R1's recommended setting; 0 = greedy
+  double top_p = 0.95;              // 1 = off
+  int64_t top_k = 0;                // 0 = off
+  double min_p = 0.0;               // keep tokens with p >= min_p * p_max; 0 = off
   double repetition_penalty = 1.0;  // > 1 discourages tokens already in the sequence (prompt included)
   int64_t max_new_tokens = 256;
   std::vector<std::string> stop;  // generation ends when the completion text contains one (it is cut off)

@@ -14,7 +14,7 @@ namespace ds {
 enum class DType { F64, F32, BF16, F16, F8_E4M3, I64, I32, U32, I16, U16, I8, U8, BOOL };
 
 size_t dtype_size(DType dtype);
-std::string_view dtype_name(DType dtype);            // the safetensors spelling: "F32", "BF16", "F8_E4M3", ...
+std::string_view dtype_name(DType dtype);                 // the safetensors spelling: "F32", "BF16", "F8_E4M3", ...
 bool dtype_from_name(std::string_view name, DType& out);  // false for names we do not handle
 
 using Shape = std::vector<int64_t>;
@@ -39,11 +39,18 @@ class Tensor {
 
   std::byte* bytes() { return data_; }
   const std::byte* bytes() const { return data_; }
-  template <typename T> T* data() { return reinterpret_cast<T*>(data_); }
-  template <typename T> const T* data() const { return reinterpret_cast<const T*>(data_); }
+  template <typename T>
+  T* data() {
+    return reinterpret_cast<T*>(data_);
+  }
+  template <typename T>
+  const T* data() const {
+    return reinterpret_cast<const T*>(data_);
+  }
 
   // Element values converted to T (from F64, F32, BF16 or F16); throws ds::Error for other dtypes.
-  template <typename T> std::vector<T> to_vector() const;
+  template <typename T>
+  std::vector<T> to_vector() const;
   // A new F32 or F64 tensor from values; `shape` must match values.size().
   static Tensor from_f32(std::span<const float> values, Shape shape);
   static Tensor from_f64(std::span<const double> values, Shape shape);

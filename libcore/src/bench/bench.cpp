@@ -351,9 +351,8 @@ void BusyProcesses::stop() {
   pids_.clear();
 }
 
-std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps,
-                                      int threads, int busy,
-                                      const std::function<void(const std::vector<int>&)>& started) {
+std::vector<ContentionRun> contention(const ModelConfig& config, int64_t batch, int64_t seq_len, int steps, int threads,
+                                      int busy, const std::function<void(const std::vector<int>&)>& started) {
   if (threads <= 0 || busy < 0) fail("contention needs positive threads and busy >= 0, got {} and {}", threads, busy);
   std::vector<ContentionRun> runs;
   const auto measure = [&](int load) {

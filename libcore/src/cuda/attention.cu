@@ -80,8 +80,8 @@ __device__ inline void rows_times_rows(float (&acc)[8][4], const __nv_bfloat16* 
 
 // acc [16, d] += p [16, 64] (as rows_times_rows leaves it) times the 64 rows of `b` [64, d].
 template <int MaxTiles>
-__device__ inline void accumulate_times_rows(float (&acc)[MaxTiles][4], const float (&p)[8][4],
-                                             const __nv_bfloat16* b, int stride, int tiles) {
+__device__ inline void accumulate_times_rows(float (&acc)[MaxTiles][4], const float (&p)[8][4], const __nv_bfloat16* b,
+                                             int stride, int tiles) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     uint32_t fa[4];
@@ -115,9 +115,8 @@ __device__ inline void add_rows(float* x, const float (&acc)[MaxTiles][4], const
 
 // Forward: block (query rows [64 x, +64), head y, sequence z).
 template <int Dims>
-__global__ void __launch_bounds__(kThreads)
-    attention_kernel(float* o, float* lse, const float* q, const float* k, const float* v, const int32_t* pos,
-                     Shape s, float scale) {
+__global__ void __launch_bounds__(kThreads) attention_kernel(float* o, float* lse, const float* q, const float* k,
+                                                             const float* v, const int32_t* pos, Shape s, float scale) {
   constexpr int kValueTiles = kHeadDims[Dims].dv / 8;
   const int qk_stride = fragment_stride(s.dk), v_stride = fragment_stride(s.dv);
   auto* sq = reinterpret_cast<__nv_bfloat16*>(dynamic_shared());
@@ -285,7 +284,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     float p[8][4], dp[8][4];
-    rows_times_rows(p, sk, sq, qk_stride, qk_stride - 8);   // S^T: keys by queries
+    rows_times_rows(p, sk, sq, qk_stride, qk_stride - 8);  // S^T: keys by queries
     rows_times_rows(dp, sv, sdo, v_stride, v_stride - 8);  // dP^T
     float ds[8][4];
 #pragma unroll
@@ -346,8 +345,8 @@ void attention(float* o, float* lse, const float* q, const float* k, const float
   const size_t smem = 2 * tile_bytes(dk) + tile_bytes(dv);
   with_head_dims(s, [&](auto dims) {
     DS_ALLOW_SHARED(attention_kernel<decltype(dims)::value>, smem);
-    DS_LAUNCH(attention_kernel<decltype(dims)::value>, row_blocks(s), kThreads, smem, stream)(
-        o, lse, q, k, v, pos, s, scale);
+    DS_LAUNCH(attention_kernel<decltype(dims)::value>, row_blocks(s), kThreads, smem, stream, o, lse, q, k, v, pos, s,
+              scale);
     DS_CUDA_LAUNCHED();
   });
 }
@@ -362,12 +361,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                key_smem = smem + kRows * (2 * sizeof(float) + sizeof(int64_t));
   with_head_dims(s, [&](auto dims) {
     DS_ALLOW_SHARED(attention_backward_query_kernel<decltype(dims)::value>, smem);
-    DS_LAUNCH(attention_backward_query_kernel<decltype(dims)::value>, row_blocks(s), kThreads, smem, stream)(
-        dq, delta.data(), dout, q, k, v, o, lse, pos, s, scale);
+    DS_LAUNCH(attention_backward_query_kernel<decltype(dims)::value>, row_blocks(s), kThreads, smem, stream, dq,
+              delta.data(), dout, q, k, v, o, lse, pos, s, scale);
     DS_CUDA_LAUNCHED();
     DS_ALLOW_SHARED(attention_backward_key_kernel<decltype(dims)::value>, key_smem);
-    DS_LAUNCH(attention_backward_key_kernel<decltype(dims)::value>, row_blocks(s), kThreads, key_smem, stream)(
-        dk, dv, delta.data(), dout, q, k, v, lse, pos, s, scale);
+    DS_LAUNCH(attention_backward_key_kernel<decltype(dims)::value>, row_blocks(s), kThreads, key_smem, stream, dk, dv,
+              delta.data(), dout, q, k, v, lse, pos, s, scale);
     DS_CUDA_LAUNCHED();
   });
 }

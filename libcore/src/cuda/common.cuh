@@ -9,10 +9,11 @@
 
 #include "cuda_check.h"
 
-// Launches a kernel: DS_LAUNCH(kernel, grid, block, shared_bytes, stream)(arguments...). tests/simt/simt.h defines
+// Launches a kernel: DS_LAUNCH(kernel, grid, block, shared_bytes, stream, arguments...). tests/simt/simt.h defines
 // it first, to run the kernels on the CPU.
 #ifndef DS_LAUNCH
-#define DS_LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#define DS_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  kernel<<<grid, block, shared_bytes, stream>>>(__VA_ARGS__)
 #endif
 
 // After every launch: a bad configuration shows up here, named with the kernel's call site.

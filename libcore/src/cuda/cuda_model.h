@@ -69,7 +69,7 @@ class TrainModel {
   // The device arrays, for DeviceAdamW: after changing the parameters, call params_changed().
   float* device_params();
   float* device_grads();
-  void params_changed();  // refreshes the BF16 copy
+  void params_changed();        // refreshes the BF16 copy
   cudaStream_t stream() const;  // where all of the model's work is queued
   void synchronize() const;
 

@@ -7,8 +7,8 @@
 
 #include <cstdint>
 
-#include "ds/config.h"
 #include "cuda_memory.h"
+#include "ds/config.h"
 #include "ds/ops.h"
 
 namespace ds::cuda {

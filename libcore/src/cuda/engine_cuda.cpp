@@ -8,12 +8,12 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "ds/bf16.h"
+#include "../infer/engine_backend.h"
 #include "cuda_gemm.h"
 #include "cuda_memory.h"
 #include "cuda_ops.h"
 #include "cuda_stream.h"
-#include "../infer/engine_backend.h"
+#include "ds/bf16.h"
 
 namespace ds {
 
@@ -113,8 +113,8 @@ class CudaBackend final : public EngineBackend {
       else
         mlp(h.data(), x.data(), R, L.mlp);
     }
-    const DeviceBuffer<int32_t> picked = cuda::to_device(std::vector<int32_t>(logit_rows.begin(), logit_rows.end()),
-                                                         stream);
+    const DeviceBuffer<int32_t> picked =
+        cuda::to_device(std::vector<int32_t>(logit_rows.begin(), logit_rows.end()), stream);
     DeviceBuffer<float> last(size_t(n * d)), logits(size_t(n * c.vocab_size));
     cuda::moe_gather(last.data(), h.data(), picked.data(), n, d, stream);
     cuda::rmsnorm(last.data(), rstd.data(), last.data(), final_norm.data(), n, d, float(c.rms_norm_eps), d, stream);
@@ -175,9 +175,9 @@ class CudaBackend final : public EngineBackend {
     for (DeviceLayer& L : layers) {
       DeviceBuffer<Bf16> cache(size_t(slots * grown * width));
       if (slot_count > 0)
-        DS_CUDA_CHECK(cudaMemcpy2DAsync(cache.data(), size_t(grown * width) * sizeof(Bf16), L.cache.data(),
-                                        size_t(capacity * width) * sizeof(Bf16), size_t(capacity * width) * sizeof(Bf16),
-                                        size_t(slot_count), cudaMemcpyDeviceToDevice, stream));
+        DS_CUDA_CHECK(cudaMemcpy2DAsync(
+            cache.data(), size_t(grown * width) * sizeof(Bf16), L.cache.data(), size_t(capacity * width) * sizeof(Bf16),
+            size_t(capacity * width) * sizeof(Bf16), size_t(slot_count), cudaMemcpyDeviceToDevice, stream));
       L.cache = std::move(cache);
     }
     slot_count = slots, capacity = grown;
@@ -190,8 +190,7 @@ class CudaBackend final : public EngineBackend {
   }
 
   // y [R, N] = x [R, K] W^T with W [N, K]; added to y when accumulate (the residual stream).
-  void linear(float* y, const float* x, const DeviceBuffer<Bf16>& w, int64_t R, int64_t N, int64_t K,
-              bool accumulate) {
+  void linear(float* y, const float* x, const DeviceBuffer<Bf16>& w, int64_t R, int64_t N, int64_t K, bool accumulate) {
     const DeviceBuffer<Bf16> xb = bf16(x, R * K);
     cuda::gemm_bf16(false, true, R, N, K, 1.0f, xb.data(), K, w.data(), K, accumulate ? 1.0f : 0.0f, y,
                     cuda::OutType::F32, N, stream);
@@ -210,8 +209,7 @@ class CudaBackend final : public EngineBackend {
   // h += the absorbed MLA of x over the latent caches, after the pass's rows join them.
   void attention(float* h, const float* x, DeviceLayer& L, const Rows& rows) {
     const int64_t R = rows.count, d = c.hidden_size, H = c.num_attention_heads, dn = c.qk_nope_head_dim,
-                  dr = c.qk_rope_head_dim, dq = c.qk_head_dim(), dv = c.v_head_dim, r = c.kv_lora_rank,
-                  width = r + dr;
+                  dr = c.qk_rope_head_dim, dq = c.qk_head_dim(), dv = c.v_head_dim, r = c.kv_lora_rank, width = r + dr;
     DeviceBuffer<float> q(size_t(R * H * dq)), rstd(static_cast<size_t>(R));
     if (c.q_lora_rank > 0) {
       DeviceBuffer<float> cq(size_t(R * c.q_lora_rank));
@@ -260,8 +258,8 @@ class CudaBackend final : public EngineBackend {
     DeviceBuffer<float> logits(size_t(R * E)), scores(logits.size()), weights(size_t(R * K));
     DeviceBuffer<int32_t> chosen(size_t(R * K)), offsets(size_t(E + 1)), source(size_t(R * K)), row_of(size_t(R * K));
     linear(logits.data(), x, L.router, R, E, d, false);
-    cuda::route(chosen.data(), weights.data(), scores.data(), logits.data(), L.bias.size() ? L.bias.data() : nullptr,
-                R, c, stream);
+    cuda::route(chosen.data(), weights.data(), scores.data(), logits.data(), L.bias.size() ? L.bias.data() : nullptr, R,
+                c, stream);
     cuda::moe_plan(offsets.data(), source.data(), row_of.data(), chosen.data(), R, K, E, stream);
     const std::vector<int32_t> rows_of_expert = cuda::to_host(offsets, stream);  // the grouped GEMMs' host offsets
     DeviceBuffer<float> xe(size_t(R * K * d)), g(size_t(R * K * hidden)), u(g.size()), ye(xe.size());
@@ -273,8 +271,8 @@ class CudaBackend final : public EngineBackend {
                               hidden, d, stream);
     cuda::swiglu(g.data(), g.data(), u.data(), int64_t(g.size()), stream);
     const DeviceBuffer<Bf16> gb = bf16(g.data(), int64_t(g.size()));
-    cuda::grouped_linear_bf16(ye.data(), cuda::OutType::F32, gb.data(), L.expert_down.data(), rows_of_expert.data(),
-                              E, d, hidden, stream);
+    cuda::grouped_linear_bf16(ye.data(), cuda::OutType::F32, gb.data(), L.expert_down.data(), rows_of_expert.data(), E,
+                              d, hidden, stream);
     cuda::moe_combine(h, ye.data(), row_of.data(), weights.data(), R, K, d, stream);
     if (L.shared.hidden > 0) mlp(h, x, R, L.shared);
   }

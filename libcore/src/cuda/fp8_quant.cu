@@ -131,7 +131,7 @@ template <typename T>
 void quantize_groups(uint8_t* codes, float* scales, const T* x, int64_t rows, int64_t cols, cudaStream_t stream) {
   const int64_t warps = rows * fp8_tiles(cols);
   if (warps == 0) return;
-  DS_LAUNCH(quantize_groups_kernel, blocks_for(warps * 32, 256), 256, 0, stream)(codes, scales, x, rows, cols);
+  DS_LAUNCH(quantize_groups_kernel, blocks_for(warps * 32, 256), 256, 0, stream, codes, scales, x, rows, cols);
   DS_CUDA_LAUNCHED();
 }
 
@@ -141,7 +141,7 @@ void quantize_groups_transposed(uint8_t* codes, float* scales, const T* x, int64
   if (rows == 0 || cols == 0) return;
   check_grid(fp8_tiles(rows), "quantize_groups_transposed");
   const dim3 grid(blocks_for(cols, 32), unsigned(fp8_tiles(rows)));
-  DS_LAUNCH(quantize_groups_transposed_kernel, grid, dim3(32, 8), 0, stream)(codes, scales, x, rows, cols);
+  DS_LAUNCH(quantize_groups_transposed_kernel, grid, dim3(32, 8), 0, stream, codes, scales, x, rows, cols);
   DS_CUDA_LAUNCHED();
 }
 
@@ -153,7 +153,7 @@ void quantize_blocks(uint8_t* codes, float* scales, const T* w, int64_t rows, in
   DS_CUDA_CHECK(
       cudaMemsetAsync(scales, 0, size_t(fp8_scale_count(Fp8Scaling::Blocks, rows, cols)) * sizeof(float), stream));
   const dim3 grid(unsigned(fp8_tiles(cols)), unsigned(fp8_tiles(rows)));
-  DS_LAUNCH(quantize_blocks_kernel, grid, 256, 0, stream)(codes, scales, w, rows, cols, fp8_block_scale_stride(cols));
+  DS_LAUNCH(quantize_blocks_kernel, grid, 256, 0, stream, codes, scales, w, rows, cols, fp8_block_scale_stride(cols));
   DS_CUDA_LAUNCHED();
 }
 
@@ -165,8 +165,8 @@ void quantize_blocks_transposed(uint8_t* codes, float* scales, const T* w, int64
   DS_CUDA_CHECK(
       cudaMemsetAsync(scales, 0, size_t(fp8_scale_count(Fp8Scaling::Blocks, cols, rows)) * sizeof(float), stream));
   const dim3 grid(unsigned(fp8_tiles(cols)), unsigned(fp8_tiles(rows)));
-  DS_LAUNCH(quantize_blocks_transposed_kernel, grid, 256, 0, stream)(
-      codes, scales, w, rows, cols, fp8_block_scale_stride(rows));
+  DS_LAUNCH(quantize_blocks_transposed_kernel, grid, 256, 0, stream, codes, scales, w, rows, cols,
+            fp8_block_scale_stride(rows));
   DS_CUDA_LAUNCHED();
 }
 

@@ -226,8 +226,8 @@ void launch_split(dim3 grid, float* o_part, float* ml_part, const float* q, cons
                   float scale, int64_t chunk, cudaStream_t stream) {
   const size_t smem = shared_bytes(16 * HeadTiles, int(r + dr));
   DS_ALLOW_SHARED(mla_decode_split_kernel<HeadTiles>, smem);
-  DS_LAUNCH(mla_decode_split_kernel<HeadTiles>, grid, 64 * HeadTiles, smem, stream)(
-      o_part, ml_part, q, cache, slots, lengths, H, capacity, int(r), int(dr), scale, chunk);
+  DS_LAUNCH(mla_decode_split_kernel<HeadTiles>, grid, 64 * HeadTiles, smem, stream, o_part, ml_part, q, cache, slots,
+            lengths, H, capacity, int(r), int(dr), scale, chunk);
   DS_CUDA_LAUNCHED();
 }
 
@@ -259,16 +259,16 @@ void mla_decode(float* out, const float* q, const __nv_bfloat16* cache, const in
   DeviceBuffer<float> o_part(static_cast<size_t>(B * H * splits * r)), ml_part(static_cast<size_t>(B * H * splits * 2));
   const dim3 grid{unsigned(head_groups), unsigned(splits), unsigned(B)};
   if (head_tiles == 1)
-    launch_split<1>(grid, o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, r, dr, scale,
-                    chunk, stream);
+    launch_split<1>(grid, o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, r, dr, scale, chunk,
+                    stream);
   else if (head_tiles == 2)
-    launch_split<2>(grid, o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, r, dr, scale,
-                    chunk, stream);
+    launch_split<2>(grid, o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, r, dr, scale, chunk,
+                    stream);
   else
-    launch_split<4>(grid, o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, r, dr, scale,
-                    chunk, stream);
-  DS_LAUNCH(mla_decode_combine_kernel, unsigned(B * H), 128, 0, stream)(
-      out, o_part.data(), ml_part.data(), splits, int(r));
+    launch_split<4>(grid, o_part.data(), ml_part.data(), q, cache, slots, lengths, H, capacity, r, dr, scale, chunk,
+                    stream);
+  DS_LAUNCH(mla_decode_combine_kernel, unsigned(B * H), 128, 0, stream, out, o_part.data(), ml_part.data(), splits,
+            int(r));
   DS_CUDA_LAUNCHED();
 }
 
@@ -276,8 +276,8 @@ void mla_cache_write(__nv_bfloat16* cache, int64_t capacity, const float* latent
                      int64_t k_pe_stride, const int32_t* slots, const int32_t* pos, int64_t R, int64_t r, int64_t dr,
                      cudaStream_t stream) {
   if (R == 0) return;
-  DS_LAUNCH(mla_cache_write_kernel, unsigned(R), 128, 0, stream)(
-      cache, capacity, latent, k_pe, k_pe_stride, slots, pos, int(r), int(dr));
+  DS_LAUNCH(mla_cache_write_kernel, unsigned(R), 128, 0, stream, cache, capacity, latent, k_pe, k_pe_stride, slots, pos,
+            int(r), int(dr));
   DS_CUDA_LAUNCHED();
 }
 

@@ -126,7 +126,7 @@ struct TrainModel::Impl {
   LossOptions options;
   size_t mtp_depths = 0;
   DeviceBuffer<int32_t> inputs, targets, pos;
-  TokenRows input_rows;  // inputs grouped for the embedding's backward
+  TokenRows input_rows;                     // inputs grouped for the embedding's backward
   std::vector<DeviceBuffer<float>> hidden;  // hidden[l] is the input of block l; hidden[L] the last block's output
   // The main head's input, and its logits: a forward with targets turns them into their gradient.
   DeviceBuffer<float> xf, rstd_f, dlogits;
@@ -231,8 +231,7 @@ struct TrainModel::Impl {
     return b;
   }
   // width values of each of rows rows, from src (rows src_stride apart) to dst (dst_stride apart).
-  void copy_columns(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t width,
-                    int64_t rows) {
+  void copy_columns(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t width, int64_t rows) {
     if (rows == 0) return;
     DS_CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(dst_stride) * sizeof(float), src, size_t(src_stride) * sizeof(float),
                                     size_t(width) * sizeof(float), size_t(rows), cudaMemcpyDeviceToDevice, stream));
@@ -254,8 +253,8 @@ struct TrainModel::Impl {
     if (M == 0) return;
     if (in_fp8(l)) return fp8_forward(y, x, l, M);
     const DeviceBuffer<Bf16> xb = bf16(x, M * l.in);
-    gemm_bf16(false, true, M, l.out, l.in, 1.0f, xb.data(), l.in, params_bf16.data() + l.w, l.in, 0.0f, y,
-              OutType::F32, l.out, stream);
+    gemm_bf16(false, true, M, l.out, l.in, 1.0f, xb.data(), l.in, params_bf16.data() + l.w, l.in, 0.0f, y, OutType::F32,
+              l.out, stream);
   }
   // dx [M, in] += dy W and dW += dy^T x.
   void linear_backward(float* dx, const float* dy, const float* x, const Lin& l, int64_t M) {
@@ -264,8 +263,8 @@ struct TrainModel::Impl {
     const DeviceBuffer<Bf16> dyb = bf16(dy, M * l.out), xb = bf16(x, M * l.in);
     gemm_bf16(false, false, M, l.in, l.out, 1.0f, dyb.data(), l.out, params_bf16.data() + l.w, l.in, 1.0f, dx,
               OutType::F32, l.in, stream);
-    gemm_bf16(true, false, l.out, l.in, M, 1.0f, dyb.data(), l.out, xb.data(), l.in, 1.0f, g(l.w), OutType::F32,
-              l.in, stream);
+    gemm_bf16(true, false, l.out, l.in, M, 1.0f, dyb.data(), l.out, xb.data(), l.in, 1.0f, g(l.w), OutType::F32, l.in,
+              stream);
   }
 
   // FP8: every GEMM's K is padded with zeros to whole 128-wide scale tiles (the tokens of the weight gradient, the
@@ -273,9 +272,10 @@ struct TrainModel::Impl {
   // value and no scale: zeros add nothing to a tile's amax, and a zero row of 1x128 tiles is a group of its own.
   void check_fp8(const Lin& l) const {
     if (l.in % 8 != 0 || l.out % 8 != 0)
-      fail("FP8 training GEMMs of {} [{}, {}]: both sizes must be multiples of 8 (cuBLASLt's FP8 alignment); "
-           "train this config without FP8",
-           l.name, l.out, l.in);
+      fail(
+          "FP8 training GEMMs of {} [{}, {}]: both sizes must be multiples of 8 (cuBLASLt's FP8 alignment); "
+          "train this config without FP8",
+          l.name, l.out, l.in);
   }
   // x [rows, cols] inside a zero [rows_p, cols_p]: x itself when nothing is added, else a copy held by keep.
   const float* padded(const float* x, int64_t rows, int64_t cols, int64_t rows_p, int64_t cols_p,
@@ -365,8 +365,7 @@ struct TrainModel::Impl {
     acts.g = buffer(rows * m.hidden), acts.u = buffer(rows * m.hidden), acts.a = buffer(rows * m.hidden);
     mlp_forward(y, acts.g.data(), acts.u.data(), acts.a.data(), x, m, rows);
   }
-  void mlp_backward(float* dx, const float* dy, const float* x, const MlpActs& acts, const MlpParams& m,
-                    int64_t rows) {
+  void mlp_backward(float* dx, const float* dy, const float* x, const MlpActs& acts, const MlpParams& m, int64_t rows) {
     mlp_backward(dx, dy, x, acts.g.data(), acts.u.data(), acts.a.data(), m, rows);
   }
 
@@ -436,8 +435,7 @@ struct TrainModel::Impl {
   // ---- DeepSeekMoE (moe.cpp): router, routed experts over expert-major rows, shared experts ----
   // Returns the sequence-wise balance loss (alpha-weighted, averaged over sequences); 0 when alpha is 0.
   double moe_forward(Layer& L, float* y, const float* x, std::vector<int64_t>& load, double balance_alpha) {
-    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size,
-                  hid = c.moe_intermediate_size;
+    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size, hid = c.moe_intermediate_size;
     DeviceBuffer<float> logits = buffer(N * E);
     L.scores = buffer(N * E), L.weights = buffer(N * K);
     L.chosen = DeviceBuffer<int32_t>(size_t(N * K)), L.offsets = DeviceBuffer<int32_t>(size_t(E + 1));
@@ -484,16 +482,14 @@ struct TrainModel::Impl {
         for (int64_t e = 0; e < E; ++e) total += s[e];
         for (int64_t e = 0; e < E; ++e) P[size_t(e)] += double(s[e]) / total / double(Tn);
       }
-      for (int64_t e = 0; e < E; ++e)
-        loss += balance_alpha * double(f[size_t(b * E + e)]) * P[size_t(e)] / double(B);
+      for (int64_t e = 0; e < E; ++e) loss += balance_alpha * double(f[size_t(b * E + e)]) * P[size_t(e)] / double(B);
     }
     L.balance_f = to_device(f, stream);
     return loss;
   }
 
   void moe_backward(Layer& L, float* dx, const float* dy, const float* x) {
-    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size,
-                  hid = c.moe_intermediate_size;
+    const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, d = c.hidden_size, hid = c.moe_intermediate_size;
     if (L.shared.hidden > 0) mlp_backward(dx, dy, x, L.shared_acts, L.shared, N);
     DeviceBuffer<float> dye = buffer(N * K * d), dweights = buffer(N * K), dxe = zeros(N * K * d);
     moe_combine_backward(dye.data(), dweights.data(), dy, L.ye.data(), L.row_of.data(), L.weights.data(), N, K, d,
@@ -567,7 +563,7 @@ struct TrainModel::Impl {
       fail("sequence length {} exceeds max_position_embeddings {}", Tn_, c.max_position_embeddings);
     B = B_, Tn = Tn_, N = B * Tn, options = opts;
     if (!tg) options.mtp_weight = 0, options.balance_alpha = 0;  // as Model: without targets, the logits only
-    with_loss = with_logits = false;  // until this forward is complete
+    with_loss = with_logits = false;                             // until this forward is complete
     count = 0;
     std::vector<int32_t> position(static_cast<size_t>(N));
     for (int64_t n = 0; n < N; ++n) {
@@ -576,8 +572,10 @@ struct TrainModel::Impl {
       count += tg && tg[n] >= 0;
       const int32_t p = positions ? positions[n] : int32_t(n % Tn);
       if (p != 0 && (n % Tn == 0 || p != position[size_t(n - 1)] + 1))
-        fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
-             "or the previous one + 1", p, n % Tn, n / Tn);
+        fail(
+            "position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
+            "or the previous one + 1",
+            p, n % Tn, n / Tn);
       position[size_t(n)] = p;
     }
     const std::vector<int32_t> input_tokens(in, in + N);
@@ -727,8 +725,10 @@ struct TrainModel::Impl {
       // stay stale.
       std::vector<float> bias = to_host(w(moes[i]->bias), load.size(), stream);
       for (size_t e = 0; e < load.size(); ++e) {
-        if (double(load[e]) > mean) bias[e] -= float(gamma);
-        else if (double(load[e]) < mean) bias[e] += float(gamma);
+        if (double(load[e]) > mean)
+          bias[e] -= float(gamma);
+        else if (double(load[e]) < mean)
+          bias[e] += float(gamma);
       }
       copy_to_device(w(moes[i]->bias), bias.data(), bias.size(), stream);
       stream.synchronize();  // `bias` goes out of scope
@@ -866,8 +866,8 @@ void DeviceAdamW::step(double lr) {
   for (const Impl::Range& r : impl_->ranges) {
     s.decay = r.decay ? float(lr * o.weight_decay) : 0.0f;
     const int64_t at = r.begin - impl_->begin;  // in the moments
-    adamw(model.device_params() + r.begin, model.device_grads() + r.begin, impl_->m.data() + at,
-          impl_->v.data() + at, r.end - r.begin, s, model.stream());
+    adamw(model.device_params() + r.begin, model.device_grads() + r.begin, impl_->m.data() + at, impl_->v.data() + at,
+          r.end - r.begin, s, model.stream());
   }
   if (impl_->begin == 0 && impl_->end == model.size()) model.params_changed();
 }

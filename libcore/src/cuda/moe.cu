@@ -129,20 +129,20 @@ void moe_plan(int32_t* offsets, int32_t* source, int32_t* row_of, const int32_t*
               int64_t E, cudaStream_t stream) {
   if (E < 1 || E > 1024) fail_text("moe_plan: " + std::to_string(E) + " experts; at most 1024");
   const unsigned threads = unsigned((E + 31) / 32 * 32);
-  DS_LAUNCH(moe_plan_kernel, 1, threads, 0, stream)(offsets, source, row_of, chosen, N * K, K, int(E));
+  DS_LAUNCH(moe_plan_kernel, 1, threads, 0, stream, offsets, source, row_of, chosen, N * K, K, int(E));
   DS_CUDA_LAUNCHED();
 }
 
 void moe_gather(float* xe, const float* x, const int32_t* source, int64_t rows, int64_t d, cudaStream_t stream) {
   if (rows * d == 0) return;
-  DS_LAUNCH(moe_gather_kernel, blocks_for(rows * d, 256), 256, 0, stream)(xe, x, source, rows, d);
+  DS_LAUNCH(moe_gather_kernel, blocks_for(rows * d, 256), 256, 0, stream, xe, x, source, rows, d);
   DS_CUDA_LAUNCHED();
 }
 
 void moe_combine(float* y, const float* ye, const int32_t* row_of, const float* weights, int64_t N, int64_t K,
                  int64_t d, cudaStream_t stream) {
   if (N * d == 0) return;
-  DS_LAUNCH(moe_combine_kernel, blocks_for(N * d, 256), 256, 0, stream)(y, ye, row_of, weights, N, K, d);
+  DS_LAUNCH(moe_combine_kernel, blocks_for(N * d, 256), 256, 0, stream, y, ye, row_of, weights, N, K, d);
   DS_CUDA_LAUNCHED();
 }
 
@@ -163,7 +163,7 @@ void route(int32_t* chosen, float* weights, float* scores, const float* logits, 
     fail_text("route: unsupported routing (" + std::to_string(p.E) + " experts, top " + std::to_string(p.K) + ", " +
               std::to_string(p.G) + " groups, top " + std::to_string(p.topk_group) + " groups)");
   if (N == 0) return;
-  DS_LAUNCH(route_kernel, blocks_for(N, 128), 128, 0, stream)(chosen, weights, scores, logits, bias, N, p);
+  DS_LAUNCH(route_kernel, blocks_for(N, 128), 128, 0, stream, chosen, weights, scores, logits, bias, N, p);
   DS_CUDA_LAUNCHED();
 }
 

@@ -161,20 +161,20 @@ __global__ void adamw_kernel(float* params, const float* grads, float* m, float*
 
 void cast_f32_to_bf16(__nv_bfloat16* dst, const float* src, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(cast_f32_to_bf16_kernel, blocks_for(n, 256), 256, 0, stream)(dst, src, n);
+  DS_LAUNCH(cast_f32_to_bf16_kernel, blocks_for(n, 256), 256, 0, stream, dst, src, n);
   DS_CUDA_LAUNCHED();
 }
 
 void cast_bf16_to_f32(float* dst, const __nv_bfloat16* src, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(cast_bf16_to_f32_kernel, blocks_for(n, 256), 256, 0, stream)(dst, src, n);
+  DS_LAUNCH(cast_bf16_to_f32_kernel, blocks_for(n, 256), 256, 0, stream, dst, src, n);
   DS_CUDA_LAUNCHED();
 }
 
 void rmsnorm(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps, int64_t x_stride,
              cudaStream_t stream) {
   if (N == 0) return;
-  DS_LAUNCH(rmsnorm_kernel, unsigned(N), kRowThreads, 0, stream)(y, rstd, x, w, C, eps, x_stride ? x_stride : C);
+  DS_LAUNCH(rmsnorm_kernel, unsigned(N), kRowThreads, 0, stream, y, rstd, x, w, C, eps, x_stride ? x_stride : C);
   DS_CUDA_LAUNCHED();
 }
 
@@ -182,15 +182,15 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
                       int64_t N, int64_t C, int64_t x_stride, cudaStream_t stream) {
   if (N == 0) return;
   if (x_stride == 0) x_stride = C;
-  DS_LAUNCH(rmsnorm_backward_dx_kernel, unsigned(N), kRowThreads, 0, stream)(dx, dy, x, w, rstd, C, x_stride);
+  DS_LAUNCH(rmsnorm_backward_dx_kernel, unsigned(N), kRowThreads, 0, stream, dx, dy, x, w, rstd, C, x_stride);
   DS_CUDA_LAUNCHED();
   const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk;
   if (chunks > 65535) fail_text("rmsnorm_backward: more than 65535 x 256 rows in one call");
   DeviceBuffer<float> partial(static_cast<size_t>(chunks * C));
-  DS_LAUNCH(rmsnorm_backward_dw_partial_kernel, dim3(blocks_for(C, 256), unsigned(chunks)), 256, 0, stream)(
-      partial.data(), dy, x, rstd, N, C, x_stride);
+  DS_LAUNCH(rmsnorm_backward_dw_partial_kernel, dim3(blocks_for(C, 256), unsigned(chunks)), 256, 0, stream,
+            partial.data(), dy, x, rstd, N, C, x_stride);
   DS_CUDA_LAUNCHED();
-  DS_LAUNCH(sum_chunks_kernel, blocks_for(C, 256), 256, 0, stream)(dw, partial.data(), chunks, C);
+  DS_LAUNCH(sum_chunks_kernel, blocks_for(C, 256), 256, 0, stream, dw, partial.data(), chunks, C);
   DS_CUDA_LAUNCHED();
 }
 
@@ -208,22 +208,21 @@ void rope(float* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_st
           const RopeTable& table, bool inverse, cudaStream_t stream) {
   const int64_t n = N * heads * table.half;
   if (n == 0) return;
-  DS_LAUNCH(rope_kernel, blocks_for(n, 256), 256, 0, stream)(
-      x, pos, N, heads, row_stride, head_stride, table.cos.data(), table.sin.data(), table.half,
-      inverse ? -1.0f : 1.0f);
+  DS_LAUNCH(rope_kernel, blocks_for(n, 256), 256, 0, stream, x, pos, N, heads, row_stride, head_stride,
+            table.cos.data(), table.sin.data(), table.half, inverse ? -1.0f : 1.0f);
   DS_CUDA_LAUNCHED();
 }
 
 void swiglu(float* a, const float* g, const float* u, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(swiglu_kernel, blocks_for(n, 256), 256, 0, stream)(a, g, u, n);
+  DS_LAUNCH(swiglu_kernel, blocks_for(n, 256), 256, 0, stream, a, g, u, n);
   DS_CUDA_LAUNCHED();
 }
 
 void swiglu_backward(float* dg, float* du, const float* da, const float* g, const float* u, int64_t n,
                      cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(swiglu_backward_kernel, blocks_for(n, 256), 256, 0, stream)(dg, du, da, g, u, n);
+  DS_LAUNCH(swiglu_backward_kernel, blocks_for(n, 256), 256, 0, stream, dg, du, da, g, u, n);
   DS_CUDA_LAUNCHED();
 }
 
@@ -231,15 +230,15 @@ void cross_entropy(float* losses, float* entropies, float* dlogits, const float*
                    int64_t N, int64_t V, float inverse_temperature, float scale, const float* row_scale,
                    cudaStream_t stream) {
   if (N == 0) return;
-  DS_LAUNCH(cross_entropy_kernel, unsigned(N), kRowThreads, 0, stream)(
-      losses, entropies, dlogits, logits, targets, V, inverse_temperature, scale, row_scale);
+  DS_LAUNCH(cross_entropy_kernel, unsigned(N), kRowThreads, 0, stream, losses, entropies, dlogits, logits, targets, V,
+            inverse_temperature, scale, row_scale);
   DS_CUDA_LAUNCHED();
 }
 
 void adamw(float* params, const float* grads, float* m, float* v, int64_t n, const AdamWStep& step,
            cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(adamw_kernel, blocks_for(n, 256), 256, 0, stream)(params, grads, m, v, n, step);
+  DS_LAUNCH(adamw_kernel, blocks_for(n, 256), 256, 0, stream, params, grads, m, v, n, step);
   DS_CUDA_LAUNCHED();
 }
 

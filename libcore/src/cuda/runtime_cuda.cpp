@@ -5,11 +5,11 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "ds/cuda.h"
 #include "cuda_cache.h"
 #include "cuda_check.h"
 #include "cuda_memory.h"
 #include "cuda_stream.h"
+#include "ds/cuda.h"
 #include "ds/error.h"
 
 namespace ds {

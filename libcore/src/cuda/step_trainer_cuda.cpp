@@ -4,11 +4,11 @@
 // NCCL, or on host copies over MPI.
 #include <algorithm>
 
+#include "../train/step_trainer.h"
 #include "cuda_memory.h"
 #include "cuda_model.h"
 #include "cuda_ops.h"
 #include "ds/error.h"
-#include "../train/step_trainer.h"
 
 namespace ds {
 

@@ -72,8 +72,8 @@ struct RouteBackwardParams {
 
 // One thread per token, its d(scores) in registers (E is at most kMaxRoutedExperts), then spread by the score
 // function: sigmoid elementwise, softmax over the whole row.
-__global__ void route_backward_kernel(float* dlogits, const float* dweights, const float* scores,
-                                      const int32_t* chosen, int64_t N, RouteBackwardParams p) {
+__global__ void route_backward_kernel(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen,
+                                      int64_t N, RouteBackwardParams p) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   const float* s = scores + n * p.E;
@@ -144,37 +144,37 @@ __global__ void sum_partials_kernel(double* out, const double* partial, int coun
 
 void add(float* y, const float* a, const float* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(add_kernel, blocks_for(n, 256), 256, 0, stream)(y, a, b, n);
+  DS_LAUNCH(add_kernel, blocks_for(n, 256), 256, 0, stream, y, a, b, n);
   DS_CUDA_LAUNCHED();
 }
 
 void scale(float* x, float s, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  DS_LAUNCH(scale_kernel, blocks_for(n, 256), 256, 0, stream)(x, s, n);
+  DS_LAUNCH(scale_kernel, blocks_for(n, 256), 256, 0, stream, x, s, n);
   DS_CUDA_LAUNCHED();
 }
 
 void embedding_backward(float* dtable, const float* dout, const int32_t* unique_tokens, const int32_t* offsets,
                         const int32_t* rows, int64_t unique, int64_t d, cudaStream_t stream) {
   if (unique * d == 0) return;
-  DS_LAUNCH(embedding_backward_kernel, blocks_for(unique * d, 256), 256, 0, stream)(
-      dtable, dout, unique_tokens, offsets, rows, unique, d);
+  DS_LAUNCH(embedding_backward_kernel, blocks_for(unique * d, 256), 256, 0, stream, dtable, dout, unique_tokens,
+            offsets, rows, unique, d);
   DS_CUDA_LAUNCHED();
 }
 
 void sum_heads(float* dst, int64_t dst_stride, const float* src, int64_t N, int64_t H, int64_t head_stride,
                int64_t offset, int64_t width, cudaStream_t stream) {
   if (N * width == 0) return;
-  DS_LAUNCH(sum_heads_kernel, blocks_for(N * width, 256), 256, 0, stream)(
-      dst, dst_stride, src, N, H, head_stride, offset, width);
+  DS_LAUNCH(sum_heads_kernel, blocks_for(N * width, 256), 256, 0, stream, dst, dst_stride, src, N, H, head_stride,
+            offset, width);
   DS_CUDA_LAUNCHED();
 }
 
 void moe_combine_backward(float* dye, float* dweights, const float* dy, const float* ye, const int32_t* row_of,
                           const float* weights, int64_t N, int64_t K, int64_t d, cudaStream_t stream) {
   if (N * K == 0) return;
-  DS_LAUNCH(moe_combine_backward_kernel, blocks_for(N * K * 32, 256), 256, 0, stream)(
-      dye, dweights, dy, ye, row_of, weights, N, K, d);
+  DS_LAUNCH(moe_combine_backward_kernel, blocks_for(N * K * 32, 256), 256, 0, stream, dye, dweights, dy, ye, row_of,
+            weights, N, K, d);
   DS_CUDA_LAUNCHED();
 }
 
@@ -189,19 +189,19 @@ void route_backward(float* dlogits, const float* dweights, const float* scores, 
   p.routed_scale = float(config.routed_scaling_factor);
   p.balance_f = balance_f, p.balance_scale = balance_scale, p.T = T;
   if (p.E < 1 || p.E > int(kMaxRoutedExperts) || p.K < 1 || p.K > p.E)
-    fail_text("route_backward: unsupported routing (" + std::to_string(p.E) + " experts, top " +
-              std::to_string(p.K) + ")");
+    fail_text("route_backward: unsupported routing (" + std::to_string(p.E) + " experts, top " + std::to_string(p.K) +
+              ")");
   if (balance_f && T < 1) fail_text("route_backward: the balance loss needs sequences of at least one token");
   if (N == 0) return;
-  DS_LAUNCH(route_backward_kernel, blocks_for(N, 128), 128, 0, stream)(dlogits, dweights, scores, chosen, N, p);
+  DS_LAUNCH(route_backward_kernel, blocks_for(N, 128), 128, 0, stream, dlogits, dweights, scores, chosen, N, p);
   DS_CUDA_LAUNCHED();
 }
 
 void sum_squares(double* out, const float* x, int64_t n, cudaStream_t stream) {
   DeviceBuffer<double> partial(static_cast<size_t>(kSumBlocks));
-  DS_LAUNCH(sum_squares_partial_kernel, kSumBlocks, kSumThreads, 0, stream)(partial.data(), x, n);
+  DS_LAUNCH(sum_squares_partial_kernel, kSumBlocks, kSumThreads, 0, stream, partial.data(), x, n);
   DS_CUDA_LAUNCHED();
-  DS_LAUNCH(sum_partials_kernel, 1, kSumThreads, 0, stream)(out, partial.data(), kSumBlocks);
+  DS_LAUNCH(sum_partials_kernel, 1, kSumThreads, 0, stream, out, partial.data(), kSumBlocks);
   DS_CUDA_LAUNCHED();
 }
 

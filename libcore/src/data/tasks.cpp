@@ -97,7 +97,8 @@ std::vector<Task> parse_tasks(std::string_view jsonl, const std::string& name) {
 }
 
 std::vector<Task> load_tasks(const std::string& source) {
-  if (source == "builtin:arith" || source == "builtin:arith:test") return arith_tasks(arith::test_set(kArithTestTasks, 0));
+  if (source == "builtin:arith" || source == "builtin:arith:test")
+    return arith_tasks(arith::test_set(kArithTestTasks, 0));
   if (source == "builtin:arith:train") return arith_train();
   if (source.starts_with("builtin:"))
     fail("unknown task set '{}' (built in: builtin:arith, builtin:arith:test, builtin:arith:train)", source);

@@ -42,8 +42,8 @@ void TokenSource::restart_generator() {
 
 const uint32_t* TokenSource::window(uint64_t begin, uint64_t count) {
   if (!endless_) {
-    if (tokens_.size() < count) fail("{}: {} tokens, fewer than one batch needs ({})", description_, tokens_.size(),
-                                     count);
+    if (tokens_.size() < count)
+      fail("{}: {} tokens, fewer than one batch needs ({})", description_, tokens_.size(), count);
     return nullptr;  // shards are read with wrap-around by the caller
   }
   if (begin < buffer_start_) {
@@ -71,9 +71,7 @@ void TokenSource::next_batch(int64_t B, int64_t Tn, std::vector<int32_t>& inputs
   const uint64_t span = uint64_t(B * Tn) + 1;
   inputs.resize(size_t(B * Tn)), targets.resize(size_t(B * Tn));
   const uint32_t* w = window(cursor_, span);
-  auto token = [&](uint64_t i) {
-    return int32_t(endless_ ? w[i] : tokens_[size_t((cursor_ + i) % tokens_.size())]);
-  };
+  auto token = [&](uint64_t i) { return int32_t(endless_ ? w[i] : tokens_[size_t((cursor_ + i) % tokens_.size())]); };
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < Tn; ++t) {
       const uint64_t i = uint64_t(b * Tn + t);

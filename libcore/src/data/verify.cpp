@@ -113,8 +113,10 @@ std::string unwrap_text(std::string_view s) {
 std::string collapse_whitespace(std::string_view s) {
   std::string out;
   for (char c : trim(s)) {
-    if (!is_space(c)) out += c;
-    else if (out.back() != ' ') out += ' ';
+    if (!is_space(c))
+      out += c;
+    else if (out.back() != ' ')
+      out += ' ';
   }
   return out;
 }
@@ -129,8 +131,10 @@ std::string_view peel(std::string_view s) {
     const Box box = parse_box(s, 0);
     if (box.kind == Box::box && box.end == s.size()) s = box.content;
   }
-  if (s.ends_with("\\%")) s.remove_suffix(2);
-  else if (s.ends_with('%')) s.remove_suffix(1);
+  if (s.ends_with("\\%"))
+    s.remove_suffix(2);
+  else if (s.ends_with('%'))
+    s.remove_suffix(1);
   return trim(s);
 }
 
@@ -200,8 +204,8 @@ std::string canonical(Decimal d) {
 // num / den as a terminating decimal when it is one, else "p/q" reduced; none past 128 bits or for a zero den.
 std::optional<std::string> canonical(const Decimal& num, const Decimal& den) {
   u128 a, b, scale_a, scale_b, p, q;
-  if (!to_u128(num.digits, a) || !to_u128(den.digits, b) || !pow10(num.scale, scale_a) ||
-      !pow10(den.scale, scale_b) || !checked_mul(a, scale_b, p) || !checked_mul(b, scale_a, q) || q == 0)
+  if (!to_u128(num.digits, a) || !to_u128(den.digits, b) || !pow10(num.scale, scale_a) || !pow10(den.scale, scale_b) ||
+      !checked_mul(a, scale_b, p) || !checked_mul(b, scale_a, q) || q == 0)
     return std::nullopt;
   const u128 g = gcd(p, q);
   p /= g;

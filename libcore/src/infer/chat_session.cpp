@@ -23,7 +23,10 @@ size_t complete_utf8_prefix(std::string_view text) {
 
 ChatSession::ChatSession(const InferenceWeights& model, const Tokenizer& tokenizer, ChatFormat format, uint64_t seed,
                          const Device& device)
-    : tokenizer_(tokenizer), template_(tokenizer, format), engine_(model, tokenizer, device), seq_(engine_.open()),
+    : tokenizer_(tokenizer),
+      template_(tokenizer, format),
+      engine_(model, tokenizer, device),
+      seq_(engine_.open()),
       sampler_(seed) {}
 
 bool ChatSession::reply_starts_in_think() const {
@@ -31,9 +34,7 @@ bool ChatSession::reply_starts_in_think() const {
   return template_.render(probe, true).ends_with("<think>\n");
 }
 
-std::vector<uint32_t> ChatSession::render_prompt() const {
-  return template_.encode(messages_, true);
-}
+std::vector<uint32_t> ChatSession::render_prompt() const { return template_.encode(messages_, true); }
 
 std::string ChatSession::send(const std::string& user, const SamplingOptions& options,
                               const std::function<bool(std::string_view)>& on_text) {
@@ -42,8 +43,8 @@ std::string ChatSession::send(const std::string& user, const SamplingOptions& op
   const int64_t limit = engine_.config().max_position_embeddings;
   if (int64_t(prompt.size()) >= limit) {
     messages_.pop_back();
-    throw ContextFull(fmt::format("the conversation ({} tokens) does not fit the model's context of {}", prompt.size(),
-                                  limit));
+    throw ContextFull(
+        fmt::format("the conversation ({} tokens) does not fit the model's context of {}", prompt.size(), limit));
   }
   // Keep the cached prefix shared with the new prompt; at least one token must be fed to get logits.
   const std::vector<uint32_t>& cached = engine_.tokens(seq_);

@@ -14,9 +14,9 @@ constexpr std::string_view kR1ZeroPreamble =
     "<think> reasoning here </think> <answer> answer here </answer>.";
 
 constexpr std::array<std::pair<std::string_view, ChatFormat>, 4> kFormats = {{{"r1", ChatFormat::r1},
-                                                                               {"r1-zero", ChatFormat::r1_zero},
-                                                                               {"plain", ChatFormat::plain},
-                                                                               {"none", ChatFormat::none}}};
+                                                                              {"r1-zero", ChatFormat::r1_zero},
+                                                                              {"plain", ChatFormat::plain},
+                                                                              {"none", ChatFormat::none}}};
 constexpr std::string_view kR1Opening = "<think>\n";
 
 // The text after the last </think>: what R1 keeps of an earlier assistant turn.

@@ -389,9 +389,9 @@ Completion Engine::continue_sequence(int64_t seq, const std::vector<uint32_t>& t
                                      Sampler& sampler, const std::function<bool(uint32_t)>& on_token) {
   if (tokens.empty()) fail("nothing to continue sequence {} with", seq);
   std::vector<Sampler> samplers = {sampler};
-  Completion out = run({seq}, {tokens}, options, samplers,
-                       on_token ? [&](size_t, uint32_t t) { return on_token(t); }
-                                : std::function<bool(size_t, uint32_t)>())[0];
+  Completion out =
+      run({seq}, {tokens}, options, samplers,
+          on_token ? [&](size_t, uint32_t t) { return on_token(t); } : std::function<bool(size_t, uint32_t)>())[0];
   sampler = samplers[0];
   // The last token joins the cache too, so the conversation can continue after it.
   if (length(seq) < impl_->c.max_position_embeddings) append({{seq, {out.tokens.back()}}});
@@ -422,8 +422,10 @@ std::vector<Completion> Engine::run(const std::vector<int64_t>& seqs, const std:
       std::span<float> row(&logits[a * size_t(V)], size_t(limit));  // never the padding rows past the tokenizer
       const uint32_t token = samplers[i].sample(row, options, tokens(seqs[i]));
       comp.tokens.push_back(token);
-      if (on_token && !on_token(i, token)) comp.finish_reason = "cancelled";
-      else if (token == eos) comp.finish_reason = "eos";
+      if (on_token && !on_token(i, token))
+        comp.finish_reason = "cancelled";
+      else if (token == eos)
+        comp.finish_reason = "eos";
       else if (!options.stop.empty()) {
         comp.text = impl_->tokenizer.decode(comp.tokens, true);
         for (const std::string& s : options.stop)

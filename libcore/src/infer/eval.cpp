@@ -23,7 +23,8 @@ SampleScore score_sample(std::string_view completion, std::string_view reference
 }
 
 double pass_at_k(int64_t n, int64_t c, int64_t k) {
-  if (n < 1 || c < 0 || c > n || k < 1 || k > n) fail("pass@k needs 0 <= c <= n and 1 <= k <= n (n={} c={} k={})", n, c, k);
+  if (n < 1 || c < 0 || c > n || k < 1 || k > n)
+    fail("pass@k needs 0 <= c <= n and 1 <= k <= n (n={} c={} k={})", n, c, k);
   if (n - c < k) return 1.0;  // every draw of k samples holds a correct one
   double all_wrong = 1.0;
   for (int64_t i = n - c + 1; i <= n; ++i) all_wrong *= 1.0 - double(k) / double(i);
@@ -55,7 +56,8 @@ Summary summarize(const std::vector<std::vector<SampleScore>>& per_task, int64_t
   for (const std::vector<SampleScore>& samples : per_task) {
     const auto n = int64_t(samples.size());
     if (n != s.samples_per_task || n < k) fail("every task needs the same number of samples, at least k={}", k);
-    const auto c = int64_t(std::count_if(samples.begin(), samples.end(), [](const SampleScore& x) { return x.correct; }));
+    const auto c =
+        int64_t(std::count_if(samples.begin(), samples.end(), [](const SampleScore& x) { return x.correct; }));
     s.pass_at_1 += double(c) / double(n);
     s.pass_at_k += pass_at_k(n, c, k);
     const auto vote = majority_vote(std::span(samples).first(size_t(k)));
@@ -93,8 +95,8 @@ TaskRun run_tasks(const InferenceWeights& model, const Tokenizer& tokenizer, std
   for (const Task& task : tasks) {
     prompts.push_back(chat.encode_prompt(task.prompt));
     if (int64_t(prompts.back().size()) >= context)
-      fail("{}: task '{}': the prompt is {} tokens, which leaves no room in the model's context of {}", source,
-           task.id, prompts.back().size(), context);
+      fail("{}: task '{}': the prompt is {} tokens, which leaves no room in the model's context of {}", source, task.id,
+           prompts.back().size(), context);
   }
 
   TaskRun run;
@@ -156,8 +158,8 @@ TextScore score_tokens(const InferenceWeights& weights, const Tokenizer& tokeniz
   return score;
 }
 
-TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text,
-                     int64_t window, int64_t batch, const Device& device) {
+TextScore score_text(const InferenceWeights& weights, const Tokenizer& tokenizer, std::string_view text, int64_t window,
+                     int64_t batch, const Device& device) {
   std::vector<uint32_t> ids = {tokenizer.bos_id()};
   const std::vector<uint32_t> body = tokenizer.encode(text, false);
   ids.insert(ids.end(), body.begin(), body.end());

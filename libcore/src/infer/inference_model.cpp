@@ -8,8 +8,8 @@
 #include <cmath>
 #include <filesystem>
 
-#include "ds/model_dir.h"
 #include "ds/error.h"
+#include "ds/model_dir.h"
 #include "ds/quantize.h"
 #include "ds/safetensors.h"
 

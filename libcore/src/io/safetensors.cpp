@@ -229,9 +229,8 @@ Writer::Writer(const std::string& path, const std::vector<TensorSpec>& tensors,
     if (t->name == kMetadataKey) fail("{}: {} is reserved and cannot name a tensor", path, kMetadataKey);
     if (header.contains(t->name)) fail("{}: duplicate tensor name {}", path, quote(t->name));
     const uint64_t bytes = uint64_t(shape_numel(t->shape)) * dtype_size(t->dtype);
-    header[t->name] = {{"dtype", std::string(dtype_name(t->dtype))},
-                       {"shape", t->shape},
-                       {"data_offsets", {offset, offset + bytes}}};
+    header[t->name] = {
+        {"dtype", std::string(dtype_name(t->dtype))}, {"shape", t->shape}, {"data_offsets", {offset, offset + bytes}}};
     layout_.push_back({t->name, t->dtype, t->shape, offset, offset + bytes});
     offset += bytes;
   }
@@ -253,8 +252,8 @@ void Writer::write(std::string_view name, std::span<const std::byte> bytes) {
     fail("{}: tensor {} written out of order (or not in the file)", path_, quote(name));
   const TensorInfo& t = layout_[current_];
   if (bytes.size() > t.end - written_)
-    fail("{}: {} bytes written to tensor {} past its {} bytes", path_, bytes.size() - (t.end - written_),
-         quote(name), t.end - t.begin);
+    fail("{}: {} bytes written to tensor {} past its {} bytes", path_, bytes.size() - (t.end - written_), quote(name),
+         t.end - t.begin);
   file_->write(bytes);
   written_ += bytes.size();
 }

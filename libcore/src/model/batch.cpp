@@ -12,8 +12,10 @@ std::vector<int32_t> checked_positions(const int32_t* positions, int64_t B, int6
   for (int64_t n = 0; n < B * Tn; ++n) {
     const int32_t p = positions ? positions[n] : int32_t(n % Tn);
     if (p != 0 && (n % Tn == 0 || p != pos[size_t(n - 1)] + 1))
-      fail("position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
-           "or the previous one + 1", p, n % Tn, n / Tn);
+      fail(
+          "position {} at token {} of sequence {}: a sequence starts at 0 and each position is 0 (a new document) "
+          "or the previous one + 1",
+          p, n % Tn, n / Tn);
     pos[size_t(n)] = p;
   }
   return pos;

@@ -26,8 +26,7 @@ void RmsNorm<T>::backward(T* dx, const T* dy) {
 
 template <typename T>
 Linear<T>::Linear(ParamStore<T>& s, const std::string& name, int64_t in_, int64_t out_, bool fp8_eligible_)
-    : store(&s), weight(s.add(name, {out_, in_}, ParamKind::Matrix)), in(in_), out(out_),
-      fp8_eligible(fp8_eligible_) {}
+    : store(&s), weight(s.add(name, {out_, in_}, ParamKind::Matrix)), in(in_), out(out_), fp8_eligible(fp8_eligible_) {}
 
 template <typename T>
 void Linear<T>::forward(T* y, const T* x_, int64_t rows_) {
@@ -103,8 +102,8 @@ Block<T>::Block(ParamStore<T>& s, const ModelConfig& c, int64_t layer)
 }
 
 template <typename T>
-void Block<T>::forward(T* h_out, const T* h_in, int64_t B, int64_t Tn, const int32_t* pos,
-                       const ops::RopeTable& rope, double balance_alpha) {
+void Block<T>::forward(T* h_out, const T* h_in, int64_t B, int64_t Tn, const int32_t* pos, const ops::RopeTable& rope,
+                       double balance_alpha) {
   N = B * Tn;
   const size_t n = size_t(N * dim);
   x1.resize(n), attn_out.resize(n), h_mid.resize(n), x2.resize(n), ffn_out.resize(n);

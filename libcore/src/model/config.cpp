@@ -20,19 +20,41 @@ double yarn_mscale(double factor, double mscale) { return factor <= 1.0 ? 1.0 : 
 
 const char* topk_method_name(TopkMethod m) {
   switch (m) {
-    case TopkMethod::NoauxTc: return "noaux_tc";
-    case TopkMethod::Greedy: return "greedy";
-    case TopkMethod::GroupLimitedGreedy: return "group_limited_greedy";
+    case TopkMethod::NoauxTc:
+      return "noaux_tc";
+    case TopkMethod::Greedy:
+      return "greedy";
+    case TopkMethod::GroupLimitedGreedy:
+      return "group_limited_greedy";
   }
   return "";
 }
 
 // Keys of released configs that do not change what is computed here.
-const std::set<std::string> kIgnoredKeys = {
-    "architectures", "model_type", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache",
-    "num_key_value_heads", "attention_dropout", "initializer_range", "ep_size", "pretraining_tp", "aux_loss_alpha",
-    "seq_aux", "pad_token_id", "head_dim", "_name_or_path", "output_router_logits", "router_aux_loss_coef",
-    "quantization_config", "mlp_bias", "rope_interleave", "hidden_act", "attention_bias"};
+const std::set<std::string> kIgnoredKeys = {"architectures",
+                                            "model_type",
+                                            "auto_map",
+                                            "torch_dtype",
+                                            "dtype",
+                                            "transformers_version",
+                                            "use_cache",
+                                            "num_key_value_heads",
+                                            "attention_dropout",
+                                            "initializer_range",
+                                            "ep_size",
+                                            "pretraining_tp",
+                                            "aux_loss_alpha",
+                                            "seq_aux",
+                                            "pad_token_id",
+                                            "head_dim",
+                                            "_name_or_path",
+                                            "output_router_logits",
+                                            "router_aux_loss_coef",
+                                            "quantization_config",
+                                            "mlp_bias",
+                                            "rope_interleave",
+                                            "hidden_act",
+                                            "attention_bias"};
 
 void parse_rope(ModelConfig& c, const nlohmann::json& rope, const std::string& source) {
   if (rope.is_null()) return;
@@ -103,8 +125,7 @@ ModelConfig preset(const std::string& name) {
     c.q_lora_rank = 384, c.kv_lora_rank = 256, c.qk_nope_head_dim = 64, c.qk_rope_head_dim = 32, c.v_head_dim = 64;
     c.max_position_embeddings = 4096;
   } else {
-    fail("unknown model config '{}' (presets: tiny, demo, small, tiny-dense, demo-dense; or a config.json path)",
-         name);
+    fail("unknown model config '{}' (presets: tiny, demo, small, tiny-dense, demo-dense; or a config.json path)", name);
   }
   return c;
 }
@@ -114,8 +135,7 @@ int64_t moe_layer_count(const ModelConfig& c) {
   if (c.n_routed_experts == 0) return 0;
   const int64_t f = c.moe_layer_freq;
   auto multiples_below = [&](int64_t x) { return x / f + (x % f != 0); };  // of f in [0, x)
-  return multiples_below(c.num_hidden_layers) -
-         multiples_below(std::min(c.first_k_dense_replace, c.num_hidden_layers));
+  return multiples_below(c.num_hidden_layers) - multiples_below(std::min(c.first_k_dense_replace, c.num_hidden_layers));
 }
 
 // ParamCount in N: int64_t for count_params, double to check first that the counts fit in int64_t. Only the parts the
@@ -143,8 +163,8 @@ Counts<N> count(const ModelConfig& c) {
   }
   const N outside = N(c.vocab_size) * d * (c.tie_word_embeddings ? 1 : 2) + d;  // embeddings, head, final norm
   const N common = outside + layers * (attn + 2 * d) + dense_layers * dense;
-  const N mtp = mtp_layers > 0 ? mtp_layers * (attn + 2 * d + (mtp_moe ? moe_total : dense) + 2 * d + 2 * d * d + d)
-                               : N(0);
+  const N mtp =
+      mtp_layers > 0 ? mtp_layers * (attn + 2 * d + (mtp_moe ? moe_total : dense) + 2 * d + 2 * d * d + d) : N(0);
   return {common + moe_layers * moe_total, common + moe_layers * moe_active, mtp};
 }
 
@@ -212,8 +232,8 @@ void ModelConfig::validate(const std::string& source) const {
     positive(moe_intermediate_size, "moe_intermediate_size");
     positive(num_experts_per_tok, "num_experts_per_tok");
     positive(n_group, "n_group");
-    if (n_routed_experts % n_group) fail("{}: n_routed_experts {} is not divisible by n_group {}", source,
-                                         n_routed_experts, n_group);
+    if (n_routed_experts % n_group)
+      fail("{}: n_routed_experts {} is not divisible by n_group {}", source, n_routed_experts, n_group);
     if (topk_group < 1 || topk_group > n_group) fail("{}: topk_group must lie in [1, n_group]", source);
     if (num_experts_per_tok > topk_group * (n_routed_experts / n_group))
       fail("{}: num_experts_per_tok {} exceeds the experts in topk_group groups", source, num_experts_per_tok);
@@ -249,46 +269,81 @@ ModelConfig config_from_json(const nlohmann::json& j, const std::string& source)
         if (!value.is_null() && !value.is_number_integer()) fail("{}: '{}' must be an integer", source, key);
         return value.is_null() ? int64_t(0) : value.get<int64_t>();
       };
-      if (key == "vocab_size") c.vocab_size = i64();
-      else if (key == "hidden_size") c.hidden_size = i64();
-      else if (key == "intermediate_size") c.intermediate_size = i64();
-      else if (key == "moe_intermediate_size") c.moe_intermediate_size = i64();
-      else if (key == "num_hidden_layers") c.num_hidden_layers = i64();
-      else if (key == "first_k_dense_replace") c.first_k_dense_replace = i64();
-      else if (key == "moe_layer_freq") c.moe_layer_freq = i64();
-      else if (key == "num_attention_heads") c.num_attention_heads = i64();
-      else if (key == "n_routed_experts") c.n_routed_experts = i64();
-      else if (key == "n_shared_experts") c.n_shared_experts = i64();
-      else if (key == "num_experts_per_tok") c.num_experts_per_tok = i64();
-      else if (key == "n_group") c.n_group = value.is_null() ? 1 : i64();
-      else if (key == "topk_group") c.topk_group = value.is_null() ? 1 : i64();
-      else if (key == "q_lora_rank") c.q_lora_rank = i64();
-      else if (key == "kv_lora_rank") c.kv_lora_rank = i64();
-      else if (key == "qk_nope_head_dim") c.qk_nope_head_dim = i64();
-      else if (key == "qk_rope_head_dim") c.qk_rope_head_dim = i64();
-      else if (key == "v_head_dim") c.v_head_dim = i64();
-      else if (key == "max_position_embeddings") c.max_position_embeddings = i64();
-      else if (key == "num_nextn_predict_layers") c.num_nextn_predict_layers = i64();
-      else if (key == "bos_token_id") c.bos_token_id = i64();
-      else if (key == "eos_token_id") c.eos_token_id = i64();
-      else if (key == "rope_theta") c.rope_theta = value.get<double>();
-      else if (key == "rms_norm_eps") c.rms_norm_eps = value.get<double>();
-      else if (key == "routed_scaling_factor") c.routed_scaling_factor = value.get<double>();
-      else if (key == "norm_topk_prob") c.norm_topk_prob = value.get<bool>();
-      else if (key == "tie_word_embeddings") c.tie_word_embeddings = value.get<bool>();
-      else if (key == "rope_scaling" || key == "rope_parameters") parse_rope(c, value, source);
+      if (key == "vocab_size")
+        c.vocab_size = i64();
+      else if (key == "hidden_size")
+        c.hidden_size = i64();
+      else if (key == "intermediate_size")
+        c.intermediate_size = i64();
+      else if (key == "moe_intermediate_size")
+        c.moe_intermediate_size = i64();
+      else if (key == "num_hidden_layers")
+        c.num_hidden_layers = i64();
+      else if (key == "first_k_dense_replace")
+        c.first_k_dense_replace = i64();
+      else if (key == "moe_layer_freq")
+        c.moe_layer_freq = i64();
+      else if (key == "num_attention_heads")
+        c.num_attention_heads = i64();
+      else if (key == "n_routed_experts")
+        c.n_routed_experts = i64();
+      else if (key == "n_shared_experts")
+        c.n_shared_experts = i64();
+      else if (key == "num_experts_per_tok")
+        c.num_experts_per_tok = i64();
+      else if (key == "n_group")
+        c.n_group = value.is_null() ? 1 : i64();
+      else if (key == "topk_group")
+        c.topk_group = value.is_null() ? 1 : i64();
+      else if (key == "q_lora_rank")
+        c.q_lora_rank = i64();
+      else if (key == "kv_lora_rank")
+        c.kv_lora_rank = i64();
+      else if (key == "qk_nope_head_dim")
+        c.qk_nope_head_dim = i64();
+      else if (key == "qk_rope_head_dim")
+        c.qk_rope_head_dim = i64();
+      else if (key == "v_head_dim")
+        c.v_head_dim = i64();
+      else if (key == "max_position_embeddings")
+        c.max_position_embeddings = i64();
+      else if (key == "num_nextn_predict_layers")
+        c.num_nextn_predict_layers = i64();
+      else if (key == "bos_token_id")
+        c.bos_token_id = i64();
+      else if (key == "eos_token_id")
+        c.eos_token_id = i64();
+      else if (key == "rope_theta")
+        c.rope_theta = value.get<double>();
+      else if (key == "rms_norm_eps")
+        c.rms_norm_eps = value.get<double>();
+      else if (key == "routed_scaling_factor")
+        c.routed_scaling_factor = value.get<double>();
+      else if (key == "norm_topk_prob")
+        c.norm_topk_prob = value.get<bool>();
+      else if (key == "tie_word_embeddings")
+        c.tie_word_embeddings = value.get<bool>();
+      else if (key == "rope_scaling" || key == "rope_parameters")
+        parse_rope(c, value, source);
       else if (key == "scoring_func") {
         const std::string s = value.get<std::string>();
-        if (s == "sigmoid") c.scoring_func = ScoringFunc::Sigmoid;
-        else if (s == "softmax") c.scoring_func = ScoringFunc::Softmax;
-        else fail("{}: scoring_func '{}' is not supported (sigmoid, softmax)", source, s);
+        if (s == "sigmoid")
+          c.scoring_func = ScoringFunc::Sigmoid;
+        else if (s == "softmax")
+          c.scoring_func = ScoringFunc::Softmax;
+        else
+          fail("{}: scoring_func '{}' is not supported (sigmoid, softmax)", source, s);
         has_scoring = true;
       } else if (key == "topk_method") {
         const std::string s = value.get<std::string>();
-        if (s == "noaux_tc") c.topk_method = TopkMethod::NoauxTc;
-        else if (s == "greedy") c.topk_method = TopkMethod::Greedy;
-        else if (s == "group_limited_greedy") c.topk_method = TopkMethod::GroupLimitedGreedy;
-        else fail("{}: topk_method '{}' is not supported (noaux_tc, greedy, group_limited_greedy)", source, s);
+        if (s == "noaux_tc")
+          c.topk_method = TopkMethod::NoauxTc;
+        else if (s == "greedy")
+          c.topk_method = TopkMethod::Greedy;
+        else if (s == "group_limited_greedy")
+          c.topk_method = TopkMethod::GroupLimitedGreedy;
+        else
+          fail("{}: topk_method '{}' is not supported (noaux_tc, greedy, group_limited_greedy)", source, s);
       } else if (kIgnoredKeys.count(key)) {
         if (key == "hidden_act" && value != "silu") fail("{}: hidden_act must be silu", source);
         if (key == "rope_interleave" && value != true) fail("{}: only rope_interleave true is supported", source);

@@ -8,8 +8,7 @@
 namespace ds {
 
 template <typename T>
-Mla<T>::Mla(ParamStore<T>& s, const ModelConfig& c, const std::string& prefix)
-    : config(&c), q_lora(c.q_lora_rank > 0) {
+Mla<T>::Mla(ParamStore<T>& s, const ModelConfig& c, const std::string& prefix) : config(&c), q_lora(c.q_lora_rank > 0) {
   const int64_t d = c.hidden_size, H = c.num_attention_heads;
   if (q_lora) {
     q_a = Linear<T>(s, prefix + "q_a_proj.weight", d, c.q_lora_rank);
@@ -69,8 +68,8 @@ void Mla<T>::backward(T* dx, const T* dy) {
                 dq = c.qk_head_dim(), dv = c.v_head_dim, r = c.kv_lora_rank;
   std::vector<T> d_o(o.size(), T(0)), d_q(q.size(), T(0)), d_k(k.size(), T(0)), d_v(v.size(), T(0));
   o_proj.backward(d_o.data(), dy);
-  ops::attention_backward(d_q.data(), d_k.data(), d_v.data(), d_o.data(), q.data(), k.data(), v.data(), p.data(), B,
-                          Tn, H, dq, dv, c.softmax_scale());
+  ops::attention_backward(d_q.data(), d_k.data(), d_v.data(), d_o.data(), q.data(), k.data(), v.data(), p.data(), B, Tn,
+                          H, dq, dv, c.softmax_scale());
 
   std::vector<T> d_kv(kv.size()), d_kva(kva.size(), T(0)), d_ckvn(ckvn.size(), T(0));
   for (int64_t n = 0; n < N; ++n) {

@@ -187,9 +187,15 @@ void Model<T>::init_random(uint64_t seed) {
     const bool output_proj = p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight");
     for (int64_t i = 0; i < n; ++i) {
       switch (p.kind) {
-        case ParamKind::Matrix: w[i] = T(0.02 * (output_proj ? out_scale : 1.0) * normal(rng)); break;
-        case ParamKind::Vector: w[i] = T(1); break;
-        case ParamKind::RouterBias: w[i] = T(0); break;
+        case ParamKind::Matrix:
+          w[i] = T(0.02 * (output_proj ? out_scale : 1.0) * normal(rng));
+          break;
+        case ParamKind::Vector:
+          w[i] = T(1);
+          break;
+        case ParamKind::RouterBias:
+          w[i] = T(0);
+          break;
       }
     }
   }
@@ -258,8 +264,8 @@ ForwardStats Model<T>::forward(const int32_t* inputs, const int32_t* targets, in
   ForwardStats stats;
   for (int64_t l = 0; l < L; ++l) {
     const double alpha = m.with_loss ? options.balance_alpha : 0.0;
-    m.blocks[size_t(l)].forward(m.hidden[size_t(l + 1)].data(), m.hidden[size_t(l)].data(), B, Tn, m.pos.data(),
-                                m.rope, alpha);
+    m.blocks[size_t(l)].forward(m.hidden[size_t(l + 1)].data(), m.hidden[size_t(l)].data(), B, Tn, m.pos.data(), m.rope,
+                                alpha);
     stats.balance_loss += m.blocks[size_t(l)].balance_loss;
     if (m.blocks[size_t(l)].is_moe) stats.expert_load.push_back(m.blocks[size_t(l)].moe.load);
   }
@@ -411,7 +417,8 @@ void Model<T>::update_router_bias(const std::vector<std::vector<int64_t>>& exper
   if (expert_load.size() > moes.size())  // the forward ran the MTP modules too
     for (auto& mt : m.mtp)
       if (mt.block.is_moe) moes.push_back(&mt.block.moe);
-  if (expert_load.size() != moes.size()) fail("expert load has {} layers, the model {}", expert_load.size(), moes.size());
+  if (expert_load.size() != moes.size())
+    fail("expert load has {} layers, the model {}", expert_load.size(), moes.size());
   for (size_t i = 0; i < moes.size(); ++i) {
     if (moes[i]->bias < 0) continue;
     const auto& load = expert_load[i];
@@ -419,8 +426,10 @@ void Model<T>::update_router_bias(const std::vector<std::vector<int64_t>>& exper
     for (int64_t x : load) mean += double(x) / double(load.size());
     T* bias = m.store.w(moes[i]->bias);
     for (size_t e = 0; e < load.size(); ++e) {
-      if (double(load[e]) > mean) bias[e] -= T(gamma);
-      else if (double(load[e]) < mean) bias[e] += T(gamma);
+      if (double(load[e]) > mean)
+        bias[e] -= T(gamma);
+      else if (double(load[e]) < mean)
+        bias[e] += T(gamma);
     }
   }
 }

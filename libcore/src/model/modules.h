@@ -94,11 +94,11 @@ struct Moe {
   std::vector<std::vector<int32_t>> rows_of;  // per expert: indices n*K+k routed to it
   // Routed rows travel in dispatch order (expert by expert, rows_of order within one) to the experts' owners: this
   // rank alone, or under expert parallelism (store->ep) the rank holding each expert.
-  std::vector<int64_t> recv_rows;             // [ranks * local experts]: rows each rank sent to each local expert
-  std::vector<std::vector<T>> xe, ye;         // per local expert: its input rows from every rank, and its outputs
-  std::vector<T> routed_y;                    // [N*K, d] expert outputs back in dispatch order
-  std::vector<T> balance_f;                   // [B, E] f_i per sequence (constant in the gradient)
-  std::vector<int64_t> load;                  // [E]
+  std::vector<int64_t> recv_rows;      // [ranks * local experts]: rows each rank sent to each local expert
+  std::vector<std::vector<T>> xe, ye;  // per local expert: its input rows from every rank, and its outputs
+  std::vector<T> routed_y;             // [N*K, d] expert outputs back in dispatch order
+  std::vector<T> balance_f;            // [B, E] f_i per sequence (constant in the gradient)
+  std::vector<int64_t> load;           // [E]
 
   Moe() = default;
   Moe(ParamStore<T>& s, const ModelConfig& c, const std::string& prefix);

@@ -18,9 +18,8 @@ namespace {
 // Indices of the k largest values among candidates, larger first, ties to the lower index (deterministic).
 template <typename T>
 void top_k(std::vector<int32_t>& candidates, const T* values, int64_t k) {
-  std::partial_sort(candidates.begin(), candidates.begin() + k, candidates.end(), [&](int32_t a, int32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
+  std::partial_sort(candidates.begin(), candidates.begin() + k, candidates.end(),
+                    [&](int32_t a, int32_t b) { return values[a] > values[b] || (values[a] == values[b] && a < b); });
   candidates.resize(size_t(k));
 }
 }  // namespace

@@ -14,7 +14,7 @@ struct ParamStore {
   std::vector<ParamInfo> infos;
   std::vector<T> values, grads;
   int64_t size = 0;
-  bool fp8 = false;  // emulate FP8 GEMMs in the linear layers that DeepSeek-V3 runs in FP8
+  bool fp8 = false;          // emulate FP8 GEMMs in the linear layers that DeepSeek-V3 runs in FP8
   dist::Comm* ep = nullptr;  // the ranks the routed experts are split over (Model::set_expert_parallel)
 
   int64_t add(std::string name, Shape shape, ParamKind kind) {

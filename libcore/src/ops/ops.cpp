@@ -12,7 +12,6 @@
 
 namespace ds {
 
-
 namespace ops {
 
 template <>
@@ -88,7 +87,7 @@ template <typename T>
 void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t N, int64_t C,
                       int64_t x_stride) {
   if (x_stride == 0) x_stride = C;
-  // dx = r * (w*dy - xhat * mean(w*dy*xhat)), with xhat = x * r
+    // dx = r * (w*dy - xhat * mean(w*dy*xhat)), with xhat = x * r
 #pragma omp parallel for schedule(static) if (parallel_worth(N * C))
   for (int64_t n = 0; n < N; ++n) {
     const T* xr = x + n * x_stride;
@@ -164,8 +163,8 @@ void rope(T* x, const int32_t* pos, int64_t N, int64_t heads, int64_t row_stride
 // Attention runs one (sequence, head) pair per OpenMP thread; BLAS calls inside a parallel region stay on their
 // thread (OpenBLAS built for OpenMP), so the small per-head GEMMs do not fight over cores.
 template <typename T>
-void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk,
-               int64_t dv, double scale, const int32_t* pos) {
+void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t dk, int64_t dv,
+               double scale, const int32_t* pos) {
   const int64_t qs = H * dk, vs = H * dv;
   // first[b*Tn + i]: the first key query i may see, the start of its document.
   std::vector<int64_t> first(static_cast<size_t>(B * Tn), 0);
@@ -191,8 +190,7 @@ void attention(T* o, T* p, const T* q, const T* k, const T* v, int64_t B, int64_
         std::fill(pi, pi + j0, T(0));
         std::fill(pi + i + 1, pi + Tn, T(0));
       }
-      gemm<T>(false, false, Tn, dv, Tn, T(1), pb, Tn, v + b * Tn * vs + h * dv, vs, T(0), o + b * Tn * vs + h * dv,
-              vs);
+      gemm<T>(false, false, Tn, dv, Tn, T(1), pb, Tn, v + b * Tn * vs + h * dv, vs, T(0), o + b * Tn * vs + h * dv, vs);
     }
 }
 
@@ -287,20 +285,20 @@ void cross_entropy_backward(T* dlogits, const T* probs, const int32_t* targets, 
   }
 }
 
-#define DS_INSTANTIATE(T)                                                                                        \
-  template void linear<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, bool);                              \
-  template void linear_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);             \
-  template void rmsnorm<T>(T*, T*, const T*, const T*, int64_t, int64_t, double, int64_t);                       \
-  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);   \
-  template void rope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, const RopeTable&, bool);         \
-  template void attention<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,  \
-                             double, const int32_t*);                                                            \
-  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,     \
-                                      int64_t, int64_t, int64_t, int64_t, double);                               \
-  template void swiglu<T>(T*, const T*, const T*, int64_t);                                                      \
-  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                               \
-  template void softmax_rows<T>(T*, int64_t, int64_t);                                                           \
-  template double cross_entropy<T>(T*, const int32_t*, int64_t, int64_t);                                        \
+#define DS_INSTANTIATE(T)                                                                                             \
+  template void linear<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, bool);                                   \
+  template void linear_backward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);                  \
+  template void rmsnorm<T>(T*, T*, const T*, const T*, int64_t, int64_t, double, int64_t);                            \
+  template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);       \
+  template void rope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t, const RopeTable&, bool);              \
+  template void attention<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,       \
+                             double, const int32_t*);                                                                 \
+  template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, \
+                                      int64_t, int64_t, int64_t, double);                                             \
+  template void swiglu<T>(T*, const T*, const T*, int64_t);                                                           \
+  template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);                                    \
+  template void softmax_rows<T>(T*, int64_t, int64_t);                                                                \
+  template double cross_entropy<T>(T*, const int32_t*, int64_t, int64_t);                                             \
   template void cross_entropy_backward<T>(T*, const T*, const int32_t*, int64_t, int64_t, double, const T*);
 DS_INSTANTIATE(float)
 DS_INSTANTIATE(double)

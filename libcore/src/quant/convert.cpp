@@ -18,13 +18,13 @@
 #include <filesystem>
 #include <set>
 
-#include "ds/model_dir.h"
 #include "ds/config.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
+#include "ds/jsonl.h"
+#include "ds/model_dir.h"
 #include "ds/quantize.h"
 #include "ds/regex.h"
-#include "ds/jsonl.h"
 
 namespace ds::quant {
 
@@ -92,14 +92,15 @@ std::vector<Item> plan(const safetensors::ModelFiles& files, const std::string& 
     if (is_float(info->dtype) && !matches(user_keep, name)) {
       switch (options.to) {
         case Target::FP8:
-          if (info->dtype != DType::F8_E4M3 && info->shape.size() == 2 && name.ends_with(".weight") &&
-              !fp8_keeps(name))
+          if (info->dtype != DType::F8_E4M3 && info->shape.size() == 2 && name.ends_with(".weight") && !fp8_keeps(name))
             item.action = Item::Quantize;
           break;
         case Target::BF16:
           if (!matches(bf16_keep, name)) to = DType::BF16;
           break;
-        case Target::F32: to = DType::F32; break;
+        case Target::F32:
+          to = DType::F32;
+          break;
       }
       if (to != info->dtype) item.action = Item::Convert;
     }
@@ -272,7 +273,9 @@ std::string output_config(const std::string& dir, Target to, bool has_fp8) {
     fail("{}: invalid JSON: {}", path, json_error(e));
   }
   if (has_fp8)
-    config["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"},
+    config["quantization_config"] = {{"quant_method", "fp8"},
+                                     {"fmt", "e4m3"},
+                                     {"activation_scheme", "dynamic"},
                                      {"weight_block_size", {kBlock, kBlock}}};
   else
     config.erase("quantization_config");
@@ -290,16 +293,20 @@ bool is_companion_file(const fs::path& file) {
 }  // namespace
 
 bool parse_target(std::string_view name, Target& out) {
-  if (name == "fp8") out = Target::FP8;
-  else if (name == "bf16") out = Target::BF16;
-  else if (name == "f32") out = Target::F32;
-  else return false;
+  if (name == "fp8")
+    out = Target::FP8;
+  else if (name == "bf16")
+    out = Target::BF16;
+  else if (name == "f32")
+    out = Target::F32;
+  else
+    return false;
   return true;
 }
 
 const std::vector<std::string>& fp8_keep_patterns() {
   static const std::vector<std::string> patterns = {
-      R"(embed_tokens\.)",         R"(^lm_head\.)",  R"(norm\.weight$)",   R"(\.mlp\.gate\.weight$)",
+      R"(embed_tokens\.)",          R"(^lm_head\.)",  R"(norm\.weight$)",   R"(\.mlp\.gate\.weight$)",
       R"(e_score_correction_bias)", R"(\.eh_proj\.)", R"(\.shared_head\.)",
   };
   return patterns;

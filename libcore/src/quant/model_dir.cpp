@@ -16,8 +16,11 @@ namespace ds {
 void write_model_dir(const std::string& dir, const Model<float>& model, const Tokenizer& tokenizer) {
   fs::create_directories(dir);
   write_file_atomic(dir + "/config.json", config_to_json(model.config()).dump(2) + "\n");
-  const nlohmann::json generation = {{"bos_token_id", tokenizer.bos_id()}, {"eos_token_id", tokenizer.eos_id()},
-                                     {"do_sample", true}, {"temperature", 0.6}, {"top_p", 0.95}};
+  const nlohmann::json generation = {{"bos_token_id", tokenizer.bos_id()},
+                                     {"eos_token_id", tokenizer.eos_id()},
+                                     {"do_sample", true},
+                                     {"temperature", 0.6},
+                                     {"top_p", 0.95}};
   write_file_atomic(dir + "/generation_config.json", generation.dump(2) + "\n");
   tokenizer.save(dir);
   safetensors::save_model(dir, model.export_tensors());

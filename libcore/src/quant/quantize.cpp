@@ -79,9 +79,11 @@ Tensor convert_elements(const Tensor& src, DType dtype, ErrorStats* error) {
     }
   };
   if (dtype == DType::F32)
-    run(out.data<float>(), [](auto v) { return float(v); }, [](float v) { return v; });
+    run(
+        out.data<float>(), [](auto v) { return float(v); }, [](float v) { return v; });
   else
-    run(out.data<uint16_t>(), [](auto v) { return float_to_bf16(float(v)); }, bf16_to_float);
+    run(
+        out.data<uint16_t>(), [](auto v) { return float_to_bf16(float(v)); }, bf16_to_float);
   merge_all(error, stats);
   return out;
 }
@@ -147,22 +149,32 @@ double ErrorStats::rel_rms() const {
 Tensor convert(const Tensor& src, DType dtype, ErrorStats* error) {
   if (dtype != DType::F32 && dtype != DType::BF16) fail("cannot convert to {}: F32 or BF16", dtype_name(dtype));
   switch (src.dtype()) {
-    case DType::F32: return convert_elements<float>(src, dtype, error);
-    case DType::F64: return convert_elements<double>(src, dtype, error);
-    case DType::BF16: return convert_elements<BF16Bits>(src, dtype, error);
-    case DType::F16: return convert_elements<F16Bits>(src, dtype, error);
-    default: fail("cannot convert a {} tensor to {}", dtype_name(src.dtype()), dtype_name(dtype));
+    case DType::F32:
+      return convert_elements<float>(src, dtype, error);
+    case DType::F64:
+      return convert_elements<double>(src, dtype, error);
+    case DType::BF16:
+      return convert_elements<BF16Bits>(src, dtype, error);
+    case DType::F16:
+      return convert_elements<F16Bits>(src, dtype, error);
+    default:
+      fail("cannot convert a {} tensor to {}", dtype_name(src.dtype()), dtype_name(dtype));
   }
 }
 
 QuantizedWeight quantize_weight(const Tensor& w, ErrorStats* error) {
   if (w.ndim() != 2) fail("cannot block-quantize a {}-D tensor {}: weights are 2-D", w.ndim(), shape_str(w.shape()));
   switch (w.dtype()) {
-    case DType::F32: return quantize_blocks<float>(w, error);
-    case DType::F64: return quantize_blocks<double>(w, error);
-    case DType::BF16: return quantize_blocks<BF16Bits>(w, error);
-    case DType::F16: return quantize_blocks<F16Bits>(w, error);
-    default: fail("cannot quantize a {} tensor", dtype_name(w.dtype()));
+    case DType::F32:
+      return quantize_blocks<float>(w, error);
+    case DType::F64:
+      return quantize_blocks<double>(w, error);
+    case DType::BF16:
+      return quantize_blocks<BF16Bits>(w, error);
+    case DType::F16:
+      return quantize_blocks<F16Bits>(w, error);
+    default:
+      fail("cannot quantize a {} tensor", dtype_name(w.dtype()));
   }
 }
 
@@ -218,8 +230,8 @@ QuantizedActivations quantize_activations(const Tensor& x, ScaleFormat format) {
 
 Tensor dequantize_activations(const Tensor& values, const Tensor& scales) {
   if (values.dtype() != DType::F8_E4M3 || values.ndim() == 0)
-    fail("quantized activations must be F8_E4M3 with at least one dimension, not {} {}",
-         dtype_name(values.dtype()), shape_str(values.shape()));
+    fail("quantized activations must be F8_E4M3 with at least one dimension, not {} {}", dtype_name(values.dtype()),
+         shape_str(values.shape()));
   const int64_t K = values.shape().back(), groups = blocks(K), rows = K ? values.numel() / K : 0;
   Shape expected = values.shape();
   expected.back() = groups;

@@ -68,8 +68,12 @@ std::vector<double> token_scales(std::span<const int64_t> lengths, Aggregation a
   for (int64_t n : lengths) {
     double s = 0;
     switch (aggregation) {
-      case Aggregation::grpo: s = 1.0 / (sequences * double(n)); break;
-      case Aggregation::dapo: s = 1.0 / double(total); break;
+      case Aggregation::grpo:
+        s = 1.0 / (sequences * double(n));
+        break;
+      case Aggregation::dapo:
+        s = 1.0 / double(total);
+        break;
       case Aggregation::dr_grpo:
         if (max_completion_len <= 0) fail("dr_grpo needs a positive max completion length");
         s = 1.0 / (sequences * double(max_completion_len));
@@ -96,7 +100,7 @@ Result policy_loss(const Tokens& t, const Options& o) {
   r.stats.tokens = int64_t(n);
   for (size_t i = 0; i < n; ++i) {
     const double A = t.advantage[i], rho = std::exp(t.logp[i] - t.old_logp[i]);
-    const bool low = A < 0 && rho < 1 - o.epsilon, high = A > 0 && rho > 1 + o.epsilon_high;
+    const bool low = A < 0 && rho<1 - o.epsilon, high = A> 0 && rho > 1 + o.epsilon_high;
     const double clipped = std::clamp(rho, 1 - o.epsilon, 1 + o.epsilon_high);
     // min(rho A, clip(rho) A) is the clipped term exactly when low or high; its gradient is then 0.
     double loss = -std::min(rho * A, clipped * A), weight = (low || high) ? 0.0 : rho * A;

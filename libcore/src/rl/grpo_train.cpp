@@ -14,6 +14,8 @@
 #include <numeric>
 #include <optional>
 
+#include "../train/step_trainer.h"
+#include "../train/training_loop.h"
 #include "ds/chat.h"
 #include "ds/checkpoint.h"
 #include "ds/engine.h"
@@ -27,13 +29,12 @@
 #include "ds/safetensors.h"
 #include "ds/tasks.h"
 #include "ds/verify.h"
-#include "../train/step_trainer.h"
-#include "../train/training_loop.h"
 
 namespace ds {
 
 namespace grpo {  // --loss and --scale-rewards as a run records them
-NLOHMANN_JSON_SERIALIZE_ENUM(Aggregation, {{Aggregation::grpo, "grpo"}, {Aggregation::dapo, "dapo"},
+NLOHMANN_JSON_SERIALIZE_ENUM(Aggregation, {{Aggregation::grpo, "grpo"},
+                                           {Aggregation::dapo, "dapo"},
                                            {Aggregation::dr_grpo, "dr_grpo"}})
 NLOHMANN_JSON_SERIALIZE_ENUM(ScaleRewards, {{ScaleRewards::group, "group"}, {ScaleRewards::none, "none"}})
 }  // namespace grpo
@@ -79,7 +80,7 @@ struct Rollout {
   const Task* task = nullptr;
   std::vector<uint32_t> prompt;
   Completion completion;
-  verify::Reward verified;      // always computed, for the accuracy and format metrics
+  verify::Reward verified;       // always computed, for the accuracy and format metrics
   std::optional<double> reward;  // what training uses; none until scored
   bool correct = false;
 };
@@ -95,8 +96,7 @@ void score(std::vector<Rollout>& rollouts, RewardCommand* command, double format
     return;
   }
   std::vector<RewardSample> samples;
-  for (const Rollout& r : rollouts)
-    samples.push_back({r.task->id, r.task->prompt, r.completion.text, r.task->answer});
+  for (const Rollout& r : rollouts) samples.push_back({r.task->id, r.task->prompt, r.completion.text, r.task->answer});
   const std::vector<RewardReply> replies = command->score(samples);
   for (size_t i = 0; i < rollouts.size(); ++i) {
     rollouts[i].reward = replies[i].reward;
@@ -245,10 +245,10 @@ Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
   if (o.resume) {
     info(fmt::format("resumed {} at step {}", *resumed_from(), step()));
   } else {
-    info(fmt::format("GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_,
-                     o.prompts_per_step, o.group_size, o.tasks, tasks_->size(),
-                     command_ ? fmt::format("command '{}'", o.reward_cmd)
-                              : fmt::format("accuracy + {} * format", o.format_weight)));
+    info(fmt::format(
+        "GRPO from {}: {} prompts x {} completions per step, tasks {} ({}), reward {}", base_, o.prompts_per_step,
+        o.group_size, o.tasks, tasks_->size(),
+        command_ ? fmt::format("command '{}'", o.reward_cmd) : fmt::format("accuracy + {} * format", o.format_weight)));
   }
   if (reference_ && reference_->weights.fp8())
     info(fmt::format("KL reference {}: FP8 in memory, {:.1f} MB", reference_->dir,
@@ -342,8 +342,14 @@ Sampled Trainer::sample() {
   }
   s.trained = int64_t(s.batch.size());
   if (comm()) {  // the step's metrics cover every rank's rollouts
-    std::vector<double> x = {s.reward,         s.reward_sq,       s.accuracy,      s.format,
-                             double(s.completions), double(s.tokens), double(s.groups), double(s.zero_variance_groups),
+    std::vector<double> x = {s.reward,
+                             s.reward_sq,
+                             s.accuracy,
+                             s.format,
+                             double(s.completions),
+                             double(s.tokens),
+                             double(s.groups),
+                             double(s.zero_variance_groups),
                              double(s.trained)};
     comm()->all_reduce(x.data(), int64_t(x.size()));
     s.reward = x[0], s.reward_sq = x[1], s.accuracy = x[2], s.format = x[3], s.completions = int64_t(x[4]);
@@ -468,8 +474,9 @@ bool Trainer::update(const std::vector<Rollout>& batch, GrpoRecord& r) {
   }
   double token_count = double(scale.size());
   if (comm()) {
-    std::vector<double> x = {double(stats.tokens), double(stats.clipped_low), double(stats.clipped_high), stats.kl,
-                             entropy_sum, token_count, double(batch_tokens)};
+    std::vector<double> x = {
+        double(stats.tokens), double(stats.clipped_low), double(stats.clipped_high), stats.kl, entropy_sum,
+        token_count,          double(batch_tokens)};
     comm()->all_reduce(x.data(), int64_t(x.size()));
     stats.tokens = int64_t(x[0]), stats.clipped_low = int64_t(x[1]), stats.clipped_high = int64_t(x[2]);
     stats.kl = x[3], entropy_sum = x[4], token_count = x[5], batch_tokens = int64_t(x[6]);

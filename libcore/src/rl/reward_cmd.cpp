@@ -54,9 +54,7 @@ class SigpipeBlock {
 
 // A piece of the command's output for a one-line message: at most 80 characters, newlines and bytes that are not
 // text escaped.
-std::string shorten(std::string_view s) {
-  return s.size() <= 80 ? printable(s) : printable(s.substr(0, 77)) + "...";
-}
+std::string shorten(std::string_view s) { return s.size() <= 80 ? printable(s) : printable(s.substr(0, 77)) + "..."; }
 
 }  // namespace
 
@@ -125,9 +123,12 @@ std::vector<RewardReply> RewardCommand::score(const std::vector<RewardSample>& s
     }
     if (n == 2 && (fds[1].revents & (POLLOUT | POLLERR))) {
       const ssize_t k = write(in_, request.data() + written, request.size() - written);
-      if (k > 0) written += size_t(k);
-      else if (errno == EPIPE) written = request.size();  // it stopped reading; its exit or its output tells why
-      else if (errno != EAGAIN && errno != EINTR) fail_and_stop(fmt::format("write: {}", std::strerror(errno)));
+      if (k > 0)
+        written += size_t(k);
+      else if (errno == EPIPE)
+        written = request.size();  // it stopped reading; its exit or its output tells why
+      else if (errno != EAGAIN && errno != EINTR)
+        fail_and_stop(fmt::format("write: {}", std::strerror(errno)));
     }
     if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
     char chunk[65536];
@@ -169,8 +170,10 @@ void RewardCommand::fail_and_stop(const std::string& what) {
 std::string RewardCommand::describe_exit() {
   // It closed its output: give it a moment to exit so the message can say how.
   for (int i = 0; i < 100 && !reaped_; ++i) {
-    if (waitpid(pid_, &status_, WNOHANG) == pid_) reaped_ = true;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (waitpid(pid_, &status_, WNOHANG) == pid_)
+      reaped_ = true;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (!reaped_) return "closed its output";
   if (WIFEXITED(status_)) return fmt::format("exited with status {}", WEXITSTATUS(status_));
@@ -183,8 +186,10 @@ void RewardCommand::stop(bool kill_now) {
   if (pid_ < 0) return;
   close(in_), close(out_);  // EOF on its stdin: a well-behaved rewarder exits
   for (int i = 0; i < 200 && !kill_now && !reaped_; ++i) {
-    if (waitpid(pid_, &status_, WNOHANG) == pid_) reaped_ = true;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (waitpid(pid_, &status_, WNOHANG) == pid_)
+      reaped_ = true;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (!reaped_) {
     kill(-pid_, SIGKILL);  // the group still exists while its leader is unreaped, so this cannot hit a stranger

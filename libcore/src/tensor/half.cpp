@@ -10,9 +10,9 @@ uint16_t float_to_f16(float x) {
   std::memcpy(&bits, &x, 4);
   const uint32_t sign = (bits >> 16) & 0x8000u;
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // NaN
+  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: infinity
-  if (abs < 0x38800000u) {                                   // below the smallest normal: subnormal or zero
+  if (abs < 0x38800000u) {                                  // below the smallest normal: subnormal or zero
     // Scale so the subnormal step 2^-24 becomes 1, then let the FPU round to nearest even.
     float scaled = std::fabs(x) * 16777216.0f;
     return uint16_t(sign | uint32_t(std::nearbyint(scaled)));

@@ -17,9 +17,9 @@ struct DTypeInfo {
   size_t size;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {DType::F64, "F64", 8},   {DType::F32, "F32", 4}, {DType::BF16, "BF16", 2}, {DType::F16, "F16", 2},
-    {DType::F8_E4M3, "F8_E4M3", 1}, {DType::I64, "I64", 8}, {DType::I32, "I32", 4}, {DType::U32, "U32", 4},
-    {DType::I16, "I16", 2},   {DType::U16, "U16", 2}, {DType::I8, "I8", 1},     {DType::U8, "U8", 1},
+    {DType::F64, "F64", 8},         {DType::F32, "F32", 4}, {DType::BF16, "BF16", 2}, {DType::F16, "F16", 2},
+    {DType::F8_E4M3, "F8_E4M3", 1}, {DType::I64, "I64", 8}, {DType::I32, "I32", 4},   {DType::U32, "U32", 4},
+    {DType::I16, "I16", 2},         {DType::U16, "U16", 2}, {DType::I8, "I8", 1},     {DType::U8, "U8", 1},
     {DType::BOOL, "BOOL", 1},
 };
 const DTypeInfo& info(DType dtype) {
@@ -31,11 +31,16 @@ const DTypeInfo& info(DType dtype) {
 template <typename T>
 T load_as(DType dtype, const std::byte* p, int64_t i) {
   switch (dtype) {
-    case DType::F64: return T(reinterpret_cast<const double*>(p)[i]);
-    case DType::F32: return T(reinterpret_cast<const float*>(p)[i]);
-    case DType::BF16: return T(bf16_to_float(reinterpret_cast<const uint16_t*>(p)[i]));
-    case DType::F16: return T(f16_to_float(reinterpret_cast<const uint16_t*>(p)[i]));
-    default: fail("cannot convert a {} tensor to floating point", dtype_name(dtype));
+    case DType::F64:
+      return T(reinterpret_cast<const double*>(p)[i]);
+    case DType::F32:
+      return T(reinterpret_cast<const float*>(p)[i]);
+    case DType::BF16:
+      return T(bf16_to_float(reinterpret_cast<const uint16_t*>(p)[i]));
+    case DType::F16:
+      return T(f16_to_float(reinterpret_cast<const uint16_t*>(p)[i]));
+    default:
+      fail("cannot convert a {} tensor to floating point", dtype_name(dtype));
   }
 }
 }  // namespace
@@ -124,7 +129,8 @@ Tensor Tensor::to(DType dtype) const {
     case DType::F16:
       for (int64_t i = 0; i < n; ++i) out.data<uint16_t>()[i] = float_to_f16(load_as<float>(dtype_, data_, i));
       break;
-    default: fail("cannot convert a {} tensor to {}", dtype_name(dtype_), dtype_name(dtype));
+    default:
+      fail("cannot convert a {} tensor to {}", dtype_name(dtype_), dtype_name(dtype));
   }
   return out;
 }

@@ -21,7 +21,7 @@ struct Spec {
   size_t model_vocab = 0;           // how many of `tokens` are the BPE model's vocabulary
   std::vector<AddedToken> added;
   std::vector<std::pair<std::string, std::string>> merges;  // by rank
-  bool ignore_merges = false;       // a piece that is a whole vocabulary token skips the merges
+  bool ignore_merges = false;                               // a piece that is a whole vocabulary token skips the merges
   Json pre_tokenizer, post_processor, decoder;
   std::optional<std::string> bos, eos, pad;  // from tokenizer_config.json; else see Tokenizer::load
   std::string chat_template;
@@ -94,15 +94,16 @@ struct Tokenizer::Impl {
   // Appends a piece's BPE tokens.
   void bpe(std::string_view piece, std::vector<uint32_t>& out) const;
 
-  tok::Spec spec;                                   // as given, for save() and ==
+  tok::Spec spec;  // as given, for save() and ==
   tok::PreTokenizer pre;
-  tok::StringMap<uint32_t> ids;                     // spelling -> id
-  std::vector<std::string> bytes;                   // id -> the bytes it decodes to
-  std::vector<bool> special;                        // id -> is a special added token
-  std::array<uint32_t, 256> byte_ids{};             // byte -> its token id
+  tok::StringMap<uint32_t> ids;          // spelling -> id
+  std::vector<std::string> bytes;        // id -> the bytes it decodes to
+  std::vector<bool> special;             // id -> is a special added token
+  std::array<uint32_t, 256> byte_ids{};  // byte -> its token id
   tok::MergeTable merges;
-  tok::StringMap<uint32_t> words;                   // ignore_merges: bytes of a model token -> its id
-  std::array<std::vector<uint32_t>, 256> added_by_byte[2];  // [normalized] first byte -> added-token indices, longest first
+  tok::StringMap<uint32_t> words;  // ignore_merges: bytes of a model token -> its id
+  std::array<std::vector<uint32_t>, 256>
+      added_by_byte[2];  // [normalized] first byte -> added-token indices, longest first
   uint32_t bos = 0, eos = 0, pad = 0;
   bool adds_bos = false;
   tok::WordCache cache;

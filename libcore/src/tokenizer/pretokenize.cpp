@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "ds/error.h"
 #include "../io/utf8.h"
+#include "ds/error.h"
 
 namespace ds::tok {
 namespace {
@@ -13,19 +13,19 @@ constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // Split behaviors by their tokenizer.json names, in the order of PreTokenizer::Behavior.
-constexpr std::string_view kBehaviors[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
-                                           "Contiguous"};
+constexpr std::string_view kBehaviors[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
 
 }  // namespace
 
 Json PreTokenizer::deepseek_v3_config() {
   const auto split = [](std::string pattern) {
-    return Json{{"type", "Split"}, {"pattern", {{"Regex", std::move(pattern)}}}, {"behavior", "Isolated"},
-                {"invert", false}};
+    return Json{
+        {"type", "Split"}, {"pattern", {{"Regex", std::move(pattern)}}}, {"behavior", "Isolated"}, {"invert", false}};
   };
   return {{"type", "Sequence"},
           {"pretokenizers",
-           {split(R"(\p{N}{1,3})"), split("[\u4E00-\u9FA5\u3040-\u309F\u30A0-\u30FF]+"),
+           {split(R"(\p{N}{1,3})"),
+            split("[\u4E00-\u9FA5\u3040-\u309F\u30A0-\u30FF]+"),
             split("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
                   " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"),
             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};

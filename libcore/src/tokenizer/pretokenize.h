@@ -48,9 +48,9 @@ class PreTokenizer {
   // Split step `step` (ByteLevel after the last) applied to one piece.
   void run(size_t step, std::string_view piece, const OnPiece& on_piece) const;
 
-  std::vector<Step> splits_;           // the Split steps, in order
-  bool add_prefix_space_ = false;      // ByteLevel: a space before each piece that does not start with one
-  std::optional<Regex> byte_regex_;    // ByteLevel use_regex: GPT-2's pattern
+  std::vector<Step> splits_;         // the Split steps, in order
+  bool add_prefix_space_ = false;    // ByteLevel: a space before each piece that does not start with one
+  std::optional<Regex> byte_regex_;  // ByteLevel use_regex: GPT-2's pattern
 };
 
 }  // namespace ds::tok

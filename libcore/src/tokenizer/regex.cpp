@@ -7,8 +7,8 @@
 #include <optional>
 #include <utility>
 
-#include "ds/error.h"
 #include "../io/utf8.h"
+#include "ds/error.h"
 
 namespace ds {
 namespace {
@@ -50,8 +50,8 @@ Regex::Regex(const std::string& pattern, bool literal, const std::string& origin
   int error = 0;
   PCRE2_SIZE offset = 0;
   const uint32_t options = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error,
-                                   &offset, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error, &offset, nullptr);
   if (!code) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof message);
@@ -65,8 +65,8 @@ Regex::Regex(const std::string& pattern, bool literal, const std::string& origin
 namespace {
 
 // pcre2_match into `data`: whether it matched; an error other than no match throws.
-bool run_match(const pcre2_code* code, std::string_view subject, size_t start, uint32_t options,
-               pcre2_match_data* data, const std::string& origin) {
+bool run_match(const pcre2_code* code, std::string_view subject, size_t start, uint32_t options, pcre2_match_data* data,
+               const std::string& origin) {
   const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), start, options, data,
                              thread_matcher().context);
   if (rc == PCRE2_ERROR_NOMATCH) return false;
@@ -112,8 +112,7 @@ std::optional<std::vector<std::string_view>> Regex::whole_match(std::string_view
   const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
       pcre2_match_data_create_from_pattern(code_->code, nullptr), pcre2_match_data_free);
   if (!data) throw std::bad_alloc();
-  if (!run_match(code_->code, subject, 0, PCRE2_ANCHORED | PCRE2_ENDANCHORED, data.get(), origin_))
-    return std::nullopt;
+  if (!run_match(code_->code, subject, 0, PCRE2_ANCHORED | PCRE2_ENDANCHORED, data.get(), origin_)) return std::nullopt;
   const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data.get());
   std::vector<std::string_view> groups(pcre2_get_ovector_count(data.get()));
   for (size_t i = 0; i < groups.size(); ++i)

@@ -5,11 +5,11 @@
 #include <exception>
 #include <queue>
 
+#include "../io/utf8.h"
 #include "ds/error.h"
 #include "ds/fsutil.h"
 #include "ds/jsonl.h"
 #include "impl.h"
-#include "../io/utf8.h"
 
 namespace ds {
 namespace {
@@ -98,8 +98,8 @@ bool is_whitespace(uint32_t c) {
 // Bytes of whitespace characters starting at `pos`, or ending at `pos` and not before `floor`.
 size_t whitespace_after(std::string_view s, size_t pos) {
   size_t end = pos;
-  for (std::optional<std::pair<uint32_t, size_t>> c; end < s.size() && (c = tok::decode_utf8(s, end)) &&
-                                                     is_whitespace(c->first);)
+  for (std::optional<std::pair<uint32_t, size_t>> c;
+       end < s.size() && (c = tok::decode_utf8(s, end)) && is_whitespace(c->first);)
     end += c->second;
   return end - pos;
 }
@@ -382,8 +382,8 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<uint32_t>& out) co
 
 Tokenizer Tokenizer::byte_level() {
   tok::Spec spec;
-  spec.tokens = {std::string(kBos), std::string(kEos), std::string(kPad), "<｜User｜>", "<｜Assistant｜>",
-                 "<think>", "</think>"};
+  spec.tokens = {std::string(kBos), std::string(kEos), std::string(kPad), "<｜User｜>",
+                 "<｜Assistant｜>", "<think>",         "</think>"};
   for (uint32_t id = 0; id < spec.tokens.size(); ++id) {
     const bool think_tag = spec.tokens[id] == "<think>" || spec.tokens[id] == "</think>";  // not special in R1
     spec.added.push_back({.id = id, .content = spec.tokens[id], .special = !think_tag});
@@ -491,22 +491,42 @@ void Tokenizer::save(const std::filesystem::path& dir) const {
   for (const auto& [a, b] : spec.merges) merges.push_back({a, b});
   OrderedJson added = OrderedJson::array();
   for (const AddedToken& t : spec.added) {
-    added.push_back({{"id", t.id}, {"content", t.content}, {"single_word", false}, {"lstrip", t.lstrip},
-                     {"rstrip", t.rstrip}, {"normalized", t.normalized}, {"special", t.special}});
+    added.push_back({{"id", t.id},
+                     {"content", t.content},
+                     {"single_word", false},
+                     {"lstrip", t.lstrip},
+                     {"rstrip", t.rstrip},
+                     {"normalized", t.normalized},
+                     {"special", t.special}});
   }
-  write_json(dir / "tokenizer.json",
-             {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
-              {"normalizer", nullptr}, {"pre_tokenizer", OrderedJson(spec.pre_tokenizer)},
-              {"post_processor", OrderedJson(spec.post_processor)}, {"decoder", OrderedJson(spec.decoder)},
-              {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
-                         {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-                         {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", spec.ignore_merges},
-                         {"vocab", vocab}, {"merges", merges}}}});
-  write_json(dir / "tokenizer_config.json",
-             {{"tokenizer_class", "LlamaTokenizerFast"}, {"bos_token", spec.tokens[impl_->bos]},
-              {"eos_token", spec.tokens[impl_->eos]}, {"pad_token", spec.tokens[impl_->pad]},
-              {"add_bos_token", true}, {"add_eos_token", false}, {"clean_up_tokenization_spaces", false},
-              {"model_max_length", kModelMaxLength}, {"chat_template", spec.chat_template}});
+  write_json(dir / "tokenizer.json", {{"version", "1.0"},
+                                      {"truncation", nullptr},
+                                      {"padding", nullptr},
+                                      {"added_tokens", added},
+                                      {"normalizer", nullptr},
+                                      {"pre_tokenizer", OrderedJson(spec.pre_tokenizer)},
+                                      {"post_processor", OrderedJson(spec.post_processor)},
+                                      {"decoder", OrderedJson(spec.decoder)},
+                                      {"model",
+                                       {{"type", "BPE"},
+                                        {"dropout", nullptr},
+                                        {"unk_token", nullptr},
+                                        {"continuing_subword_prefix", nullptr},
+                                        {"end_of_word_suffix", nullptr},
+                                        {"fuse_unk", false},
+                                        {"byte_fallback", false},
+                                        {"ignore_merges", spec.ignore_merges},
+                                        {"vocab", vocab},
+                                        {"merges", merges}}}});
+  write_json(dir / "tokenizer_config.json", {{"tokenizer_class", "LlamaTokenizerFast"},
+                                             {"bos_token", spec.tokens[impl_->bos]},
+                                             {"eos_token", spec.tokens[impl_->eos]},
+                                             {"pad_token", spec.tokens[impl_->pad]},
+                                             {"add_bos_token", true},
+                                             {"add_eos_token", false},
+                                             {"clean_up_tokenization_spaces", false},
+                                             {"model_max_length", kModelMaxLength},
+                                             {"chat_template", spec.chat_template}});
 }
 
 std::vector<uint32_t> Tokenizer::encode(std::string_view text, bool parse_special) const {

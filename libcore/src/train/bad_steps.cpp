@@ -20,13 +20,15 @@ bool BadStepGuard::count(bool bad) {
   ++bad_total_;
   if (++in_a_row_ <= max_bad_steps_) return false;
   if (options_.action == OnBadSteps::Stop)
-    fail("{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept; "
-         "--on-bad-steps reload would retry from it at a lower learning rate)",
-         in_a_row_);
+    fail(
+        "{} consecutive steps had a non-finite loss or gradient; stopping (last checkpoint kept; "
+        "--on-bad-steps reload would retry from it at a lower learning rate)",
+        in_a_row_);
   if (reloads_ >= options_.max_reloads)
-    fail("{} consecutive steps had a non-finite loss or gradient after {} reloads (learning rate scaled by {:g}); "
-         "stopping (last checkpoint kept)",
-         in_a_row_, reloads_, lr_scale_);
+    fail(
+        "{} consecutive steps had a non-finite loss or gradient after {} reloads (learning rate scaled by {:g}); "
+        "stopping (last checkpoint kept)",
+        in_a_row_, reloads_, lr_scale_);
   in_a_row_ = 0;
   ++reloads_;
   lr_scale_ *= options_.lr_factor;

@@ -19,7 +19,7 @@ namespace {
 // Pieces of the moments gathered over the ranks: 16 MiB, few enough collectives and little memory.
 constexpr int64_t kStateChunk = int64_t(1) << 22;
 constexpr std::pair<const char*, AdamW::Moment> kMoments[] = {{"exp_avg", AdamW::Moment::First},
-                                                               {"exp_avg_sq", AdamW::Moment::Second}};
+                                                              {"exp_avg_sq", AdamW::Moment::Second}};
 
 // One moment of optimizer.safetensors as a view of the mapped file, checked to hold `size` F32 values.
 Tensor optimizer_tensor(const safetensors::File& file, const std::string& dir, const char* name, size_t size) {

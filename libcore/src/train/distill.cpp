@@ -21,7 +21,8 @@
 #include "training_loop.h"
 
 namespace ds::kd {  // --divergence as a run records it
-NLOHMANN_JSON_SERIALIZE_ENUM(Divergence, {{Divergence::forward_kl, "forward-kl"}, {Divergence::reverse_kl, "reverse-kl"},
+NLOHMANN_JSON_SERIALIZE_ENUM(Divergence, {{Divergence::forward_kl, "forward-kl"},
+                                          {Divergence::reverse_kl, "reverse-kl"},
                                           {Divergence::jsd, "jsd"}})
 }  // namespace ds::kd
 
@@ -71,8 +72,8 @@ Example render(const json& record, const ChatTemplate& chat, const Tokenizer& to
   try {
     e.tokens = chat.encode(messages, false);
     const std::vector<uint32_t> prompt = chat.encode(std::span(messages).first(messages.size() - 1), true);
-    e.prompt_len = size_t(std::mismatch(prompt.begin(), prompt.end(), e.tokens.begin(), e.tokens.end()).first -
-                          prompt.begin());
+    e.prompt_len =
+        size_t(std::mismatch(prompt.begin(), prompt.end(), e.tokens.begin(), e.tokens.end()).first - prompt.begin());
   } catch (const Error& err) {
     fail("{}: {}", where, err.what());
   }
@@ -145,8 +146,10 @@ void check_same_tokenizer(const Tokenizer& teacher, const ModelConfig& teacher_c
                           const ModelConfig& student_config, const std::string& teacher_name,
                           const std::string& student_name) {
   if (!(teacher == student))
-    fail("the teacher {} and the student {} have different tokenizers (vocabulary, merges or special tokens); "
-         "distillation needs the same one", teacher_name, student_name);
+    fail(
+        "the teacher {} and the student {} have different tokenizers (vocabulary, merges or special tokens); "
+        "distillation needs the same one",
+        teacher_name, student_name);
   if (teacher_config.vocab_size != student_config.vocab_size)
     fail("the teacher {} has vocab_size {} and the student {} {}; distillation needs the same", teacher_name,
          teacher_config.vocab_size, student_name, student_config.vocab_size);
@@ -204,8 +207,8 @@ SampleResult sample_teacher(const InferenceWeights& teacher, const Tokenizer& to
       const std::string completion = opened + c.text;
       r.tokens += int64_t(c.tokens.size());
       if (eval::score_sample(completion, task.answer, int64_t(c.tokens.size())).correct)
-        r.accepted.push_back({{"id", task.id}, {"prompt", task.prompt}, {"completion", completion},
-                              {"answer", task.answer}});
+        r.accepted.push_back(
+            {{"id", task.id}, {"prompt", task.prompt}, {"completion", completion}, {"answer", task.answer}});
     }
     r.samples = int64_t(end - begin);
     if (progress) progress(r.samples, int64_t(total - begin), int64_t(r.accepted.size()));
@@ -333,7 +336,7 @@ class Trainer : public TrainingLoop {
 
   const DistillOptions& o_;
   const DistillEvents& events_;
-  int64_t local_batch_ = 0;     // rows of each step this rank trains on
+  int64_t local_batch_ = 0;  // rows of each step this rank trains on
   uint64_t cursor_ = 0, tokens_seen_ = 0, interval_tokens_ = 0;
   // The teacher as inference holds it (an FP8 teacher stays FP8 in memory): it samples, and with alpha > 0 its engine
   // scores the batches, or with --fp8 a Scorer on the student's device does (below).
@@ -348,9 +351,9 @@ class Trainer : public TrainingLoop {
   std::optional<RowStream> stream_;
   std::optional<AdamW> optimizer_;
   std::unique_ptr<StepTrainer> trainer_;  // on the host student itself, or on a copy on the device
-  std::vector<float> grad_;  // dL/dlogits of the student
-  LossOptions next_token_only_;  // distillation trains the next-token head only
-  kd::Loss loss_;  // of the last step, with its gradient norm
+  std::vector<float> grad_;               // dL/dlogits of the student
+  LossOptions next_token_only_;           // distillation trains the next-token head only
+  kd::Loss loss_;                         // of the last step, with its gradient norm
   double grad_norm_ = 0;
 };
 
@@ -367,15 +370,18 @@ Trainer::Trainer(const DistillOptions& o, const DistillEvents& events)
     LoadedModel s = load_model_dir(o.resume ? *latest : o.student);
     config_ = s.config, tokenizer_ = std::move(s.tokenizer), student_.emplace(std::move(s.model));
   } else {
-    tokenizer_ = !o.tokenizer.empty() ? Tokenizer::load(o.tokenizer) : teacher_ ? teacher_->tokenizer
-                                                                                : Tokenizer::byte_level();
+    tokenizer_ = !o.tokenizer.empty() ? Tokenizer::load(o.tokenizer)
+                 : teacher_           ? teacher_->tokenizer
+                                      : Tokenizer::byte_level();
     config_ = resolve_model_config(o.student_config);
     // A preset student takes the teacher's vocabulary size (KD compares whole distributions), or grows to fit the
     // tokenizer as ds-pretrain's presets do.
     if (is_preset(o.student_config)) {
       const int64_t needed = int64_t(tokenizer_.vocab_size());
-      if (teacher_) config_.vocab_size = teacher_->weights.config().vocab_size;
-      else if (needed > config_.vocab_size) config_.vocab_size = (needed + 127) / 128 * 128;
+      if (teacher_)
+        config_.vocab_size = teacher_->weights.config().vocab_size;
+      else if (needed > config_.vocab_size)
+        config_.vocab_size = (needed + 127) / 128 * 128;
     }
     if (tokenizer_.vocab_size() > size_t(config_.vocab_size))
       fail("the tokenizer has {} tokens but the student config only {}", tokenizer_.vocab_size(), config_.vocab_size);
@@ -511,7 +517,7 @@ double Trainer::validation_loss() {
   std::iota(order.begin(), order.end(), size_t(0));
   const std::vector<std::vector<size_t>> rows = pack_rows(val_, order, o_.seq_len);
   const auto [begin, end] = share_of(rows.size(), ranks(), rank());  // each rank measures its share of the rows
-  double sums[2] = {0, 0};                                          // nll, tokens
+  double sums[2] = {0, 0};                                           // nll, tokens
   for (size_t r = begin; r < end; r += size_t(local_batch_)) {
     const size_t n = std::min(end - r, size_t(local_batch_));
     const Batch b = make_batch(val_, std::span(rows).subspan(r, n), o_.seq_len, int32_t(tokenizer_.pad_id()));
@@ -555,8 +561,8 @@ void Trainer::end_step(bool due, bool last) {
   r.tokens_per_s = double(interval_tokens_) / interval.seconds;
   r.comm_share = interval.comm_share, r.elapsed_s = interval.elapsed_s;
   interval_tokens_ = 0;
-  json record = {{"loss", r.loss},           {"ce_loss", r.ce}, {"grad_norm", r.grad_norm},
-                 {"tokens_per_s", r.tokens_per_s}, {"tokens", r.tokens}, {"epoch", r.epoch}};
+  json record = {{"loss", r.loss},     {"ce_loss", r.ce}, {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+                 {"tokens", r.tokens}, {"epoch", r.epoch}};
   if (o_.alpha > 0) record["kd_loss"] = r.kd;
   if (r.val_loss) record["val_loss"] = *r.val_loss;
   write_metrics(record, interval);

@@ -111,8 +111,8 @@ double divergence(const T* student, const T* teacher, int64_t V, const Options& 
       const size_t o_j = size_t(bucket[size_t(j)]);
       const double q = std::exp(ls[size_t(j)]);
       // Forward KL: q_j G_o = -(q_j / Q_o) P_o, formed in log space so a tiny Q_o is never divided by.
-      const double qG = o.divergence == Divergence::forward_kl ? -std::exp(ls[size_t(j)] - lQ[o_j] + lP[o_j])
-                                                                : q * G[o_j];
+      const double qG =
+          o.divergence == Divergence::forward_kl ? -std::exp(ls[size_t(j)] - lQ[o_j] + lP[o_j]) : q * G[o_j];
       grad[j] += T(scale * (qG - q * S) / tau);
     }
   return loss;

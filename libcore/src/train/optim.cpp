@@ -136,8 +136,7 @@ void AdamW::step(std::vector<float>& params, const std::vector<float>& grads, do
   if (comm_) comm_->all_gather(params.data(), parts_);
 }
 
-void AdamW::gather_state(Moment moment, int64_t chunk,
-                         const std::function<void(std::span<const float>)>& sink) const {
+void AdamW::gather_state(Moment moment, int64_t chunk, const std::function<void(std::span<const float>)>& sink) const {
   const std::vector<float>& part = moment == Moment::First ? m_ : v_;
   if (!comm_) {
     sink(part);
@@ -185,7 +184,8 @@ double learning_rate(const ScheduleOptions& s, int64_t step) {
   if (step < s.warmup) return s.lr * double(step + 1) / double(s.warmup);
   const double min_lr = s.lr * s.min_lr_ratio;
   switch (s.kind) {
-    case Schedule::Constant: return s.lr;
+    case Schedule::Constant:
+      return s.lr;
     case Schedule::Cosine: {
       const double span = double(std::max<int64_t>(s.total - s.warmup, 1));
       const double progress = std::min(1.0, double(step - s.warmup) / span);

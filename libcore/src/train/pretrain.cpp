@@ -188,8 +188,11 @@ void Pretrainer::end_step(bool due, bool) {
   r.bad_steps = guard().bad_total(), r.reloads = guard().reloads();
   r.skipped = !std::isfinite(stats_.loss) || !std::isfinite(grad_norm_);
   interval_tokens_ = 0;
-  nlohmann::json record = {{"loss", r.loss}, {"main_loss", r.main_loss}, {"grad_norm", r.grad_norm},
-                           {"tokens_per_s", r.tokens_per_s}, {"tokens", r.tokens}};
+  nlohmann::json record = {{"loss", r.loss},
+                           {"main_loss", r.main_loss},
+                           {"grad_norm", r.grad_norm},
+                           {"tokens_per_s", r.tokens_per_s},
+                           {"tokens", r.tokens}};
   if (config_.num_nextn_predict_layers > 0) record["mtp_loss"] = r.mtp_loss;
   if (o_.loss.balance_alpha > 0) record["balance_loss"] = r.balance_loss;
   if (config_.n_routed_experts > 0) record["load_imbalance"] = r.load_imbalance;

@@ -128,8 +128,8 @@ std::string TrainerState::text(const std::string& key) const {
   return it->get<std::string>();
 }
 
-NLOHMANN_JSON_SERIALIZE_ENUM(Schedule, {{Schedule::Cosine, "cosine"}, {Schedule::Wsd, "wsd"},
-                                       {Schedule::Constant, "constant"}})
+NLOHMANN_JSON_SERIALIZE_ENUM(Schedule,
+                             {{Schedule::Cosine, "cosine"}, {Schedule::Wsd, "wsd"}, {Schedule::Constant, "constant"}})
 
 namespace {
 std::string absolute(const std::string& path) {

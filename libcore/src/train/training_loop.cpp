@@ -114,25 +114,26 @@ void TrainingLoop::reload() {
     restart();
   }
   trainer_->host_loaded();
-  info(fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning rate "
-                   "scaled by {:g} (reload {} of at most {})",
-                   o_.max_bad_steps + 1, dir ? *dir : "the start of the run", step_, guard_.lr_scale(),
-                   guard_.reloads(), o_.bad_steps.max_reloads));
+  info(
+      fmt::format("{} steps in a row had a non-finite loss or gradient: back to {} (step {}) with the learning rate "
+                  "scaled by {:g} (reload {} of at most {})",
+                  o_.max_bad_steps + 1, dir ? *dir : "the start of the run", step_, guard_.lr_scale(), guard_.reloads(),
+                  o_.bad_steps.max_reloads));
 }
 
 void TrainingLoop::save() {
   const std::string dir = save_trained(*trainer_, o_.comm, run_.dir(), step_, o_.keep, *model_, *tokenizer_,
                                        *optimizer_, [&](const std::string& tmp) {
-    nlohmann::json state = {{"step", step_},
-                            {"optimizer_steps", optimizer_->steps()},
-                            {"config_hash", config_hash_},
-                            {"options", recorded_},
-                            {"threads", get_threads()},
-                            {"ranks", ranks_}};
-    guard_.save(state);
-    save_state(state);
-    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
-  });
+                                         nlohmann::json state = {{"step", step_},
+                                                                 {"optimizer_steps", optimizer_->steps()},
+                                                                 {"config_hash", config_hash_},
+                                                                 {"options", recorded_},
+                                                                 {"threads", get_threads()},
+                                                                 {"ranks", ranks_}};
+                                         guard_.save(state);
+                                         save_state(state);
+                                         write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+                                       });
   if (rank_ == 0 && on_checkpoint_) on_checkpoint_(dir);
 }
 
