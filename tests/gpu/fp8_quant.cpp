@@ -2,10 +2,10 @@
 // shapes with partial tiles.
 #include <cstring>
 
-#include "cuda_fp8.h"
 #include "cuda_ops.h"
 #include "ds/quantize.h"
 #include "ds/tensor.h"
+#include "fp8_layout.h"
 #include "gpu_test.h"
 
 using namespace ds;

@@ -1,7 +1,7 @@
-// The cuBLASLt calls of kernels/gemm.cpp on the CPU: D = alpha op(A) op(B) + beta C, column-major, with BF16 or FP8
-// e4m3 inputs, F32 or BF16 outputs, FP32 accumulation (OpenBLAS), and FP8's block scales. It checks what the library
-// checks for these calls (layouts that fit the problem, FP8 only "TN" and not 128x128 scales on both sides), so a
-// descriptor the library would refuse fails here too.
+// The cuBLASLt calls of libcore/src/cuda/gemm_cuda.cpp on the CPU: D = alpha op(A) op(B) + beta C, column-major, with
+// BF16 or FP8 e4m3 inputs, F32 or BF16 outputs, FP32 accumulation (OpenBLAS), and FP8's block scales. It checks what
+// the library checks for these calls (layouts that fit the problem, FP8 only "TN" and not 128x128 scales on both
+// sides), so a descriptor the library would refuse fails here too.
 #include <cblas.h>
 #include <cublasLt.h>
 #include <cuda_bf16.h>

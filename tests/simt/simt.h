@@ -1,5 +1,5 @@
 #pragma once
-// simt: runs the CUDA kernels of kernels/ on the CPU, so that machines without a GPU execute them (tests only).
+// simt: runs the CUDA kernels of libcore/src/cuda on the CPU, so that machines without a GPU execute them (tests only).
 //
 // The .cu files compile as C++ with this header included first (-include). It keeps CUDA's own host headers for the
 // types (__nv_bfloat16, e4m3 conversions, cudaStream_t) and replaces what only nvcc knows: __shared__ becomes a static

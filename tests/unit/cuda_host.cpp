@@ -5,11 +5,11 @@
 #include <vector>
 
 #include "cuda_cache.h"
-#include "cuda_fp8.h"
 #include "ds/cuda.h"
 #include "ds/error.h"
 #include "ds/quantize.h"
 #include "ds/tensor.h"
+#include "fp8_layout.h"
 
 using namespace ds;
 using namespace ds::cuda;

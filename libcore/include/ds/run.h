@@ -36,7 +36,7 @@ struct TrainerOptions {
   int64_t max_bad_steps = 10;  // consecutive non-finite steps tolerated (each is skipped) before bad_steps acts
   BadStepOptions bad_steps;    // then stop, or reload the last checkpoint at a lower learning rate
   bool fp8 = false;            // FP8 training GEMMs: emulated on the CPU (Model::set_fp8), e4m3 on a GPU
-  // Where the model trains. On a CUDA device the parameters and the AdamW moments live there (ds/cuda_model.h) and
+  // Where the model trains. On a CUDA device the parameters and the AdamW moments live there (cuda_model.h) and
   // come back to the host for checkpoints, whose format is the same on either device, so a run resumes on either.
   Device device;
   // Data parallel over comm's ranks (null: one process): the batch is the global one, each rank takes its contiguous

@@ -1,4 +1,4 @@
-// Causal attention forward and backward on the tensor cores (see ds/cuda_ops.h), FlashAttention-2's loops with
+// Causal attention forward and backward on the tensor cores (see cuda_ops.h), FlashAttention-2's loops with
 // mma.sync: a block takes 64 rows of one (sequence, head), a warp 16 of them, and walks the other side of the causal
 // triangle 64 rows at a time through shared memory. Inputs are float and go to shared memory in bf16; products sum in
 // float. The forward keeps an online softmax per query. The backward recomputes the probabilities from lse in two

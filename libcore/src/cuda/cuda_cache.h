@@ -1,5 +1,5 @@
 #pragma once
-// The bookkeeping of the caching device allocator (ds/cuda_memory.h), kept apart from the CUDA calls so that every
+// The bookkeeping of the caching device allocator (cuda_memory.h), kept apart from the CUDA calls so that every
 // build tests it: freed blocks wait by size and are handed out again to requests they fit without wasting more than
 // half of the block, so a training step's repeated allocations stop reaching cudaMalloc after the first step.
 #include <cstddef>

@@ -2,10 +2,10 @@
 // Matrix products on the GPU through cuBLASLt, row-major as ops::gemm (the column-major library computes the
 // transposed product with its operands swapped). Accumulation is FP32 throughout.
 //  - gemm_bf16: BF16 operands, any transposes (forward, data- and weight-gradient GEMMs).
-//  - gemm_fp8: e4m3 operands with DeepSeek-V3's fine-grained scales (ds/cuda_fp8.h), both K-contiguous, which is
+//  - gemm_fp8: e4m3 operands with DeepSeek-V3's fine-grained scales (fp8_layout.h), both K-contiguous, which is
 //    the layout Hopper's FP8 tensor cores take: forward y = x W^T (x Groups, W Blocks), data gradient dx = dy W
 //    (dy Groups, W^T Blocks) and weight gradient dW = dy^T x (both Groups over the token dimension: dy^T and x^T
-//    quantised from their columns, see ds/cuda_ops.h). Needs sm_90 and cuBLAS >= 12.9; promotion to FP32 is kept on
+//    quantised from their columns, see cuda_ops.h). Needs sm_90 and cuBLAS >= 12.9; promotion to FP32 is kept on
 //    (no fast accumulation), as the V3 recipe requires for long K.
 // Pointers must be 16-byte aligned for FP8; results go to F32 or BF16 outputs.
 #include <cuda_bf16.h>
@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "cuda_fp8.h"
+#include "fp8_layout.h"
 
 namespace ds::cuda {
 

@@ -1,6 +1,6 @@
 #pragma once
 // TrainModel: Model<float>'s forward and backward for pretraining on a CUDA device, over the kernels of
-// ds/cuda_ops.h and the GEMMs of ds/cuda_gemm.h, and DeviceAdamW, ds::AdamW's update on the same device.
+// cuda_ops.h and the GEMMs of cuda_gemm.h, and DeviceAdamW, ds::AdamW's update on the same device.
 //
 // The device holds the FP32 master parameters in Model's flat layout (the same ParamInfo offsets), FP32 gradients
 // in the same layout, and a BF16 copy of the parameters that the GEMMs read, refreshed whenever the parameters

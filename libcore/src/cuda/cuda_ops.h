@@ -13,7 +13,7 @@
 
 namespace ds::cuda {
 
-// ---- FP8 e4m3 quantisation (docs/architecture.md#fp8; layouts in ds/cuda_fp8.h) ----
+// ---- FP8 e4m3 quantisation (docs/architecture.md#fp8; layouts in fp8_layout.h) ----
 // Codes and scales are bit-identical to the CPU's (ops::fp8_round_trip, quant::quantize_*): amax over the tile,
 // scale = amax / 448 (activations floored at amax 1e-4, weights' all-zero blocks scale 1), code = e4m3(x / scale).
 // T is float or __nv_bfloat16.
@@ -113,7 +113,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* v, const float* o, const float* lse, const int32_t* pos, int64_t B, int64_t T,
                         int64_t H, int64_t dk_dim, int64_t dv_dim, float scale, cudaStream_t stream);
 
-// ---- Training (kernels/train.cu): the backward passes and reductions a training step adds ----
+// ---- Training (train.cu): the backward passes and reductions a training step adds ----
 // y = a + b over n values (y may be a or b): residual connections, and gradients that meet.
 void add(float* y, const float* a, const float* b, int64_t n, cudaStream_t stream);
 // x *= s over n values (gradient clipping).

@@ -1,4 +1,4 @@
-// The Engine on a CUDA device: the CPU backend's forward (engine.cpp) with the kernels of ds/cuda_ops.h and
+// The Engine on a CUDA device: the CPU backend's forward (engine.cpp) with the kernels of cuda_ops.h and
 // cuBLASLt BF16 GEMMs with FP32 accumulation. Activations stay F32 and are rounded to BF16 as GEMM inputs; the
 // weights live on the device as BF16; each layer's latent cache is one BF16 array [slots, capacity, r + dr] that
 // grows (slots as sequences open, capacity doubling up to the context) and is addressed by sequence handle.

@@ -1,6 +1,6 @@
 #include <cstddef>
 
-#include "cuda_fp8.h"
+#include "fp8_layout.h"
 
 namespace ds::cuda {
 

@@ -1,9 +1,9 @@
-// FP8 e4m3 quantisation in DeepSeek-V3's tiles, writing the layouts of ds/cuda_fp8.h. The arithmetic is the CPU's
+// FP8 e4m3 quantisation in DeepSeek-V3's tiles, writing the layouts of fp8_layout.h. The arithmetic is the CPU's
 // (amax in float, scale = amax / 448, code = e4m3(x / scale) with IEEE division), so codes and scales match it bit
 // for bit.
 #include "common.cuh"
-#include "cuda_fp8.h"
 #include "cuda_ops.h"
+#include "fp8_layout.h"
 
 namespace ds::cuda {
 

@@ -1,4 +1,4 @@
-// TrainModel and DeviceAdamW (ds/cuda_model.h): the CPU model's forward and backward (model.cpp, block.cpp, mla.cpp,
+// TrainModel and DeviceAdamW (cuda_model.h): the CPU model's forward and backward (model.cpp, block.cpp, mla.cpp,
 // moe.cpp) module by module on one CUDA stream, with the same parameters at the same flat offsets. Each module's
 // forward keeps in its layer what its backward reads; every backward adds into the gradients and into dx, as on the
 // CPU. Scratch buffers come from the caching allocator and go back to it as soon as their work is queued, which is
@@ -14,12 +14,12 @@
 #include <string>
 
 #include "../model/batch.h"
-#include "cuda_fp8.h"
 #include "cuda_gemm.h"
 #include "cuda_memory.h"
 #include "cuda_ops.h"
 #include "cuda_stream.h"
 #include "ds/error.h"
+#include "fp8_layout.h"
 
 namespace ds::cuda {
 

@@ -1,4 +1,4 @@
-// StepTrainer on a CUDA device: TrainModel and DeviceAdamW (ds/cuda_model.h). With several ranks, ZeRO-1 as on the
+// StepTrainer on a CUDA device: TrainModel and DeviceAdamW (cuda_model.h). With several ranks, ZeRO-1 as on the
 // CPU: the device gradients are reduce-scattered, each rank clips and updates its shard of the parameters with its
 // shard of the AdamW state, and the shards are all-gathered. The collectives work in place on device memory over
 // NCCL, or on host copies over MPI.

@@ -1,4 +1,4 @@
-// The kernels a training step needs beyond the forward's (ds/cuda_ops.h, "Training"): the backward passes of the
+// The kernels a training step needs beyond the forward's (cuda_ops.h, "Training"): the backward passes of the
 // embedding, MLA's shared RoPE key, the MoE combine and the routing weights, and the global gradient norm. Each is
 // small next to the GEMMs, so each is plainly the CPU's loop (libcore/src/model, libcore/src/train/optim.cpp).
 #include "common.cuh"

@@ -2,7 +2,7 @@
 // The trainers' step (pretrain, GRPO, distillation), one implementation per device, so that each training loop has a
 // single path. On the CPU it works on the host Model and AdamW themselves: gradients reduce-scattered over the ranks
 // in buckets while the step's last backward runs, AdamW state sharded (ZeRO-1). On a CUDA device (--device cuda) the
-// model and AdamW train on copies there (ds/cuda_model.h), ZeRO-1 too, with the reduction after the backward; the
+// model and AdamW train on copies there (cuda_model.h), ZeRO-1 too, with the reduction after the backward; the
 // host ones are the checkpoints' copy, brought up to date before each save and sent to the device after each load.
 #include <cstdint>
 #include <functional>

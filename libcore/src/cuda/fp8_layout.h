@@ -1,5 +1,5 @@
 #pragma once
-// How FP8 e4m3 operands and their scales lie in GPU memory for the block-scaled GEMMs (ds/cuda_gemm.h), which use
+// How FP8 e4m3 operands and their scales lie in GPU memory for the block-scaled GEMMs (cuda_gemm.h), which use
 // cuBLASLt's layouts, and conversions from the CPU's layouts (ds/quantize.h). Plain C++: every build tests them.
 //
 // An operand is a row-major [rows, K] matrix of e4m3 codes, K contiguous, quantised in one of two ways:
