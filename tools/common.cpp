@@ -159,7 +159,7 @@ int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body)
     report(e);
     return 2;
   } catch (const UsageError& e) {
-    fmt::print(stderr, "{}: {}\n", app.get_name(), e.what());
+    report(e);
     return 2;
   } catch (const std::exception& e) {
     report(e);

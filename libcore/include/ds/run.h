@@ -60,7 +60,6 @@ class TrainingRun {
   TrainingRun& operator=(const TrainingRun&) = delete;
 
   const RunDir& dir() const { return dir_; }
-  const std::string& path() const { return dir_.path(); }
   // The checkpoint a resume starts from (absent for a new run).
   const std::optional<std::string>& resumed_from() const { return latest_; }
   // The inputs were accepted: from here on the directory stays, whatever happens.

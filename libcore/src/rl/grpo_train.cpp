@@ -147,11 +147,6 @@ const GrpoTrainOptions& validated(const GrpoTrainOptions& o) {
   return o;
 }
 
-nlohmann::json recorded_options(const GrpoTrainOptions& o) {
-  GrpoTrainOptions copy = validated(o);
-  return run_options(copy).to_json();
-}
-
 // A micro-batch: sequences [begin, end) of the batch, packed, and where their completion tokens start in the flat
 // per-token arrays.
 struct MicroBatch {
@@ -217,7 +212,7 @@ class Trainer : public TrainingLoop {
 };
 
 Trainer::Trainer(const GrpoTrainOptions& o, const GrpoEvents& events)
-    : TrainingLoop(o, recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
+    : TrainingLoop(validated(o), recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
   if (!o.resume && o.model.empty()) fail("--model: the base model to start from is required");
   if (o.resume) {
     restore(resumed_state());

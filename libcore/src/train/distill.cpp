@@ -315,11 +315,6 @@ const DistillOptions& validated(const DistillOptions& o) {
   return o;
 }
 
-json recorded_options(const DistillOptions& o) {
-  DistillOptions copy = validated(o);
-  return run_options(copy).to_json();
-}
-
 class Trainer : public TrainingLoop {
  public:
   Trainer(const DistillOptions& o, const DistillEvents& events);
@@ -358,7 +353,7 @@ class Trainer : public TrainingLoop {
 };
 
 Trainer::Trainer(const DistillOptions& o, const DistillEvents& events)
-    : TrainingLoop(o, recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
+    : TrainingLoop(validated(o), recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
   local_batch_ = o.batch / ranks();
   const std::optional<std::string>& latest = resumed_from();
   if (o.resume) restore(resumed_state());

@@ -60,7 +60,7 @@ void average_over_ranks(dist::Comm& comm, ForwardStats& s, std::vector<std::vect
     for (int64_t& n : layer) n = int64_t(x[i++]);
 }
 
-void validate(const PretrainOptions& o) {
+const PretrainOptions& validated(const PretrainOptions& o) {
   if (o.batch <= 0 || o.seq_len <= 0 || o.grad_accum <= 0) fail("batch, seq-len and grad-accum must be positive");
   if (o.steps <= 0) fail("--steps must be positive");
   const int ranks = o.comm ? o.comm->size() : 1;
@@ -69,12 +69,7 @@ void validate(const PretrainOptions& o) {
   if (o.device.cuda && o.expert_parallel > 1)
     fail("--device {} splits no experts over ranks: expert parallelism (--ep {}) trains on the CPU", o.device.name(),
          o.expert_parallel);
-}
-
-nlohmann::json recorded_options(const PretrainOptions& o) {
-  validate(o);
-  PretrainOptions copy = o;
-  return run_options(copy).to_json();
+  return o;
 }
 
 class Pretrainer : public TrainingLoop {
@@ -109,7 +104,7 @@ class Pretrainer : public TrainingLoop {
 };
 
 Pretrainer::Pretrainer(const PretrainOptions& o, const PretrainEvents& events)
-    : TrainingLoop(o, recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
+    : TrainingLoop(validated(o), recorded_options(o), events.info, events.checkpoint), o_(o), events_(events) {
   local_batch_ = o.batch / ranks();
   if (o.resume) {
     loaded_.emplace(load_model_dir(*resumed_from()));

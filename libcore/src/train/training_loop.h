@@ -23,6 +23,14 @@
 
 namespace ds {
 
+// The trajectory options of o as its checkpoints record them (its trainer's run_options, ds/run.h), for the
+// TrainingLoop constructor.
+template <typename Options>
+nlohmann::json recorded_options(const Options& o) {
+  Options copy = o;  // run_options binds the fields of the options it is given
+  return run_options(copy).to_json();
+}
+
 class TrainingLoop {
  public:
   virtual ~TrainingLoop() = default;
