@@ -56,6 +56,7 @@ double busy_cores(const CpuTimes& before, const CpuTimes& after, int cores) {
 
 int default_threads() {
   const int usable = usable_cores();
+  if (usable == 1) return 1;  // nothing to choose: no need to wait for a measurement
   const long online = sysconf(_SC_NPROCESSORS_ONLN);
   try {
     const CpuTimes before = read_cpu_times();
